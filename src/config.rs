@@ -1,0 +1,322 @@
+//! Pipeline files: RON, one struct per stage, composed here.
+//!
+//! Each stage owns its config type; this module only reads files, follows `include`s, merges,
+//! and turns every problem into `file:line:column: reason`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::input::InputConfig;
+use crate::matcher::MatcherConfig;
+use crate::parse::ParseConfig;
+use crate::policy::PolicyConfig;
+use crate::sink::SinkConfig;
+use crate::window::WindowConfig;
+
+/// The default pipeline, compiled into the binary.
+pub const BUILTIN_NAME: &str = "<builtin>/mail.ron";
+/// Text of the default pipeline.
+pub const BUILTIN: &str = include_str!("../pipelines/mail.ron");
+
+/// A duration written as `"15m"`, `"1h"`, `"1d"` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub u64);
+
+impl Dur {
+    /// Whole seconds.
+    pub fn secs(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(|d| Dur(d.as_secs()))
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e} (write e.g. \"15m\", \"1h\", \"1d\")")))
+    }
+}
+
+/// One jail: the rules for one kind of failure and how many of them earn a ban.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Jail {
+    /// Unique name, used in decisions and metrics.
+    pub name: String,
+    /// Globs on the syslog program (`postfix*/smtpd`); `""` matches lines without a tag.
+    /// Empty list: every program.
+    #[serde(default)]
+    pub programs: Vec<String>,
+    /// A regex every rule (and ignore rule) of the jail starts with, like fail2ban's prefregex.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Failure rules, anchored at the message start (after `prefix`), each with one `<HOST>`.
+    pub rules: Vec<String>,
+    /// A line matching one of these is never a failure for this jail.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Failures within `findtime` that earn a ban.
+    pub maxretry: u32,
+    /// The window failures are counted in.
+    pub findtime: Dur,
+    /// This jail's first ban time, instead of the policy's.
+    #[serde(default)]
+    pub bantime: Option<Dur>,
+}
+
+/// An included pipeline file, optionally only some of its jails.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Include {
+    /// Path, relative to the including file.
+    pub file: String,
+    /// Jails to take; empty: all of them.
+    #[serde(default)]
+    pub jails: Vec<String>,
+}
+
+/// A pipeline file as written.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, rename = "Pipeline")]
+pub struct PipelineFile {
+    /// Other pipeline files whose jails (and unset settings) this one takes.
+    #[serde(default)]
+    pub include: Vec<Include>,
+    /// Where lines come from.
+    #[serde(default)]
+    pub inputs: Option<Vec<InputConfig>>,
+    /// Where decisions go.
+    #[serde(default)]
+    pub sink: Option<SinkConfig>,
+    /// Parse settings.
+    #[serde(default)]
+    pub parse: Option<ParseConfig>,
+    /// Matcher engine settings.
+    #[serde(default)]
+    pub matcher: Option<MatcherConfig>,
+    /// Window settings.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+    /// Ban policy.
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
+    /// The jails.
+    #[serde(default)]
+    pub jails: Vec<Jail>,
+}
+
+/// A complete pipeline: every setting resolved, includes merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where lines come from.
+    pub inputs: Vec<InputConfig>,
+    /// Where decisions go.
+    pub sink: SinkConfig,
+    /// Parse settings.
+    pub parse: ParseConfig,
+    /// Matcher engine settings.
+    pub matcher: MatcherConfig,
+    /// Window settings.
+    pub window: WindowConfig,
+    /// Ban policy.
+    pub policy: PolicyConfig,
+    /// All jails, includes first.
+    pub jails: Vec<Jail>,
+    /// Where each jail was defined, for error positions.
+    pub origins: Vec<Origin>,
+}
+
+/// The file text a jail came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// File name as shown in errors.
+    pub file: String,
+    /// Its text.
+    pub text: std::sync::Arc<str>,
+}
+
+/// A problem with a pipeline file, located.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{col}: {reason}")]
+pub struct ConfigError {
+    /// File name.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Origin {
+    /// An error at the first place `needle` is written in this file (1:1 if nowhere).
+    pub fn error_at(&self, needles: &[&str], reason: impl Into<String>) -> ConfigError {
+        let off = needles.iter().filter(|n| !n.is_empty()).find_map(|n| self.text.find(n)).unwrap_or(0);
+        let before = &self.text[..off];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(off, |nl| off - nl - 1) + 1;
+        ConfigError { file: self.file.clone(), line, col, reason: reason.into() }
+    }
+}
+
+/// Where to find a jail's text inside its file, for error positions: the jail's name.
+pub fn jail_needles(jail: &Jail) -> String {
+    format!("\"{}\"", jail.name)
+}
+
+/// Where a regex is written in a file: as raw text, or with its backslashes escaped.
+pub fn regex_needles(re: &str) -> [String; 2] {
+    [re.to_string(), re.replace('\\', "\\\\").replace('"', "\\\"")]
+}
+
+impl Config {
+    /// Loads a pipeline file and its includes.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 1,
+            col: 1,
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::from_text(&path.display().to_string(), &text, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The built-in default pipeline (`pipelines/mail.ron`).
+    pub fn builtin() -> Config {
+        Config::from_text(BUILTIN_NAME, BUILTIN, Path::new(".")).expect("the built-in pipeline is valid")
+    }
+
+    /// Loads pipeline text named `name`; includes are relative to `dir`.
+    pub fn from_text(name: &str, text: &str, dir: &Path) -> Result<Config, ConfigError> {
+        let mut acc = Acc::default();
+        acc.add(name, text, dir, &[], &mut Vec::new())?;
+        let mut seen = std::collections::HashMap::new();
+        for (jail, origin) in acc.jails.iter().zip(&acc.origins) {
+            if let Some(first) = seen.insert(jail.name.clone(), origin.file.clone()) {
+                return Err(origin.error_at(
+                    &[&jail_needles(jail)],
+                    format!("duplicate jail name {:?} (also defined in {first})", jail.name),
+                ));
+            }
+        }
+        let f = acc.file;
+        Ok(Config {
+            inputs: f.inputs.unwrap_or_else(|| vec![InputConfig::Stdin]),
+            sink: f.sink.unwrap_or_default(),
+            parse: f.parse.unwrap_or_default(),
+            matcher: f.matcher.unwrap_or_default(),
+            window: f.window.unwrap_or_default(),
+            policy: f.policy.unwrap_or_default(),
+            jails: acc.jails,
+            origins: acc.origins,
+        })
+    }
+}
+
+/// Includes being merged: the first file to set a section wins.
+#[derive(Default)]
+struct Acc {
+    file: PipelineFile,
+    jails: Vec<Jail>,
+    origins: Vec<Origin>,
+}
+
+impl Acc {
+    fn add(&mut self, name: &str, text: &str, dir: &Path, only: &[String], stack: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
+        let origin = Origin { file: name.to_string(), text: text.into() };
+        // Implicit Some: `timezone: "UTC"` rather than `timezone: Some("UTC")`; both are accepted.
+        let file: PipelineFile = ron::Options::default()
+            .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+            .from_str(text).map_err(|e| ConfigError {
+            file: name.to_string(),
+            line: e.span.start.line,
+            col: e.span.start.col,
+            reason: e.code.to_string(),
+        })?;
+        let top = stack.is_empty();
+        macro_rules! take {
+            ($($f:ident),*) => { $( if self.file.$f.is_none() { self.file.$f = file.$f.clone(); } )* };
+        }
+        if top {
+            self.file = PipelineFile { jails: Vec::new(), include: Vec::new(), ..file.clone() };
+        } else {
+            take!(inputs, sink, parse, matcher, window, policy);
+        }
+        for inc in &file.include {
+            let path = dir.join(&inc.file);
+            let canon = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if stack.contains(&canon) {
+                return Err(origin.error_at(&[&inc.file], format!("include cycle through {:?}", inc.file)));
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| origin.error_at(&[&inc.file], format!("cannot read include {:?}: {e}", path.display())))?;
+            stack.push(canon);
+            let before = self.jails.len();
+            self.add(&path.display().to_string(), &text, path.parent().unwrap_or(dir), &inc.jails, stack)?;
+            stack.pop();
+            let got: Vec<&str> = self.jails[before..].iter().map(|j| j.name.as_str()).collect();
+            if let Some(missing) = inc.jails.iter().find(|j| !got.contains(&j.as_str())) {
+                return Err(origin.error_at(
+                    &[&format!("\"{missing}\"")],
+                    format!("unknown jail {missing:?} in include {:?} (it has: {})", inc.file, got.join(", ")),
+                ));
+            }
+        }
+        for jail in file.jails {
+            if only.is_empty() || only.contains(&jail.name) {
+                self.jails.push(jail);
+                self.origins.push(origin.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_loads() {
+        let c = Config::builtin();
+        let names: Vec<_> = c.jails.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["postfix-sasl", "dovecot-auth"]);
+        assert_eq!(c.policy.bantime.secs(), 3600);
+    }
+
+    #[test]
+    fn ron_error_is_located() {
+        let e = Config::from_text("x.ron", "Pipeline(\n  jails: [\n    Jail(name: 3)\n  ],\n)", Path::new(".")).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("x.ron", 3));
+        assert!(e.to_string().starts_with("x.ron:3:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let e = Config::from_text("x.ron", "Pipeline(\n  colour: 3,\n)", Path::new(".")).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let jail = r#"Jail(name: "a", rules: [r"x <HOST>"], maxretry: 1, findtime: "1m")"#;
+        let e = Config::from_text("d.ron", &format!("Pipeline(jails: [\n{jail},\n{jail}])"), Path::new(".")).unwrap_err();
+        assert!(e.reason.contains("duplicate jail name"), "{e}");
+    }
+
+    #[test]
+    fn includes_select_jails_and_reject_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let inc = r#"Pipeline(jails: [Jail(name: "a", rules: [r"x <HOST>"], maxretry: 1, findtime: "1m")])"#;
+        std::fs::write(dir.path().join("inc.ron"), inc).unwrap();
+        let ok = Config::from_text("m.ron", r#"Pipeline(include: [(file: "inc.ron", jails: ["a"])])"#, dir.path()).unwrap();
+        assert_eq!(ok.jails.len(), 1);
+        let e = Config::from_text("m.ron", "Pipeline(\n include: [(file: \"inc.ron\", jails: [\"b\"])])", dir.path()).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("unknown jail \"b\""), "{e}");
+    }
+}

@@ -1,0 +1,129 @@
+//! The edge where bytes come in: stdin now, sockets later.
+//!
+//! A stream is cut into lines by `LineSplitter`, which never fails: CR before LF is dropped, an
+//! over-long line is cut at `max_line` (the rest up to its LF is skipped and the line counted),
+//! and a last line without LF is still a line. Lines wholly inside a chunk are handed out as
+//! slices of it; only a line split across chunks is copied.
+
+use serde::Deserialize;
+
+/// An input of a pipeline file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub enum InputConfig {
+    /// Lines on standard input (`tail -F /var/log/maillog | mailpipe run`).
+    Stdin,
+}
+
+/// Cuts a byte stream into lines.
+#[derive(Debug)]
+pub struct LineSplitter {
+    max_line: usize,
+    carry: Vec<u8>,
+    /// Inside an over-long line whose head was already emitted: skip to its LF.
+    skipping: bool,
+    /// Lines cut at `max_line`.
+    pub truncated: u64,
+}
+
+impl LineSplitter {
+    /// A splitter that cuts lines at `max_line` bytes.
+    pub fn new(max_line: usize) -> LineSplitter {
+        LineSplitter { max_line: max_line.max(1), carry: Vec::new(), skipping: false, truncated: 0 }
+    }
+
+    /// Feeds a chunk; calls `f` for each complete line in it.
+    pub fn feed(&mut self, mut data: &[u8], mut f: impl FnMut(&[u8])) {
+        while !data.is_empty() {
+            let nl = memchr::memchr(b'\n', data);
+            let (part, rest, complete) = match nl {
+                Some(i) => (&data[..i], &data[i + 1..], true),
+                None => (data, &data[data.len()..], false),
+            };
+            data = rest;
+            if self.skipping {
+                self.skipping = !complete;
+                continue;
+            }
+            if self.carry.is_empty() && complete {
+                self.emit(part, &mut f);
+                continue;
+            }
+            // One byte beyond max_line is kept to tell "exactly max_line + CR" from "too long".
+            let room = (self.max_line + 1).saturating_sub(self.carry.len());
+            self.carry.extend_from_slice(&part[..part.len().min(room)]);
+            let carry = std::mem::take(&mut self.carry);
+            if complete {
+                self.emit(&carry, &mut f);
+            } else if carry.len() > self.max_line {
+                // Over-long and still going: emit its head now, skip the rest.
+                self.emit(&carry, &mut f);
+                self.skipping = true;
+            } else {
+                self.carry = carry;
+                continue;
+            }
+            self.carry = carry;
+            self.carry.clear();
+        }
+    }
+
+    /// Hands one line to `f`, without its CR and cut at `max_line` (counted).
+    fn emit(&mut self, line: &[u8], f: &mut impl FnMut(&[u8])) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > self.max_line {
+            self.truncated += 1;
+            f(&line[..self.max_line]);
+        } else {
+            f(line);
+        }
+    }
+
+    /// End of stream: a last line without LF is a line too.
+    pub fn finish(&mut self, mut f: impl FnMut(&[u8])) {
+        if !self.carry.is_empty() {
+            let carry = std::mem::take(&mut self.carry);
+            self.emit(&carry, &mut f);
+        }
+        self.skipping = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(max: usize, chunks: &[&[u8]]) -> (Vec<Vec<u8>>, u64) {
+        let mut s = LineSplitter::new(max);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.feed(c, |l| out.push(l.to_vec()));
+        }
+        s.finish(|l| out.push(l.to_vec()));
+        (out, s.truncated)
+    }
+
+    #[test]
+    fn lines_across_chunks_crlf_and_tail() {
+        let (l, t) = split(100, &[b"ab\r\ncd", b"e\n\nlast"]);
+        assert_eq!(l, vec![b"ab".to_vec(), b"cde".to_vec(), b"".to_vec(), b"last".to_vec()]);
+        assert_eq!(t, 0);
+    }
+
+    #[test]
+    fn long_line_is_cut_and_next_line_survives() {
+        let long = vec![b'x'; 50];
+        let (l, t) = split(10, &[&long[..20], &long[20..], b"\nok\n"]);
+        assert_eq!(l, vec![vec![b'x'; 10], b"ok".to_vec()]);
+        assert_eq!(t, 1);
+        let (l, t) = split(10, &[&[&long[..], b"\nok"].concat()]);
+        assert_eq!(l, vec![vec![b'x'; 10], b"ok".to_vec()]);
+        assert_eq!(t, 1);
+    }
+
+    #[test]
+    fn exact_length_line_is_not_truncated() {
+        let (l, t) = split(3, &[b"abc\r\nabc\n"]);
+        assert_eq!(l, vec![b"abc".to_vec(), b"abc".to_vec()]);
+        assert_eq!(t, 0);
+    }
+}

@@ -1,0 +1,32 @@
+//! mailpipe: ban mail-server brute-forcers from a stream of log lines.
+//!
+//! # Dataflow
+//!
+//! ```text
+//! &[u8] line ─► prefilter ─► parse ─► matcher ─► policy.admit ─► window ─► policy.decide ─► sink
+//!               (literals)   Record   Match      ignore/IPv6 net  maxretry   Decision
+//! ```
+//!
+//! # Layout
+//!
+//! - [`input`]: bytes in; cuts streams into bounded lines.
+//! - [`parse`]: syslog header → [`parse::Record`] (time, program, message).
+//! - [`prefilter`]: Aho-Corasick over literals derived from the rules.
+//! - [`matcher`]: all rules in one DFA → [`matcher::Match`].
+//! - [`window`]: failures per (jail, address) within findtime.
+//! - [`policy`]: ignore lists, IPv6 aggregation, escalation, recidive → [`policy::Decision`].
+//! - [`sink`]: where decisions go.
+//! - [`pipeline`]: wires the stages; [`config`] reads pipeline files.
+//! - [`replay`]: the `test` command (fail2ban-regex's job) and its report.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod input;
+pub mod matcher;
+pub mod parse;
+pub mod pipeline;
+pub mod policy;
+pub mod prefilter;
+pub mod replay;
+pub mod sink;
+pub mod window;

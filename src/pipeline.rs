@@ -1,0 +1,301 @@
+//! Wires the stages: raw line → prefilter → parse → matcher → policy/window → decisions.
+//!
+//! Synchronous and single-owner: one `Pipeline` per stream of lines, no locks, no channels.
+//! The hot path borrows the line and reuses its scratch vectors; a line the prefilter rejects
+//! costs one Aho-Corasick scan and no allocation.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::matcher::{Found, JailId, Match, Matcher};
+use crate::parse::{Parser, Record, YearMode, Zone};
+use crate::policy::{Admit, Decision, Policy};
+use crate::prefilter::Prefilter;
+use crate::window::{Threshold, Window};
+
+/// Counters of everything the pipeline saw; the `test` summary and metrics read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Lines in.
+    pub lines: u64,
+    /// Lines the prefilter skipped unparsed.
+    pub skipped: u64,
+    /// Lines parsed (they passed the prefilter).
+    pub parsed: u64,
+    /// Parsed lines without a usable time (arrival time used).
+    pub time_unparsed: u64,
+    /// Lines that were not valid UTF-8 (matched on a lossy copy).
+    pub invalid_utf8: u64,
+    /// Lines matched by at least one jail's failure rule.
+    pub matched_lines: u64,
+    /// Per jail.
+    pub jails: Vec<JailStats>,
+    /// Decisions made.
+    pub bans: u64,
+}
+
+/// Counters of one jail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JailStats {
+    /// Failures per rule.
+    pub rules: Vec<u64>,
+    /// Lines dropped by the jail's ignore rules, per ignore rule.
+    pub ignore_rules: Vec<u64>,
+    /// Failures from addresses in the policy's `ignore`.
+    pub ignored_ip: u64,
+    /// Failures from addresses already banned.
+    pub already_banned: u64,
+    /// Matches whose `<HOST>` was not an address.
+    pub bad_host: u64,
+    /// Bans made.
+    pub bans: u64,
+}
+
+/// What happened to one line, for callers that report per line (`test`).
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A jail's rule matched.
+    Match {
+        /// The match.
+        m: Match<'a>,
+        /// The time used for it (the line's, or arrival).
+        time: i64,
+    },
+    /// A ban to apply.
+    Decision(&'a Decision),
+}
+
+/// The stages of one pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    prefilter: Prefilter,
+    parser: Parser,
+    matcher: Matcher,
+    window: Window,
+    policy: Policy,
+    stats: Stats,
+    matches: Vec<Match<'static>>,
+    decisions: Vec<Decision>,
+    lossy: String,
+}
+
+/// A pipeline that cannot be built.
+pub type BuildError = crate::config::ConfigError;
+
+impl Pipeline {
+    /// Compiles every stage of `cfg`.
+    pub fn new(cfg: &Config, mode: YearMode) -> Result<Pipeline, BuildError> {
+        let first = cfg.origins.first().cloned().unwrap_or(crate::config::Origin { file: "<none>".into(), text: "".into() });
+        let zone = Zone::resolve(cfg.parse.timezone.as_deref()).map_err(|e| first.error_at(&["timezone"], e.to_string()))?;
+        let matcher = Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher)?;
+        let prefilter = Prefilter::new(matcher.literal_sets());
+        let thresholds = cfg.jails.iter().map(|j| Threshold { maxretry: j.maxretry, findtime: j.findtime.secs() as i64 }).collect();
+        let window = Window::new(thresholds, &cfg.window);
+        let names: Vec<_> = cfg.jails.iter().map(|j| (j.name.clone(), j.bantime)).collect();
+        let policy = Policy::new(&cfg.policy, &names, &first)?;
+        let stats = Stats {
+            jails: cfg
+                .jails
+                .iter()
+                .map(|j| JailStats { rules: vec![0; j.rules.len()], ignore_rules: vec![0; j.ignore.len()], ..Default::default() })
+                .collect(),
+            ..Default::default()
+        };
+        Ok(Pipeline {
+            prefilter,
+            parser: Parser::new(zone, mode),
+            matcher,
+            window,
+            policy,
+            stats,
+            matches: Vec::new(),
+            decisions: Vec::new(),
+            lossy: String::new(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Jail names by id.
+    pub fn jail_names(&self) -> &[String] {
+        self.matcher.jail_names()
+    }
+
+    /// The zone naive times are read in.
+    pub fn zone(&self) -> Zone {
+        self.parser.zone()
+    }
+
+    /// Time of the latest parsed line that had one: the arrival time to use in replays.
+    pub fn last_time(&self) -> Option<i64> {
+        self.parser.last_time()
+    }
+
+    /// (jail, address) pairs in the windows, and how many were evicted by the cap.
+    pub fn tracked(&self) -> (usize, u64) {
+        (self.window.tracked(), self.window.evicted())
+    }
+
+    /// Runs one line through every stage; `now` (Unix seconds) is its arrival time, used when
+    /// the line has none. Calls `on` for each match and decision. Returns whether some jail's
+    /// failure rule matched.
+    pub fn process(&mut self, line: &[u8], now: i64, mut on: impl FnMut(Event<'_>)) -> bool {
+        self.stats.lines += 1;
+        let candidate = self.prefilter.is_candidate(line);
+        if !candidate && !self.matcher.has_unliteral_rules() {
+            self.stats.skipped += 1;
+            return false;
+        }
+        self.stats.parsed += 1;
+        let mut lossy = std::mem::take(&mut self.lossy);
+        let text = match std::str::from_utf8(line) {
+            Ok(s) => s,
+            Err(_) => {
+                self.stats.invalid_utf8 += 1;
+                lossy.clear();
+                for chunk in line.utf8_chunks() {
+                    lossy.push_str(chunk.valid());
+                    if !chunk.invalid().is_empty() {
+                        lossy.push(char::REPLACEMENT_CHARACTER);
+                    }
+                }
+                &lossy
+            }
+        };
+        let rec = self.parser.parse(text, now);
+        let time = rec.time.unwrap_or_else(|| {
+            self.stats.time_unparsed += 1;
+            now
+        });
+        // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
+        let mut matches: Vec<Match<'_>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
+        self.matcher.find(&rec, !candidate, &mut matches);
+        let mut matched = false;
+        for m in &matches {
+            matched |= self.account(*m, time);
+            on(Event::Match { m: *m, time });
+        }
+        for d in &self.decisions {
+            on(Event::Decision(d));
+        }
+        self.stats.matched_lines += u64::from(matched);
+        self.decisions.clear();
+        matches.clear();
+        self.matches = matches.into_iter().map(|_| unreachable!()).collect();
+        self.lossy = lossy;
+        matched
+    }
+
+    /// Counts one match and runs it through policy and window; true for a failure.
+    fn account(&mut self, m: Match<'_>, time: i64) -> bool {
+        let js = &mut self.stats.jails[m.jail as usize];
+        let ip = match m.found {
+            Found::Ignored => {
+                js.ignore_rules[m.rule] += 1;
+                return false;
+            }
+            Found::BadHost(_) => {
+                js.bad_host += 1;
+                return false;
+            }
+            Found::Failure { ip, .. } => ip,
+        };
+        js.rules[m.rule] += 1;
+        match self.policy.admit(ip, time) {
+            Admit::Ignored => js.ignored_ip += 1,
+            Admit::Banned => js.already_banned += 1,
+            Admit::Count(key) => {
+                if let Some(n) = self.window.record(m.jail, key, time) {
+                    let before = self.decisions.len();
+                    self.policy.decide(m.jail, key, n, time, &mut self.decisions);
+                    js.bans += 1;
+                    self.stats.bans += (self.decisions.len() - before) as u64;
+                    for jail in 0..self.stats.jails.len() as JailId {
+                        self.window.forget(jail, key);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Each stage's view of one line, for `mailpipe explain`.
+    pub fn explain(&mut self, line: &[u8], now: i64) -> String {
+        let mut o = String::new();
+        let text = String::from_utf8_lossy(line).into_owned();
+        let lits = self.prefilter.hits(line);
+        let candidate = self.prefilter.is_candidate(line);
+        let _ = writeln!(o, "line:      {text:?}");
+        let rec: Record<'_> = self.parser.parse(&text, now);
+        let _ = writeln!(o, "parse:     time={} host={:?} program={:?}", rec.time.map_or("none (arrival time used)".into(), |t| {
+            format!("{} ({} local)", crate::parse::rfc3339(t), crate::parse::local_iso(self.parser.zone(), t))
+        }), rec.host.unwrap_or(""), rec.program);
+        let _ = writeln!(o, "           msg={:?}", rec.msg);
+        if candidate {
+            let _ = writeln!(o, "prefilter: pass, literals found: {lits:?}");
+        } else if self.matcher.has_unliteral_rules() {
+            let _ = writeln!(o, "prefilter: no literal found; only rules without literals are tried");
+        } else {
+            let _ = writeln!(o, "prefilter: skip (no rule's literal occurs in the line; the line would not even be parsed)");
+        }
+        let mut matches = Vec::new();
+        self.matcher.find(&rec, !candidate, &mut matches);
+        if matches.is_empty() {
+            let _ = writeln!(o, "matcher:   no rule of any jail matches (rules are anchored at the start of msg)");
+        }
+        let time = rec.time.unwrap_or(now);
+        for m in &matches {
+            let jail = &self.matcher.jail_names()[m.jail as usize];
+            match m.found {
+                Found::Ignored => {
+                    let _ = writeln!(o, "matcher:   jail {jail}: ignore rule {} matches: not a failure", m.rule);
+                }
+                Found::BadHost(h) => {
+                    let _ = writeln!(o, "matcher:   jail {jail}: rule {} matches but <HOST> {h:?} is not an address", m.rule);
+                }
+                Found::Failure { ip, user } => {
+                    let _ = writeln!(o, "matcher:   jail {jail}: rule {} matches, host {ip}{}", m.rule, user.map(|u| format!(", user {u:?}")).unwrap_or_default());
+                    let verdict = match self.policy.admit(ip, time) {
+                        Admit::Ignored => "ignored: the address is in policy.ignore, never banned".to_string(),
+                        Admit::Banned => "already banned".to_string(),
+                        Admit::Count(key) => format!("counted as {key} toward maxretry"),
+                    };
+                    let _ = writeln!(o, "policy:    {verdict}");
+                }
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_sasl_failures_ban_once() {
+        let mut p = Pipeline::new(&Config::builtin(), YearMode::Live).unwrap();
+        let mut bans = Vec::new();
+        for i in 0..6 {
+            let line = format!("Jun 17 03:14:0{i} mail postfix/smtpd[1]: warning: unknown[46.38.145.252]: SASL LOGIN authentication failed: UGFzc3dvcmQ6");
+            p.process(line.as_bytes(), 1_781_700_000, |e| {
+                if let Event::Decision(d) = e {
+                    bans.push(d.clone());
+                }
+            });
+        }
+        assert_eq!(bans.len(), 1);
+        assert_eq!((bans[0].ip.to_string().as_str(), &*bans[0].jail, bans[0].failures), ("46.38.145.252", "postfix-sasl", 5));
+        assert_eq!(p.stats().jails[0].already_banned, 1);
+    }
+
+    #[test]
+    fn skipped_lines_are_counted() {
+        let mut p = Pipeline::new(&Config::builtin(), YearMode::Live).unwrap();
+        assert!(!p.process(b"Jun 17 03:14:07 mail postfix/smtpd[1]: connect from x[192.0.2.1]", 0, |_| {}));
+        assert_eq!((p.stats().lines, p.stats().skipped), (1, 1));
+    }
+}

@@ -1,0 +1,203 @@
+//! `mailpipe test`: replay log files through a pipeline at full speed and report, like
+//! fail2ban-regex, what matched, what was missed and which bans would be made.
+//!
+//! The JSON-lines output (`--json`, `--matches`, `--decisions`, `--missed`) is a contract:
+//! every line is one object with a `kind` (`match`, `ignored`, `ban`, `missed`, `summary`), the
+//! summary last. Fields may be added, never renamed.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use regex_automata::meta;
+use serde_json::json;
+
+use crate::input::LineSplitter;
+use crate::matcher::Found;
+use crate::parse::rfc3339;
+use crate::pipeline::{Event, Pipeline, Stats};
+use crate::sink::decision_json;
+
+/// What to print.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Summary as JSON instead of text.
+    pub json: bool,
+    /// One `match` object per failure (and `ignored` per ignore-rule hit).
+    pub matches: bool,
+    /// One `ban` object per decision.
+    pub decisions: bool,
+    /// One `missed` object per unmatched line that contains an address.
+    pub missed: bool,
+    /// Longest line; longer ones are cut and counted.
+    pub max_line: usize,
+}
+
+/// Totals of a replay, beyond the pipeline's own counters.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Pipeline counters.
+    pub stats: Stats,
+    /// Lines cut at `max_line`.
+    pub truncated: u64,
+    /// Unmatched lines that contain an address (counted only with `missed`).
+    pub missed_with_address: u64,
+    /// Wall-clock seconds.
+    pub elapsed: f64,
+}
+
+/// One input to replay: a display name and its bytes.
+pub struct Source<'a> {
+    /// Name shown in output (`-` for stdin).
+    pub name: String,
+    /// The bytes.
+    pub reader: Box<dyn Read + 'a>,
+}
+
+/// Replays `sources` through `pipeline`; `reference` (Unix seconds) places year-less dates and
+/// lines without a time until the log itself has given one.
+pub fn run(pipeline: &mut Pipeline, sources: Vec<Source<'_>>, reference: i64, opts: Options, out: &mut dyn Write) -> std::io::Result<Report> {
+    let start = Instant::now();
+    let any_address = meta::Regex::new(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}").expect("valid");
+    let names = pipeline.jail_names().to_vec();
+    let mut report = Report::default();
+    let mut err = Ok(());
+    let mut buf = vec![0u8; 1 << 20];
+    for mut src in sources {
+        let mut splitter = LineSplitter::new(opts.max_line.max(1));
+        let mut lineno = 0u64;
+        let file = src.name.clone();
+        let mut on_line = |line: &[u8]| {
+            lineno += 1;
+            let now = pipeline.last_time().unwrap_or(reference);
+            let matched = pipeline.process(line, now, |e| {
+                let v = match e {
+                    Event::Match { m, time } if opts.matches => match m.found {
+                        Found::Failure { ip, user } => {
+                            let mut v = json!({"kind": "match", "file": file, "line": lineno, "jail": names[m.jail as usize], "rule": m.rule, "host": ip.to_string(), "time": rfc3339(time)});
+                            if let Some(u) = user {
+                                v["user"] = u.into();
+                            }
+                            v
+                        }
+                        Found::Ignored => json!({"kind": "ignored", "file": file, "line": lineno, "jail": names[m.jail as usize], "ignore_rule": m.rule}),
+                        Found::BadHost(h) => json!({"kind": "bad_host", "file": file, "line": lineno, "jail": names[m.jail as usize], "rule": m.rule, "host": h}),
+                    },
+                    Event::Decision(d) if opts.decisions => {
+                        let mut v = decision_json(d);
+                        v["file"] = file.clone().into();
+                        v["line"] = lineno.into();
+                        v
+                    }
+                    _ => return,
+                };
+                if err.is_ok() {
+                    err = writeln!(out, "{v}");
+                }
+            });
+            if !matched && opts.missed && any_address.is_match(line) {
+                report.missed_with_address += 1;
+                let v = json!({"kind": "missed", "file": file, "line": lineno, "text": String::from_utf8_lossy(line)});
+                if err.is_ok() {
+                    err = writeln!(out, "{v}");
+                }
+            }
+        };
+        loop {
+            let n = match src.reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", src.name))),
+            };
+            splitter.feed(&buf[..n], &mut on_line);
+        }
+        splitter.finish(&mut on_line);
+        report.truncated += splitter.truncated;
+        std::mem::replace(&mut err, Ok(()))?;
+    }
+    report.stats = pipeline.stats().clone();
+    report.elapsed = start.elapsed().as_secs_f64();
+    if opts.json || opts.matches || opts.decisions || opts.missed {
+        writeln!(out, "{}", summary_json(&report, &names))?;
+    } else {
+        out.write_all(summary_text(&report, &names, pipeline).as_bytes())?;
+    }
+    Ok(report)
+}
+
+fn lines_per_s(r: &Report) -> f64 {
+    if r.elapsed > 0.0 { r.stats.lines as f64 / r.elapsed } else { 0.0 }
+}
+
+/// Lines no failure rule matched and no ignore rule claimed.
+fn missed(r: &Report) -> u64 {
+    let ignored: u64 = r.stats.jails.iter().flat_map(|j| &j.ignore_rules).sum();
+    r.stats.lines.saturating_sub(r.stats.matched_lines + ignored)
+}
+
+/// The summary object (`kind: "summary"`).
+pub fn summary_json(r: &Report, names: &[String]) -> serde_json::Value {
+    let s = &r.stats;
+    json!({
+        "kind": "summary",
+        "lines": s.lines,
+        "skipped_by_prefilter": s.skipped,
+        "parsed": s.parsed,
+        "time_unparsed": s.time_unparsed,
+        "invalid_utf8": s.invalid_utf8,
+        "truncated": r.truncated,
+        "matched": s.matched_lines,
+        "missed": missed(r),
+        "missed_with_address": r.missed_with_address,
+        "bans": s.bans,
+        "jails": s.jails.iter().zip(names).map(|(j, n)| json!({
+            "name": n,
+            "matched": j.rules.iter().sum::<u64>(),
+            "rules": j.rules,
+            "ignore_rules": j.ignore_rules,
+            "ignored_ip": j.ignored_ip,
+            "already_banned": j.already_banned,
+            "bad_host": j.bad_host,
+            "bans": j.bans,
+        })).collect::<Vec<_>>(),
+        "elapsed_s": (r.elapsed * 1e6).round() / 1e6,
+        "lines_per_s": lines_per_s(r).round(),
+    })
+}
+
+/// The human summary.
+fn summary_text(r: &Report, names: &[String], p: &Pipeline) -> String {
+    let s = &r.stats;
+    let mut o = String::new();
+    let _ = writeln!(o, "Lines:   {} total, {} matched, {} missed", s.lines, s.matched_lines, missed(r));
+    let _ = writeln!(
+        o,
+        "         {} skipped by the prefilter, {} parsed, {} without a usable time, {} invalid UTF-8, {} truncated",
+        s.skipped, s.parsed, s.time_unparsed, s.invalid_utf8, r.truncated
+    );
+    let _ = writeln!(o, "\nJails:");
+    for (j, name) in s.jails.iter().zip(names) {
+        let _ = writeln!(
+            o,
+            "  {name}: {} matched, {} ignored by rule, {} from ignored addresses, {} while banned, {} bad host, {} bans",
+            j.rules.iter().sum::<u64>(),
+            j.ignore_rules.iter().sum::<u64>(),
+            j.ignored_ip,
+            j.already_banned,
+            j.bad_host,
+            j.bans
+        );
+        for (i, n) in j.rules.iter().enumerate() {
+            let _ = writeln!(o, "    rule {i:<3} {n:>10}");
+        }
+        for (i, n) in j.ignore_rules.iter().enumerate() {
+            let _ = writeln!(o, "    ignore {i:<3} {n:>8}");
+        }
+    }
+    let (tracked, evicted) = p.tracked();
+    let _ = writeln!(o, "\nBans:    {} (list them with --decisions)", s.bans);
+    let _ = writeln!(o, "Windows: {tracked} addresses still counting, {evicted} evicted by max_tracked");
+    let _ = writeln!(o, "Elapsed: {:.3} s, {:.0} lines/s", r.elapsed, lines_per_s(r));
+    o
+}

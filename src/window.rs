@@ -1,0 +1,175 @@
+//! Stage 4: failures per (jail, address) within the jail's `findtime`.
+//!
+//! Time is the line's time, passed in: replaying an old file behaves like the live run. Memory
+//! is bounded: expired entries are swept as time advances, and past `max_tracked` entries the
+//! least recently failing eighth is evicted (and counted).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use crate::matcher::JailId;
+
+/// Window-stage settings of a pipeline file.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Most (jail, address) pairs tracked at once; beyond, the least recently failing go.
+    pub max_tracked: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig { max_tracked: 1_000_000 }
+    }
+}
+
+/// Per-jail thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct Threshold {
+    /// Failures that earn a ban.
+    pub maxretry: u32,
+    /// Seconds they must fall within.
+    pub findtime: i64,
+}
+
+/// The failure times of one (jail, address), oldest first; at most `maxretry` kept.
+#[derive(Debug, Default)]
+struct Entry {
+    times: std::collections::VecDeque<i64>,
+}
+
+/// The windowed counters.
+#[derive(Debug)]
+pub struct Window {
+    thresholds: Vec<Threshold>,
+    max_tracked: usize,
+    entries: HashMap<(JailId, IpAddr), Entry>,
+    longest: i64,
+    next_sweep: i64,
+    evicted: u64,
+}
+
+impl Window {
+    /// A window for jails with these thresholds.
+    pub fn new(thresholds: Vec<Threshold>, cfg: &WindowConfig) -> Window {
+        let longest = thresholds.iter().map(|t| t.findtime).max().unwrap_or(0);
+        Window { thresholds, max_tracked: cfg.max_tracked.max(1), entries: HashMap::new(), longest, next_sweep: i64::MIN, evicted: 0 }
+    }
+
+    /// Records a failure at `time`; returns the number of failures in the window when it
+    /// reaches `maxretry` (the entry is then cleared: the next ban needs fresh failures).
+    pub fn record(&mut self, jail: JailId, key: IpAddr, time: i64) -> Option<u32> {
+        self.sweep(time);
+        let th = self.thresholds[jail as usize];
+        if !self.entries.contains_key(&(jail, key)) && self.entries.len() >= self.max_tracked {
+            self.evict();
+        }
+        let e = self.entries.entry((jail, key)).or_default();
+        // Lines may arrive slightly out of order: keep times sorted.
+        let pos = e.times.partition_point(|&t| t <= time);
+        e.times.insert(pos, time);
+        let newest = *e.times.back().expect("just inserted");
+        while e.times.front().is_some_and(|&t| t <= newest - th.findtime) {
+            e.times.pop_front();
+        }
+        let n = e.times.len() as u32;
+        if n >= th.maxretry {
+            self.entries.remove(&(jail, key));
+            Some(n)
+        } else {
+            None
+        }
+    }
+
+    /// Forgets an address in a jail (it was banned by other means).
+    pub fn forget(&mut self, jail: JailId, key: IpAddr) {
+        self.entries.remove(&(jail, key));
+    }
+
+    /// Pairs currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Pairs evicted by the cap so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Failures currently counted for (jail, key), for `status`-like views.
+    pub fn failures(&self, jail: JailId, key: IpAddr) -> usize {
+        self.entries.get(&(jail, key)).map_or(0, |e| e.times.len())
+    }
+
+    /// Drops entries whose newest failure has left every window; runs at most every
+    /// `longest/4` seconds of log time, so its cost is spread thin.
+    fn sweep(&mut self, now: i64) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now.saturating_add((self.longest / 4).max(1));
+        let th = &self.thresholds;
+        self.entries.retain(|(j, _), e| e.times.back().is_some_and(|&t| t > now - th[*j as usize].findtime));
+    }
+
+    /// Evicts the least recently failing eighth of the entries.
+    fn evict(&mut self) {
+        let mut newest: Vec<i64> = self.entries.values().map(|e| e.times.back().copied().unwrap_or(i64::MIN)).collect();
+        let k = (newest.len() / 8).max(1).min(newest.len() - 1);
+        let (_, &mut cut, _) = newest.select_nth_unstable(k);
+        let before = self.entries.len();
+        self.entries.retain(|_, e| e.times.back().copied().unwrap_or(i64::MIN) > cut);
+        self.evicted += (before - self.entries.len()) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bans_at_maxretry_within_findtime() {
+        let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
+        assert_eq!(w.record(0, ip("192.0.2.1"), 0), None);
+        assert_eq!(w.record(0, ip("192.0.2.1"), 30), None);
+        assert_eq!(w.record(0, ip("192.0.2.1"), 59), Some(3));
+        assert_eq!(w.tracked(), 0);
+    }
+
+    #[test]
+    fn old_failures_leave_the_window() {
+        let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
+        w.record(0, ip("192.0.2.1"), 0);
+        w.record(0, ip("192.0.2.1"), 30);
+        // Exactly findtime after the first: the first no longer counts (strict window).
+        assert_eq!(w.record(0, ip("192.0.2.1"), 60), None);
+        assert_eq!(w.failures(0, ip("192.0.2.1")), 2);
+    }
+
+    #[test]
+    fn expired_entries_are_swept() {
+        let mut w = Window::new(vec![Threshold { maxretry: 5, findtime: 60 }], &WindowConfig::default());
+        for i in 0..100 {
+            w.record(0, IpAddr::from([192, 0, 2, i]), 0);
+        }
+        w.record(0, ip("198.51.100.1"), 1000);
+        assert_eq!(w.tracked(), 1);
+    }
+
+    #[test]
+    fn cap_evicts_oldest_and_counts() {
+        let mut w = Window::new(vec![Threshold { maxretry: 5, findtime: 1_000_000 }], &WindowConfig { max_tracked: 16 });
+        for i in 0..64u8 {
+            w.record(0, IpAddr::from([192, 0, 2, i]), i64::from(i));
+        }
+        assert!(w.tracked() <= 16);
+        assert!(w.evicted() >= 48);
+        assert_eq!(w.failures(0, ip("192.0.2.63")), 1, "the newest survive");
+    }
+}
