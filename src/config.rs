@@ -14,10 +14,19 @@ use crate::policy::PolicyConfig;
 use crate::sink::SinkConfig;
 use crate::window::WindowConfig;
 
-/// The default pipeline, compiled into the binary.
-pub const BUILTIN_NAME: &str = "<builtin>/mail.ron";
-/// Text of the default pipeline.
-pub const BUILTIN: &str = include_str!("../pipelines/mail.ron");
+/// Prefix of the names of the pipeline files compiled into the binary.
+const BUILTIN_DIR: &str = "<builtin>/";
+
+/// The shipped pipeline files, compiled in: `mail.ron` is the default, and includes between
+/// them resolve here, so the binary needs no files on disk.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("mail.ron", include_str!("../pipelines/mail.ron")),
+    ("postfix.ron", include_str!("../pipelines/postfix.ron")),
+    ("dovecot.ron", include_str!("../pipelines/dovecot.ron")),
+    ("qmail.ron", include_str!("../pipelines/qmail.ron")),
+    ("roundcube.ron", include_str!("../pipelines/roundcube.ron")),
+    ("all.ron", include_str!("../pipelines/all.ron")),
+];
 
 /// A duration written as `"15m"`, `"1h"`, `"1d"` (humantime syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -186,7 +195,13 @@ impl Config {
 
     /// The built-in default pipeline (`pipelines/mail.ron`).
     pub fn builtin() -> Config {
-        Config::from_text(BUILTIN_NAME, BUILTIN, Path::new(".")).expect("the built-in pipeline is valid")
+        Config::builtin_named("mail.ron").expect("the built-in pipeline is valid")
+    }
+
+    /// A pipeline file compiled into the binary, by file name.
+    pub fn builtin_named(file: &str) -> Result<Config, ConfigError> {
+        let text = builtin_text(file).ok_or_else(|| ConfigError { file: file.into(), line: 1, col: 1, reason: "no such built-in pipeline".into() })?;
+        Config::from_text(&format!("{BUILTIN_DIR}{file}"), text, Path::new(BUILTIN_DIR))
     }
 
     /// Loads pipeline text named `name`; includes are relative to `dir`.
@@ -214,6 +229,10 @@ impl Config {
             origins: acc.origins,
         })
     }
+}
+
+fn builtin_text(file: &str) -> Option<&'static str> {
+    BUILTIN.iter().find(|(n, _)| *n == file).map(|(_, t)| *t)
 }
 
 /// Includes being merged: the first file to set a section wins.
@@ -248,14 +267,19 @@ impl Acc {
         for inc in &file.include {
             let path = dir.join(&inc.file);
             let canon = path.canonicalize().unwrap_or_else(|_| path.clone());
-            if stack.contains(&canon) {
+            if stack.contains(&canon) || stack.len() > 16 {
                 return Err(origin.error_at(&[&inc.file], format!("include cycle through {:?}", inc.file)));
             }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| origin.error_at(&[&inc.file], format!("cannot read include {:?}: {e}", path.display())))?;
+            let text = if dir == Path::new(BUILTIN_DIR) {
+                builtin_text(&inc.file).map(str::to_string).ok_or_else(|| origin.error_at(&[&inc.file], format!("no built-in pipeline {:?}", inc.file)))?
+            } else {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| origin.error_at(&[&inc.file], format!("cannot read include {:?}: {e}", path.display())))?
+            };
             stack.push(canon);
             let before = self.jails.len();
-            self.add(&path.display().to_string(), &text, path.parent().unwrap_or(dir), &inc.jails, stack)?;
+            let sub = if dir == Path::new(BUILTIN_DIR) { dir } else { path.parent().unwrap_or(dir) };
+            self.add(&path.display().to_string(), &text, sub, &inc.jails, stack)?;
             stack.pop();
             let got: Vec<&str> = self.jails[before..].iter().map(|j| j.name.as_str()).collect();
             if let Some(missing) = inc.jails.iter().find(|j| !got.contains(&j.as_str())) {
@@ -278,6 +302,15 @@ impl Acc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_shipped_file_loads() {
+        for (name, _) in BUILTIN {
+            let c = Config::builtin_named(name).unwrap();
+            assert!(!c.jails.is_empty(), "{name}");
+        }
+        assert_eq!(Config::builtin_named("all.ron").unwrap().jails.len(), 12);
+    }
 
     #[test]
     fn builtin_loads() {
