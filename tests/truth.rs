@@ -1,0 +1,108 @@
+//! End to end against ground truth: the shared generator writes a realistic mail log and says
+//! which addresses attack; `mailpipe test --decisions` and `mailpipe run --dry-run` must ban
+//! exactly the addresses mail.ron's policy calls for, and never a legitimate one.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn generator() -> Option<PathBuf> {
+    let g = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/gen_maillog.py");
+    g.is_file().then_some(g)
+}
+
+/// mail.ron's jails as the truth file's failure kinds: (kinds, maxretry, findtime).
+const JAILS: &[(&[&str], usize, i64)] = &[(&["sasl"], 5, 900), (&["dovecot_login", "dovecot_auth"], 7, 900)];
+
+/// The ban key: IPv6 is banned per /64.
+fn key(ip: &str) -> String {
+    match ip.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).to_string()
+        }
+    }
+}
+
+fn banned_keys(decisions: &str) -> BTreeSet<String> {
+    decisions
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "ban")
+        .map(|v| v["ip"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn bans_exactly_the_attackers() {
+    let Some(gen_path) = generator() else {
+        eprintln!("SKIPPED: ../shared/bench/gen_maillog.py not found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (log, truth) = (dir.path().join("maillog"), dir.path().join("truth.jsonl"));
+    let st = Command::new("python3")
+        .arg(&gen_path)
+        .args(["--seed", "3", "--lines", "200000", "--out"])
+        .arg(&log)
+        .arg("--truth")
+        .arg(&truth)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let text = std::fs::read_to_string(&truth).unwrap();
+    let mut lines = text.lines();
+    let meta: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let mut expected = BTreeSet::new();
+    let mut legit = BTreeSet::new();
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let ip = v["ip"].as_str().unwrap();
+        if v["class"] == "legit" {
+            legit.insert(key(ip));
+        }
+        let mut by_kind: HashMap<&str, Vec<i64>> = HashMap::new();
+        for (t, k) in v["fail"].as_array().unwrap().iter().zip(v["kinds"].as_array().unwrap()) {
+            by_kind.entry(k.as_str().unwrap()).or_default().push(t.as_i64().unwrap());
+        }
+        for (kinds, maxretry, findtime) in JAILS {
+            let mut ts: Vec<i64> = kinds.iter().flat_map(|k| by_kind.get(k).cloned().unwrap_or_default()).collect();
+            ts.sort();
+            if ts.windows(*maxretry).any(|w| w[maxretry - 1] - w[0] < *findtime) {
+                expected.insert(key(ip));
+            }
+        }
+    }
+    assert!(expected.len() > 20, "the generated log should contain attackers");
+
+    let end = meta["meta"]["end_epoch"].as_i64().unwrap();
+    let now = chrono::DateTime::from_timestamp(end + 3600, 0).unwrap().to_rfc3339();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+        .env("TZ", "UTC")
+        .args(["test", "--decisions", "--now", &now])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let got = banned_keys(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(got.difference(&expected).collect::<Vec<_>>(), Vec::<&String>::new(), "banned but should not be");
+    assert_eq!(expected.difference(&got).collect::<Vec<_>>(), Vec::<&String>::new(), "should be banned but was not");
+    assert!(!legit.is_empty(), "the generated log should contain mistyping users");
+    assert!(got.is_disjoint(&legit), "a legitimate user was banned");
+
+    // The daemon path on the same log makes the same bans.
+    let run = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+        .env("TZ", "UTC")
+        .args(["run", "--dry-run"])
+        .stdin(std::fs::File::open(&log).unwrap())
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    assert_eq!(banned_keys(&String::from_utf8(run.stdout).unwrap()), got);
+}
