@@ -166,13 +166,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Check { config } => {
             let cfg = load(&config)?;
-            Pipeline::new(&cfg, YearMode::Live)?;
+            let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
             let rules: usize = cfg.jails.iter().map(|j| j.rules.len() + j.ignore.len()).sum();
+            let (literals, unliteral) = pipeline.literals();
             println!(
-                "ok: {} jails, {rules} rules ({})",
+                "ok: {} jails, {rules} rules, {literals} prefilter literals ({})",
                 cfg.jails.len(),
                 cfg.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
             );
+            for (jail, rule) in unliteral {
+                println!("note: jail {jail} rule {rule} has no literal the prefilter can use: every line is parsed for it");
+            }
             Ok(())
         }
         Command::Explain { config, now, line } => {

@@ -28,6 +28,8 @@ pub struct Stats {
     pub invalid_utf8: u64,
     /// Lines matched by at least one jail's failure rule.
     pub matched_lines: u64,
+    /// Lines no failure rule matched but some jail's ignore rule did.
+    pub ignored_lines: u64,
     /// Per jail.
     pub jails: Vec<JailStats>,
     /// Decisions made.
@@ -77,6 +79,8 @@ pub struct Pipeline {
     matches: Vec<Match<'static>>,
     decisions: Vec<Decision>,
     lossy: String,
+    /// Each jail's (rules, ignore rules) as written, for reports.
+    texts: Vec<(Vec<String>, Vec<String>)>,
 }
 
 /// A pipeline that cannot be built.
@@ -111,6 +115,7 @@ impl Pipeline {
             matches: Vec::new(),
             decisions: Vec::new(),
             lossy: String::new(),
+            texts: cfg.jails.iter().map(|j| (j.rules.clone(), j.ignore.clone())).collect(),
         })
     }
 
@@ -122,6 +127,17 @@ impl Pipeline {
     /// Jail names by id.
     pub fn jail_names(&self) -> &[String] {
         self.matcher.jail_names()
+    }
+
+    /// A jail's failure and ignore rules as written.
+    pub fn rule_texts(&self, jail: usize) -> (&[String], &[String]) {
+        let (r, i) = &self.texts[jail];
+        (r, i)
+    }
+
+    /// Literals the prefilter searches for, and rules that have none (checked on every line).
+    pub fn literals(&self) -> (usize, Vec<(&str, usize)>) {
+        (self.prefilter.literals().len(), self.matcher.unliteral_rules().collect())
     }
 
     /// The zone naive times are read in.
@@ -178,6 +194,8 @@ impl Pipeline {
             matched |= self.account(*m, time);
             on(Event::Match { m: *m, time });
         }
+        let ignored = !matched && matches.iter().any(|m| m.found == Found::Ignored);
+        self.stats.ignored_lines += u64::from(ignored);
         for d in &self.decisions {
             on(Event::Decision(d));
         }

@@ -126,14 +126,22 @@ pub fn run(pipeline: &mut Pipeline, sources: Vec<Source<'_>>, reference: i64, op
     Ok(report)
 }
 
+/// A rule for a one-line listing.
+fn shorten(rule: &str) -> String {
+    if rule.len() <= 90 {
+        return rule.to_string();
+    }
+    let cut = (0..=87).rev().find(|&i| rule.is_char_boundary(i)).unwrap_or(0);
+    format!("{}...", &rule[..cut])
+}
+
 fn lines_per_s(r: &Report) -> f64 {
     if r.elapsed > 0.0 { r.stats.lines as f64 / r.elapsed } else { 0.0 }
 }
 
 /// Lines no failure rule matched and no ignore rule claimed.
 fn missed(r: &Report) -> u64 {
-    let ignored: u64 = r.stats.jails.iter().flat_map(|j| &j.ignore_rules).sum();
-    r.stats.lines.saturating_sub(r.stats.matched_lines + ignored)
+    r.stats.lines - r.stats.matched_lines - r.stats.ignored_lines
 }
 
 /// The summary object (`kind: "summary"`).
@@ -148,6 +156,7 @@ pub fn summary_json(r: &Report, names: &[String]) -> serde_json::Value {
         "invalid_utf8": s.invalid_utf8,
         "truncated": r.truncated,
         "matched": s.matched_lines,
+        "ignored": s.ignored_lines,
         "missed": missed(r),
         "missed_with_address": r.missed_with_address,
         "bans": s.bans,
@@ -170,14 +179,15 @@ pub fn summary_json(r: &Report, names: &[String]) -> serde_json::Value {
 fn summary_text(r: &Report, names: &[String], p: &Pipeline) -> String {
     let s = &r.stats;
     let mut o = String::new();
-    let _ = writeln!(o, "Lines:   {} total, {} matched, {} missed", s.lines, s.matched_lines, missed(r));
+    let _ = writeln!(o, "Lines:   {} total, {} matched, {} ignored, {} missed", s.lines, s.matched_lines, s.ignored_lines, missed(r));
     let _ = writeln!(
         o,
         "         {} skipped by the prefilter, {} parsed, {} without a usable time, {} invalid UTF-8, {} truncated",
         s.skipped, s.parsed, s.time_unparsed, s.invalid_utf8, r.truncated
     );
     let _ = writeln!(o, "\nJails:");
-    for (j, name) in s.jails.iter().zip(names) {
+    for (jid, (j, name)) in s.jails.iter().zip(names).enumerate() {
+        let (rules, ignores) = p.rule_texts(jid);
         let _ = writeln!(
             o,
             "  {name}: {} matched, {} ignored by rule, {} from ignored addresses, {} while banned, {} bad host, {} bans",
@@ -189,10 +199,10 @@ fn summary_text(r: &Report, names: &[String], p: &Pipeline) -> String {
             j.bans
         );
         for (i, n) in j.rules.iter().enumerate() {
-            let _ = writeln!(o, "    rule {i:<3} {n:>10}");
+            let _ = writeln!(o, "    rule {i:<3} {n:>10}  {}", shorten(&rules[i]));
         }
         for (i, n) in j.ignore_rules.iter().enumerate() {
-            let _ = writeln!(o, "    ignore {i:<3} {n:>8}");
+            let _ = writeln!(o, "    ignore {i:<3} {n:>8}  {}", shorten(&ignores[i]));
         }
     }
     let (tracked, evicted) = p.tracked();
