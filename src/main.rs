@@ -174,8 +174,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 cfg.jails.len(),
                 cfg.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
             );
-            for (jail, rule) in unliteral {
-                println!("note: jail {jail} rule {rule} has no literal the prefilter can use: every line is parsed for it");
+            for (jail, rule, ignore) in unliteral {
+                let what = if ignore { "ignore rule" } else { "rule" };
+                println!("note: jail {jail} {what} {rule} has no literal the prefilter can use: every line is parsed for it");
             }
             Ok(())
         }

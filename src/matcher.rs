@@ -15,7 +15,7 @@ use regex_automata::dfa::{self, Automaton};
 use regex_automata::meta;
 use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
+use regex_automata::{Anchored, Input, MatchKind, PatternID};
 use serde::Deserialize;
 
 use crate::config::{Jail, Origin, ConfigError, jail_needles, regex_needles};
@@ -88,9 +88,70 @@ struct Rule {
     jail: JailId,
     index: usize,
     ignore: bool,
+    /// The whole rule with its groups: for `<USER>`, and for `<HOST>` when `finder` is `None`.
     re: meta::Regex,
     caps: Captures,
+    has_user: bool,
+    finder: Option<HostFinder>,
     has_literal: bool,
+}
+
+/// Finds `<HOST>` in a line the rule is known to match, without a capturing engine.
+///
+/// The rule is split at `<HOST>` into a part before (P) and after (S), each a lazy DFA. Every
+/// place P can end is a candidate host start; a candidate is the host when an address starts
+/// there and S matches right after it. The last candidate wins, as a greedy `.*` in P would
+/// have it. Two DFA scans cost a fraction of a backtracking capture search.
+#[derive(Debug)]
+struct HostFinder {
+    /// `None` when the rule starts with `<HOST>`.
+    pre: Option<(hybrid::dfa::DFA, hybrid::dfa::Cache)>,
+    post: (hybrid::dfa::DFA, hybrid::dfa::Cache),
+}
+
+impl HostFinder {
+    /// `None` when the halves do not compile alone (`<HOST>` inside a group): captures are used.
+    fn new(before: &str, after: &str) -> Option<HostFinder> {
+        let dfa = |p: &str| {
+            hybrid::dfa::DFA::builder()
+                .syntax(syntax_config())
+                .configure(hybrid::dfa::Config::new().match_kind(MatchKind::All).minimum_cache_clear_count(None))
+                .build(p)
+                .ok()
+                .map(|d| {
+                    let c = d.create_cache();
+                    (d, c)
+                })
+        };
+        let pre = if before.is_empty() { None } else { Some(dfa(before)?) };
+        Some(HostFinder { pre, post: dfa(after)? })
+    }
+
+    /// The host's span in `msg`.
+    fn find(&mut self, msg: &[u8]) -> Option<std::ops::Range<usize>> {
+        let Some((pre, cache)) = &mut self.pre else { return Self::host_span(&mut self.post, msg, 0) };
+        let input = Input::new(msg).anchored(Anchored::Yes);
+        let mut state = regex_automata::hybrid::dfa::OverlappingState::start();
+        let mut found = None;
+        loop {
+            pre.try_search_overlapping_fwd(cache, &input, &mut state).ok()?;
+            let Some(m) = state.get_match() else { break };
+            let e = m.offset();
+            if let Some(span) = Self::host_span(&mut self.post, msg, e) {
+                found = Some(span);
+            }
+        }
+        found
+    }
+
+    /// The longest address starting at `at` after which S matches.
+    fn host_span(post: &mut (hybrid::dfa::DFA, hybrid::dfa::Cache), msg: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
+        let run = msg[at..].iter().take(45).take_while(|b| b.is_ascii_hexdigit() || **b == b':' || **b == b'.').count();
+        (2..=run).rev().map(|len| at..at + len).find(|span| {
+            std::str::from_utf8(&msg[span.clone()]).is_ok_and(|t| t.parse::<IpAddr>().is_ok())
+                && post.0.try_search_fwd(&mut post.1, &Input::new(msg).range(span.end..).anchored(Anchored::Yes).earliest(true)).is_ok_and(|m| m.is_some())
+        })
+    }
 }
 
 /// A problem building the matcher (reported as `file:line:col`).
@@ -104,25 +165,53 @@ pub struct Matcher {
     programs: Vec<Option<meta::Regex>>,
     jail_names: Vec<String>,
     literals: Vec<Option<Vec<Vec<u8>>>>,
-    /// Patterns checked on lines the prefilter skipped (rules without a literal).
-    unliteral: Vec<PatternID>,
-    set: PatternSet,
-    // Per-line scratch, reused.
-    allowed: Vec<bool>,
-    ignored: Vec<bool>,
-    done: Vec<bool>,
+    /// Extract `<USER>` too (costs a capture search; for reports, not for banning).
+    want_user: bool,
+    /// Per-line scratch, reused: each jail's state on the current line.
+    jail_state: Vec<JailState>,
+}
+
+/// Where a jail stands on the current line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JailState {
+    /// Not looked at yet.
+    Fresh,
+    /// Its program filter passed.
+    Allowed,
+    /// Decided (matched, ignored, or another program): skip its other rules.
+    Done,
 }
 
 fn syntax_config() -> syntax::Config {
     syntax::Config::new().unicode(false).utf8(false)
 }
 
-/// Expands `<HOST>`, `<ADDR>` and `<USER>` into named groups; `None` when there is no host.
+/// `<USER>`: a user name as logs print it.
+const USER: &str = r"[^\s,>)]*";
+
+/// `<HOST>` in the rule DFA: any run of address characters. The exact address grammar
+/// (counted repetitions, IPv4 inside IPv6) multiplies DFA states wherever a rule has `\S*`
+/// before the host; the address itself is checked when it is extracted.
+const LOOSE_HOST: &str = "[0-9A-Fa-f:.]+";
+
+/// The rule as the multi-pattern DFA sees it: no groups, loose host.
+fn expand_for_dfa(rule: &str) -> String {
+    rule.replace("<HOST>", LOOSE_HOST).replace("<ADDR>", LOOSE_HOST).replace("<USER>", USER)
+}
+
+/// Expands `<HOST>`, `<ADDR>` and `<USER>` into named groups; also returns how many hosts.
 fn expand(rule: &str) -> (String, usize) {
     let host = format!("(?P<host>{IPV4}|{IPV6})");
     let n = rule.matches("<HOST>").count() + rule.matches("<ADDR>").count();
-    let s = rule.replace("<HOST>", &host).replace("<ADDR>", &host).replace("<USER>", r"(?P<user>[^\s,>)]*)");
+    let s = rule.replace("<HOST>", &host).replace("<ADDR>", &host).replace("<USER>", &format!("(?P<user>{USER})"));
     (s, n)
+}
+
+/// The rule's text before and after its one `<HOST>`, for `HostFinder`.
+fn split_at_host(rule: &str) -> Option<(String, String)> {
+    let i = rule.find("<HOST>").or_else(|| rule.find("<ADDR>"))?;
+    let plain = |s: &str| s.replace("<USER>", USER);
+    Some((plain(&rule[..i]), plain(&rule[i + "<HOST>".len()..])))
 }
 
 /// Turns a program glob (`postfix*/smtpd`) into an anchored regex.
@@ -156,11 +245,13 @@ impl Matcher {
                     origin.error_at(&[&jail_needles(jail)], format!("jail {:?}: bad program glob: {e}", jail.name))
                 })?)
             });
-            let all = jail.rules.iter().map(|r| (r, false)).chain(jail.ignore.iter().map(|r| (r, true)));
+            // Ignore rules first: candidates are tried in pattern order, and an ignore rule must
+            // win over any failure rule of its jail.
+            let all = jail.ignore.iter().map(|r| (r, true)).chain(jail.rules.iter().map(|r| (r, false)));
             let mut counts = [0usize; 2];
             for (text, ignore) in all {
-                let index = counts[ignore as usize];
-                counts[ignore as usize] += 1;
+                let index = counts[usize::from(ignore)];
+                counts[usize::from(ignore)] += 1;
                 let what = if ignore { "ignore rule" } else { "rule" };
                 let needles = regex_needles(text);
                 let at = |reason: String| {
@@ -182,9 +273,26 @@ impl Matcher {
                     .build(&pattern)
                     .map_err(|e| at(format!("bad regex: {}", one_line(&e.to_string()))))?;
                 let lits = crate::prefilter::required_literals(&hir);
-                rules.push(Rule { jail: jid, index, ignore, caps: re.create_captures(), re, has_literal: lits.is_some() });
+                let finder = if ignore { None } else { split_at_host(&full).and_then(|(b, a)| HostFinder::new(&b, &a)) };
+                let has_user = full.contains("<USER>");
+                rules.push(Rule { jail: jid, index, ignore, caps: re.create_captures(), re, has_user, finder, has_literal: lits.is_some() });
                 literals.push(lits);
-                patterns.push(pattern);
+                patterns.push(expand_for_dfa(&full));
+            }
+        }
+        // An ignore rule only matters where one of its jail's failure rules can match, so one
+        // without a literal of its own takes theirs.
+        for i in 0..rules.len() {
+            if rules[i].ignore && literals[i].is_none() {
+                let jail = rules[i].jail;
+                let theirs: Option<Vec<Vec<u8>>> = rules
+                    .iter()
+                    .zip(&literals)
+                    .filter(|(r, _)| r.jail == jail && !r.ignore)
+                    .map(|(_, l)| l.clone())
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| v.concat());
+                literals[i] = theirs;
             }
         }
         let dfa = build_dfa(&patterns, cfg.engine).map_err(|e| {
@@ -193,24 +301,14 @@ impl Matcher {
                 |o| o.error_at(&["engine"], e.clone()),
             )
         })?;
-        let unliteral = rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.has_literal && !r.ignore)
-            .map(|(i, _)| PatternID::new_unchecked(i))
-            .collect();
-        let n = jails.len();
         Ok(Matcher {
             dfa,
-            set: PatternSet::new(patterns.len()),
+            want_user: false,
             rules,
             programs,
             jail_names: jails.iter().map(|j| j.name.clone()).collect(),
             literals,
-            unliteral,
-            allowed: vec![false; n],
-            ignored: vec![false; n],
-            done: vec![false; n],
+            jail_state: vec![JailState::Fresh; jails.len()],
         })
     }
 
@@ -219,17 +317,17 @@ impl Matcher {
         &self.literals
     }
 
-    /// Whether some failure rule has no literal and so must see lines the prefilter skips.
-    pub fn has_unliteral_rules(&self) -> bool {
-        !self.unliteral.is_empty()
+    /// Rules without a usable literal, as `(jail, rule index, is an ignore rule)`.
+    pub fn unliteral_rules(&self) -> impl Iterator<Item = (&str, usize, bool)> {
+        self.rules
+            .iter()
+            .filter(|r| !r.has_literal)
+            .map(|r| (self.jail_names[r.jail as usize].as_str(), r.index, r.ignore))
     }
 
-    /// Rules without a usable literal, as `(jail, rule index)`.
-    pub fn unliteral_rules(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.unliteral.iter().map(|p| {
-            let r = &self.rules[p.as_usize()];
-            (self.jail_names[r.jail as usize].as_str(), r.index)
-        })
+    /// Whether matches report `<USER>` (off by default: banning needs only the host).
+    pub fn set_want_user(&mut self, on: bool) {
+        self.want_user = on;
     }
 
     /// Jail names by id.
@@ -237,60 +335,74 @@ impl Matcher {
         &self.jail_names
     }
 
-    /// Pushes one `Match` per jail whose rules match `rec` into `out`. With `only_unliteral`
-    /// (the prefilter found no literal) only the rules without literals are tried.
-    pub fn find<'a>(&mut self, rec: &Record<'a>, only_unliteral: bool, out: &mut Vec<Match<'a>>) {
+    /// Pushes one `Match` per jail whose rules match `rec` into `out`. Only the rules in
+    /// `candidates` (pattern ids, ascending, from the prefilter) are tried: each with an anchored,
+    /// earliest search of that one pattern, which stops as soon as it matches or dies.
+    pub fn find<'a>(&mut self, rec: &Record<'a>, candidates: &[u32], out: &mut Vec<Match<'a>>) {
         let msg = rec.msg.as_bytes();
-        self.set.clear();
-        if only_unliteral {
-            for i in 0..self.unliteral.len() {
-                let pid = self.unliteral[i];
-                self.search(Input::new(msg).anchored(Anchored::Pattern(pid)));
+        self.jail_state.fill(JailState::Fresh);
+        for &pid in candidates {
+            let j = self.rules[pid as usize].jail as usize;
+            match self.jail_state[j] {
+                JailState::Done => continue,
+                JailState::Allowed => {}
+                JailState::Fresh => {
+                    if self.programs[j].as_ref().is_some_and(|re| !re.is_match(rec.program)) {
+                        self.jail_state[j] = JailState::Done;
+                        continue;
+                    }
+                    self.jail_state[j] = JailState::Allowed;
+                }
             }
-        } else {
-            self.search(Input::new(msg).anchored(Anchored::Yes));
-        }
-        if self.set.is_empty() {
-            return;
-        }
-        for j in 0..self.programs.len() {
-            self.allowed[j] = self.programs[j].as_ref().is_none_or(|re| re.is_match(rec.program));
-            self.ignored[j] = false;
-            self.done[j] = false;
-        }
-        for pid in self.set.iter() {
-            let r = &self.rules[pid.as_usize()];
-            if r.ignore && self.allowed[r.jail as usize] && !self.ignored[r.jail as usize] {
-                self.ignored[r.jail as usize] = true;
-                out.push(Match { jail: r.jail, rule: r.index, found: Found::Ignored });
-            }
-        }
-        // Patterns come in rule order, so each jail reports its first matching rule.
-        for pid in self.set.iter() {
-            let r = &mut self.rules[pid.as_usize()];
-            let j = r.jail as usize;
-            if r.ignore || !self.allowed[j] || self.ignored[j] || self.done[j] {
+            if !self.matches(msg, pid) {
                 continue;
             }
-            self.done[j] = true;
-            r.re.search_captures(&Input::new(msg).anchored(Anchored::Yes), &mut r.caps);
-            let text = |name| r.caps.get_group_by_name(name).map(|s| &rec.msg[s.range()]);
-            let Some(host) = text("host") else { continue };
-            let found = match host.parse::<IpAddr>() {
-                Ok(ip) => Found::Failure { ip: ip.to_canonical(), user: text("user") },
-                Err(_) => Found::BadHost(host),
-            };
-            out.push(Match { jail: r.jail, rule: r.index, found });
+            self.jail_state[j] = JailState::Done;
+            if let Some(m) = self.extract(rec, pid as usize) {
+                out.push(m);
+            }
         }
     }
 
-    fn search(&mut self, input: Input<'_>) {
+    /// Whether pattern `pid` matches at the start of `msg`.
+    fn matches(&mut self, msg: &[u8], pid: u32) -> bool {
+        let input = Input::new(msg).anchored(Anchored::Pattern(PatternID::new_unchecked(pid as usize))).earliest(true);
         let res = match &mut self.dfa {
-            Dfa::Hybrid(dfa, cache) => dfa.try_which_overlapping_matches(cache, &input, &mut self.set),
-            Dfa::Dense(dfa) => dfa.try_which_overlapping_matches(&input, &mut self.set),
+            Dfa::Hybrid(dfa, cache) => dfa.try_search_fwd(cache, &input),
+            Dfa::Dense(dfa) => dfa.try_search_fwd(&input),
         };
-        // Neither quits (no Unicode word boundaries) nor gives up (no clear limit set).
+        // Neither engine can fail here: no Unicode word boundaries, no cache-clear limit.
         debug_assert!(res.is_ok(), "{res:?}");
+        matches!(res, Ok(Some(_)))
+    }
+
+    /// What matching rule `i` found in `rec`.
+    fn extract<'a>(&mut self, rec: &Record<'a>, i: usize) -> Option<Match<'a>> {
+        let msg = rec.msg.as_bytes();
+        let want_user = self.want_user;
+        let r = &mut self.rules[i];
+        if r.ignore {
+            return Some(Match { jail: r.jail, rule: r.index, found: Found::Ignored });
+        }
+        let fast = match (&mut r.finder, r.has_user && want_user) {
+            (Some(f), false) => f.find(msg),
+            _ => None,
+        };
+        // No address where the rule wants one (e.g. `999.1.1.1`), or captures wanted:
+        // the capture search reports exactly what the rule saw.
+        let span = fast.or_else(|| {
+            r.re.search_captures(&Input::new(msg).anchored(Anchored::Yes), &mut r.caps);
+            r.caps.get_group_by_name("host").map(|s| s.range())
+        })?;
+        let host = &rec.msg[span];
+        let found = match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                let user = if r.has_user && want_user { r.caps.get_group_by_name("user").map(|s| &rec.msg[s.range()]) } else { None };
+                Found::Failure { ip: ip.to_canonical(), user }
+            }
+            Err(_) => Found::BadHost(host),
+        };
+        Some(Match { jail: r.jail, rule: r.index, found })
     }
 }
 
@@ -303,7 +415,6 @@ fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
                 .thompson(thompson)
                 .configure(
                     hybrid::dfa::Config::new()
-                        .match_kind(MatchKind::All)
                         .starts_for_each_pattern(true)
                         .cache_capacity(8 << 20)
                         .minimum_cache_clear_count(None),
@@ -319,7 +430,6 @@ fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
                 .thompson(thompson)
                 .configure(
                     dfa::dense::Config::new()
-                        .match_kind(MatchKind::All)
                         .starts_for_each_pattern(true)
                         .dfa_size_limit(Some(size_limit))
                         .determinize_size_limit(Some(size_limit)),
@@ -362,16 +472,21 @@ mod tests {
         Record { time: None, host: None, program, msg }
     }
 
+    /// Every rule a candidate, as if every literal occurred.
+    fn every(m: &Matcher) -> Vec<u32> {
+        (0..m.rules.len() as u32).collect()
+    }
+
     const SASL: &str = r"warning: [^\[\s]*\[<HOST>\](?::\d+)?: SASL (?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5) authentication failed:";
 
     #[test]
     fn host_and_program_filter() {
         let mut m = matcher(&[jail("sasl", &["postfix*/smtpd"], &[SASL], &[r"\S+ SASL \S+ authentication failed: Connection lost"])]);
         let mut out = Vec::new();
-        m.find(&rec("postfix/submission/smtpd", "warning: unknown[192.0.2.1]:25: SASL login authentication failed: x"), false, &mut out);
+        m.find(&rec("postfix/submission/smtpd", "warning: unknown[192.0.2.1]:25: SASL login authentication failed: x"), &every(&m), &mut out);
         assert_eq!(out, vec![Match { jail: 0, rule: 0, found: Found::Failure { ip: "192.0.2.1".parse().unwrap(), user: None } }]);
         out.clear();
-        m.find(&rec("postfix/smtp", "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: x"), false, &mut out);
+        m.find(&rec("postfix/smtp", "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: x"), &every(&m), &mut out);
         assert!(out.is_empty());
     }
 
@@ -379,9 +494,9 @@ mod tests {
     fn mapped_ipv6_becomes_ipv4_and_v6_works() {
         let mut m = matcher(&[jail("d", &[], &[r"x rip=<HOST>,"], &[])]);
         let mut out = Vec::new();
-        m.find(&rec("", "x rip=::ffff:192.0.2.7, lip"), false, &mut out);
-        m.find(&rec("", "x rip=2001:db8::1, lip"), false, &mut out);
-        m.find(&rec("", "x rip=999.1.1.1, lip"), false, &mut out);
+        m.find(&rec("", "x rip=::ffff:192.0.2.7, lip"), &every(&m), &mut out);
+        m.find(&rec("", "x rip=2001:db8::1, lip"), &every(&m), &mut out);
+        m.find(&rec("", "x rip=999.1.1.1, lip"), &every(&m), &mut out);
         let ips: Vec<_> = out.iter().map(|m| m.found).collect();
         assert_eq!(ips, vec![
             Found::Failure { ip: "192.0.2.7".parse().unwrap(), user: None },
@@ -394,7 +509,7 @@ mod tests {
     fn anchored_so_attacker_text_cannot_plant_a_host() {
         let mut m = matcher(&[jail("sasl", &[], &[SASL], &[])]);
         let mut out = Vec::new();
-        m.find(&rec("postfix/smtpd", "NOQUEUE: helo=<warning: x[6.6.6.6]: SASL LOGIN authentication failed:>"), false, &mut out);
+        m.find(&rec("postfix/smtpd", "NOQUEUE: helo=<warning: x[6.6.6.6]: SASL LOGIN authentication failed:>"), &every(&m), &mut out);
         assert!(out.is_empty());
     }
 
@@ -402,7 +517,7 @@ mod tests {
     fn ignore_rule_wins_and_rules_need_one_host() {
         let mut m = matcher(&[jail("sasl", &[], &[SASL], &[r"warning: \S+: SASL \S+ authentication failed: Connection lost"])]);
         let mut out = Vec::new();
-        m.find(&rec("p", "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: Connection lost to authentication server"), false, &mut out);
+        m.find(&rec("p", "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: Connection lost to authentication server"), &every(&m), &mut out);
         assert_eq!(out, vec![Match { jail: 0, rule: 0, found: Found::Ignored }]);
         let origins = vec![Origin { file: "t.ron".into(), text: "".into() }];
         let e = Matcher::new(&[jail("a", &[], &["no host here"], &[])], &origins, &MatcherConfig::default()).unwrap_err();
@@ -418,17 +533,21 @@ mod tests {
         for engine in [Engine::Hybrid, Engine::Dense { size_limit: 1 << 26 }] {
             let mut m = Matcher::new(&jails, &origins, &MatcherConfig { engine }).unwrap();
             let mut out = Vec::new();
-            m.find(&rec("p", "warning: h[192.0.2.9]: SASL PLAIN authentication failed:"), false, &mut out);
+            m.find(&rec("p", "warning: h[192.0.2.9]: SASL PLAIN authentication failed:"), &every(&m), &mut out);
             assert_eq!(out.iter().map(|m| m.jail).collect::<Vec<_>>(), vec![0, 1]);
         }
     }
 
     #[test]
-    fn unliteral_rules_are_checked_alone() {
-        let mut m = matcher(&[jail("a", &[], &[r"\S+ <HOST>"], &[]), jail("b", &[], &[SASL], &[])]);
-        assert!(m.has_unliteral_rules());
+    fn only_candidates_are_tried() {
+        let mut m = matcher(&[jail("a", &[], &[r"\S+ <HOST>"], &[]), jail("b", &[], &[SASL], &[r"\S+ nope"])]);
+        assert_eq!(m.unliteral_rules().collect::<Vec<_>>(), vec![("a", 0, false)]);
+        assert!(m.literal_sets()[1].is_some(), "the ignore rule takes its jail's literals");
         let mut out = Vec::new();
-        m.find(&rec("p", "x 192.0.2.3"), true, &mut out);
+        m.find(&rec("p", "x 192.0.2.3"), &[0], &mut out);
         assert_eq!(out.len(), 1);
+        out.clear();
+        m.find(&rec("p", "warning: h[192.0.2.9]: SASL PLAIN authentication failed:"), &[0], &mut out);
+        assert!(out.is_empty(), "jail b was no candidate, jail a does not match");
     }
 }

@@ -9,7 +9,7 @@
 //! offsets; and a 3164 date *with* a year comes back shifted by that offset, so for that shape the
 //! naive time is read back from the UTC side.
 
-use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Timelike};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeZone, Timelike};
 use serde::Deserialize;
 
 /// Parse-stage settings of a pipeline file.
@@ -64,6 +64,13 @@ impl Zone {
         name.parse::<chrono_tz::Tz>()
             .map(Zone::Named)
             .map_err(|_| ParseConfigError::Timezone(name))
+    }
+
+    /// Offset (seconds east of UTC) in force at local wall-clock second `wall` (a naive local
+    /// time counted like Unix seconds); in a DST overlap the earlier reading.
+    fn offset_at_wall(self, wall: i64) -> i64 {
+        let naive = DateTime::from_timestamp(wall, 0).unwrap_or_default().naive_utc();
+        wall - self.to_unix(naive)
     }
 
     /// Unix seconds of a naive local time; in a DST gap or overlap, the earlier reading.
@@ -126,10 +133,12 @@ pub struct Record<'a> {
 pub struct Parser {
     zone: Zone,
     mode: YearMode,
-    /// Local time of the previous line (Replay) — the reference for the next year-less date.
-    last: Option<NaiveDateTime>,
+    /// Wall-clock time of the previous line (Replay): the reference for the next year-less date.
+    last_wall: Option<i64>,
     /// Unix time of the previous line with a time.
     last_unix: Option<i64>,
+    /// The zone's offset for one local hour (DST changes on hour boundaries): (hour, offset).
+    offset_cache: std::cell::Cell<(i64, i64)>,
 }
 
 /// Sentinel offset: real zones never use one second, so it marks a time the parser made naive.
@@ -140,7 +149,7 @@ fn sentinel() -> FixedOffset {
 impl Parser {
     /// A parser for one stream.
     pub fn new(zone: Zone, mode: YearMode) -> Parser {
-        Parser { zone, mode, last: None, last_unix: None }
+        Parser { zone, mode, last_wall: None, last_unix: None, offset_cache: std::cell::Cell::new((i64::MIN, 0)) }
     }
 
     /// The zone naive times are read in.
@@ -151,13 +160,20 @@ impl Parser {
     /// Splits `line`; `now` (Unix seconds) is the arrival time, the reference for year inference.
     pub fn parse<'a>(&mut self, line: &'a str, now: i64) -> Record<'a> {
         let line = line.trim_start_matches([' ', '\t']);
+        let reference = match (self.mode, self.last_wall) {
+            (YearMode::Replay, Some(last)) => YearRef { at: last, follow: true },
+            _ => YearRef { at: self.to_wall(now), follow: false },
+        };
+        if let Some(f) = fast_3164(line) {
+            let (month, day, h, m, sec) = f.date;
+            let wall = wall_secs(reference.year_for(f.date), month, day, h, m, sec);
+            let time = self.wall_to_unix(wall);
+            self.remember(time);
+            return Record { time: Some(time), host: Some(f.host), program: f.program, msg: f.msg };
+        }
         if let Some(r) = self.parse_special(line) {
             return r;
         }
-        let reference = match (self.mode, self.last) {
-            (YearMode::Replay, Some(last)) => YearRef { at: last, follow: true },
-            _ => YearRef { at: self.zone.to_local(now), follow: false },
-        };
         let m = syslog_loose::parse_message_with_year_tz(
             line,
             move |d| reference.year_for(d),
@@ -168,7 +184,7 @@ impl Parser {
             if ts.offset().local_minus_utc() == 1 {
                 // Naive in the log: place it in our zone. See the module doc for the year shape.
                 let naive = if has_3164_year(line) { ts.naive_utc() } else { ts.naive_local() };
-                self.zone.to_unix(naive)
+                self.wall_to_unix(naive.and_utc().timestamp())
             } else {
                 ts.timestamp()
             }
@@ -187,13 +203,41 @@ impl Parser {
         Record { time, host, program, msg }
     }
 
+    /// Unix seconds of a local wall-clock second, through the one-hour offset cache.
+    fn wall_to_unix(&self, wall: i64) -> i64 {
+        let hour = wall.div_euclid(3600);
+        let (cached, offset) = self.offset_cache.get();
+        let offset = if cached == hour {
+            offset
+        } else {
+            let o = match self.zone {
+                Zone::Fixed(f) => i64::from(f.local_minus_utc()),
+                named => named.offset_at_wall(wall),
+            };
+            self.offset_cache.set((hour, o));
+            o
+        };
+        wall - offset
+    }
+
+    /// Local wall-clock seconds of a Unix second.
+    fn to_wall(&self, unix: i64) -> i64 {
+        // The offset one hour either side of a DST change is off by that change at most,
+        // which year inference (a day of slack) does not notice.
+        let (cached, offset) = self.offset_cache.get();
+        if cached == (unix + offset).div_euclid(3600) {
+            return unix + offset;
+        }
+        self.zone.to_local(unix).and_utc().timestamp()
+    }
+
     /// Time of the latest line that had one.
     pub fn last_time(&self) -> Option<i64> {
         self.last_unix
     }
 
     fn remember(&mut self, t: i64) {
-        self.last = Some(self.zone.to_local(t));
+        self.last_wall = Some(self.to_wall(t));
         self.last_unix = Some(t);
     }
 
@@ -205,8 +249,8 @@ impl Parser {
         } else if b.first() == Some(&b'[') {
             bracketed(line)?
         } else if b.len() > 19 && b[4] == b'-' && b[10] == b' ' && b[13] == b':' {
-            let naive = NaiveDateTime::parse_from_str(&line[..19], "%Y-%m-%d %H:%M:%S").ok()?;
-            (self.zone.to_unix(naive), line[19..].trim_start())
+            let naive = NaiveDateTime::parse_from_str(line.get(..19)?, "%Y-%m-%d %H:%M:%S").ok()?;
+            (self.wall_to_unix(naive.and_utc().timestamp()), line[19..].trim_start())
         } else {
             return None;
         };
@@ -254,35 +298,117 @@ fn bracketed(line: &str) -> Option<(i64, &str)> {
     Some((t.timestamp(), rest))
 }
 
-/// Reference for year inference; `Copy` because syslog_loose wants a `Copy` closure.
+/// Reference for year inference, in wall-clock seconds; `Copy` because syslog_loose wants a
+/// `Copy` closure.
 #[derive(Debug, Clone, Copy)]
 struct YearRef {
-    at: NaiveDateTime,
+    at: i64,
     follow: bool,
 }
 
 impl YearRef {
     fn year_for(self, (month, day, hour, min, sec): syslog_loose::IncompleteDate) -> i32 {
-        let at = |y: i32| {
-            // Feb 29 in a common year: compare as Feb 28.
-            NaiveDate::from_ymd_opt(y, month, day)
-                .or_else(|| NaiveDate::from_ymd_opt(y, month, day.min(28)))
-                .and_then(|d| d.and_hms_opt(hour, min, sec.min(59)))
-        };
-        let y = self.at.year();
+        let at = |y: i32| wall_secs(y, month, day, hour, min, sec);
+        let y = year_of_wall(self.at);
         if self.follow {
-            [y, y - 1, y + 1]
-                .into_iter()
-                .filter_map(|c| at(c).map(|t| (c, (t - self.at).num_seconds().abs())))
-                .min_by_key(|&(_, d)| d)
-                .map_or(y, |(c, _)| c)
+            [y, y - 1, y + 1].into_iter().min_by_key(|&c| (at(c) - self.at).abs()).unwrap_or(y)
+        } else if at(y) > self.at + 86_400 {
+            y - 1
         } else {
-            match at(y) {
-                Some(t) if t > self.at + chrono::Duration::days(1) => y - 1,
-                _ => y,
-            }
+            y
         }
     }
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm); no allocation, no
+/// validation: a day past the month's end just rolls over, which comparisons tolerate.
+fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
+    let y = i64::from(y) - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A local date and time as wall-clock seconds (counted like Unix seconds, zone-less).
+fn wall_secs(y: i32, month: u32, day: u32, h: u32, m: u32, s: u32) -> i64 {
+    days_from_civil(y, month, day) * 86_400 + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s.min(59))
+}
+
+/// The year of wall-clock seconds.
+fn year_of_wall(wall: i64) -> i32 {
+    DateTime::from_timestamp(wall, 0).map_or(1970, |t| t.year())
+}
+
+/// A classic syslog file line, split by hand: the common case, without syslog_loose's
+/// per-line allocation. Anything unusual returns `None` and goes to syslog_loose.
+struct Fast<'a> {
+    date: syslog_loose::IncompleteDate,
+    host: &'a str,
+    program: &'a str,
+    msg: &'a str,
+}
+
+/// `[<PRI>]Mmm [d]d hh:mm:ss host program[pid]: msg`.
+fn fast_3164(line: &str) -> Option<Fast<'_>> {
+    let mut s = line;
+    if let Some(rest) = s.strip_prefix('<') {
+        let end = rest.find('>')?;
+        if end == 0 || end > 3 || !rest[..end].bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s = &rest[end + 1..];
+    }
+    let b = s.as_bytes();
+    const MONTHS: [&[u8; 3]; 12] = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    let month = MONTHS.iter().position(|m| b.get(..3) == Some(&m[..]))? as u32 + 1;
+    if b.get(3) != Some(&b' ') {
+        return None;
+    }
+    let mut i = 4;
+    if b.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if !(1..=2).contains(&digits) || b.get(i + digits) != Some(&b' ') {
+        return None;
+    }
+    let day: u32 = s[i..i + digits].parse().ok()?;
+    i += digits + 1;
+    let t = b.get(i..i + 9)?;
+    if t[2] != b':' || t[5] != b':' || t[8] != b' ' {
+        return None;
+    }
+    let num = |k: usize| -> Option<u32> {
+        let (a, c) = (t[k], t[k + 1]);
+        (a.is_ascii_digit() && c.is_ascii_digit()).then(|| u32::from(a - b'0') * 10 + u32::from(c - b'0'))
+    };
+    let (h, m, sec) = (num(0)?, num(3)?, num(6)?);
+    if day == 0 || day > 31 || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let rest = &s[i + 9..];
+    let (host, rest) = rest.split_once(' ')?;
+    if host.is_empty() || host.ends_with(':') {
+        return None;
+    }
+    let tag_end = rest.find(|c: char| c == '[' || c == ':' || c == ' ' || c == '(')?;
+    let program = &rest[..tag_end];
+    let mut after = &rest[tag_end..];
+    if let Some(p) = after.strip_prefix('[') {
+        let close = p.find(']')?;
+        if !p[..close].bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        after = &p[close + 1..];
+    }
+    let msg = after.strip_prefix(": ")?;
+    if program.is_empty() || msg.starts_with(' ') {
+        return None;
+    }
+    Some(Fast { date: (month, day, h, m, sec), host, program, msg })
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (`2005-02-21T09:21:54Z`).
@@ -374,6 +500,35 @@ mod tests {
         assert_eq!((r.time, r.program, r.msg), (Some(at("2026-11-22T21:59:13")), "postfix/smtpd", "warning: m"));
         let r = p.parse("2024-06-17T03:14:07.123456+02:00 mail postfix/smtpd[1]: warning: m", 0);
         assert_eq!((r.time, r.program), (Some(at("2024-06-17T01:14:07")), "postfix/smtpd"));
+    }
+
+    #[test]
+    fn fast_path_agrees_with_syslog_loose() {
+        for line in [
+            "Jun 17 03:14:07 mail postfix/smtpd[175371]: warning: unknown[46.38.145.252]: SASL",
+            "<22>Mar  7 02:09:33 server postfix-smo/submission/smtpd[27246]: 1D8CC1CA0A7F: milter-reject",
+            "Sep  6 07:33:33 sd6 qmail: 1157520813.485077 rblsmtpd: 198.51.100.77 pid",
+            "Dec 25 02:35:54 platypus dovecot: imap-login: Disconnected",
+        ] {
+            let now = at("2025-01-01T00:00:00");
+            let fast = fast_3164(line).map(|f| (f.host, f.program, f.msg)).expect(line);
+            let m = syslog_loose::parse_message_with_year_tz(line, |_| 2024, Some(sentinel()), syslog_loose::Variant::Either);
+            assert_eq!(fast, (m.hostname.unwrap(), m.appname.unwrap(), m.msg), "{line}");
+            let mut p = Parser::new(utc(), YearMode::Live);
+            let t = p.parse(line, now).time.unwrap();
+            assert_eq!(t, m.timestamp.unwrap().naive_local().and_utc().timestamp(), "{line}");
+        }
+        for odd in ["Jun 17 2024 03:14:07 h p[1]: m", "Jun 17 03:14:07 auth-worker(1): m", "Jun 17 03:14:07 pop3-login: Info: m", "Jun 17 03:14:07 h p[x]: m", "Jux 17 03:14:07 h p: m"] {
+            assert!(fast_3164(odd).is_none(), "{odd}");
+        }
+    }
+
+    #[test]
+    fn days_from_civil_matches_chrono() {
+        for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (1969, 12, 31), (2100, 3, 1)] {
+            let c = chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp() / 86400;
+            assert_eq!(days_from_civil(y, m, d), c);
+        }
     }
 
     #[test]

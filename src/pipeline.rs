@@ -119,6 +119,11 @@ impl Pipeline {
         })
     }
 
+    /// Whether matches report `<USER>` (for reports; banning needs only the host).
+    pub fn set_want_user(&mut self, on: bool) {
+        self.matcher.set_want_user(on);
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -136,7 +141,7 @@ impl Pipeline {
     }
 
     /// Literals the prefilter searches for, and rules that have none (checked on every line).
-    pub fn literals(&self) -> (usize, Vec<(&str, usize)>) {
+    pub fn literals(&self) -> (usize, Vec<(&str, usize, bool)>) {
         (self.prefilter.literals().len(), self.matcher.unliteral_rules().collect())
     }
 
@@ -160,8 +165,8 @@ impl Pipeline {
     /// failure rule matched.
     pub fn process(&mut self, line: &[u8], now: i64, mut on: impl FnMut(Event<'_>)) -> bool {
         self.stats.lines += 1;
-        let candidate = self.prefilter.is_candidate(line);
-        if !candidate && !self.matcher.has_unliteral_rules() {
+        let any = self.prefilter.is_candidate(line);
+        if !any && !self.prefilter.has_unliteral() {
             self.stats.skipped += 1;
             return false;
         }
@@ -188,7 +193,7 @@ impl Pipeline {
         });
         // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
         let mut matches: Vec<Match<'_>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
-        self.matcher.find(&rec, !candidate, &mut matches);
+        self.matcher.find(&rec, self.prefilter.candidates(any), &mut matches);
         let mut matched = false;
         for m in &matches {
             matched |= self.account(*m, time);
@@ -245,22 +250,24 @@ impl Pipeline {
         let mut o = String::new();
         let text = String::from_utf8_lossy(line).into_owned();
         let lits = self.prefilter.hits(line);
-        let candidate = self.prefilter.is_candidate(line);
+        let any = self.prefilter.is_candidate(line);
+        let candidates = self.prefilter.candidates(any).to_vec();
         let _ = writeln!(o, "line:      {text:?}");
         let rec: Record<'_> = self.parser.parse(&text, now);
         let _ = writeln!(o, "parse:     time={} host={:?} program={:?}", rec.time.map_or("none (arrival time used)".into(), |t| {
             format!("{} ({} local)", crate::parse::rfc3339(t), crate::parse::local_iso(self.parser.zone(), t))
         }), rec.host.unwrap_or(""), rec.program);
         let _ = writeln!(o, "           msg={:?}", rec.msg);
-        if candidate {
-            let _ = writeln!(o, "prefilter: pass, literals found: {lits:?}");
-        } else if self.matcher.has_unliteral_rules() {
+        if any {
+            let _ = writeln!(o, "prefilter: pass, literals found: {lits:?}; {} candidate rules", candidates.len());
+        } else if self.prefilter.has_unliteral() {
             let _ = writeln!(o, "prefilter: no literal found; only rules without literals are tried");
         } else {
             let _ = writeln!(o, "prefilter: skip (no rule's literal occurs in the line; the line would not even be parsed)");
         }
         let mut matches = Vec::new();
-        self.matcher.find(&rec, !candidate, &mut matches);
+        self.matcher.set_want_user(true);
+        self.matcher.find(&rec, &candidates, &mut matches);
         if matches.is_empty() {
             let _ = writeln!(o, "matcher:   no rule of any jail matches (rules are anchored at the start of msg)");
         }

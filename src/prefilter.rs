@@ -14,44 +14,57 @@ use regex_syntax::hir::{Hir, HirKind};
 /// The compiled prefilter.
 #[derive(Debug, Clone)]
 pub struct Prefilter {
-    ac: Option<AhoCorasick>,
+    /// Is any literal in the line? LeftmostFirst, so the SIMD (Teddy) searcher is used.
+    any: Option<AhoCorasick>,
     literals: Vec<Vec<u8>>,
+    /// Every rule (pattern id), for lines with a literal.
+    all: Vec<u32>,
+    /// Rules without a literal: the only candidates on lines without one.
+    always: Vec<u32>,
 }
 
 impl Prefilter {
-    /// Builds the automaton over the union of the rules' literal sets.
+    /// Builds the automaton; `sets[i]` is rule i's literal set (`None`: no usable literal).
     pub fn new(sets: &[Option<Vec<Vec<u8>>>]) -> Prefilter {
         let mut literals: Vec<Vec<u8>> = sets.iter().flatten().flatten().cloned().collect();
         literals.sort();
         literals.dedup();
-        let ac = if literals.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostFirst)
-                    .build(&literals)
-                    .expect("literals are bounded in number and length"),
-            )
-        };
-        Prefilter { ac, literals }
+        let any = (!literals.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(&literals)
+                .expect("literals are bounded in number and length")
+        });
+        Prefilter {
+            any,
+            literals,
+            all: (0..sets.len() as u32).collect(),
+            always: (0..sets.len() as u32).filter(|&i| sets[i as usize].is_none()).collect(),
+        }
     }
 
     /// Whether `line` contains a literal of some rule.
     #[inline]
     pub fn is_candidate(&self, line: &[u8]) -> bool {
-        self.ac.as_ref().is_some_and(|ac| ac.is_match(line))
+        self.any.as_ref().is_some_and(|ac| ac.is_match(line))
     }
 
-    /// The literals found in `line` (leftmost-first, non-overlapping), for `explain`.
+    /// Whether some rule has no literal (then no line can be skipped unparsed).
+    pub fn has_unliteral(&self) -> bool {
+        !self.always.is_empty()
+    }
+
+    /// The rules worth trying on a line, ascending: all of them when it holds a literal
+    /// (`any`), else only those without literals. Finding out *which* literals occur costs
+    /// more than trying the rules: an anchored DFA rejects a wrong rule in a few bytes, and
+    /// the matcher skips jails whose program does not fit.
+    pub fn candidates(&self, any: bool) -> &[u32] {
+        if any { &self.all } else { &self.always }
+    }
+
+    /// The literals found in `line`, for `explain`.
     pub fn hits(&self, line: &[u8]) -> Vec<String> {
-        let Some(ac) = &self.ac else { return Vec::new() };
-        let mut v: Vec<String> = ac
-            .find_iter(line)
-            .map(|m| String::from_utf8_lossy(&self.literals[m.pattern().as_usize()]).into_owned())
-            .collect();
-        v.dedup();
-        v
+        self.literals.iter().filter(|l| memchr::memmem::find(line, l).is_some()).map(|l| String::from_utf8_lossy(l).into_owned()).collect()
     }
 
     /// All literals searched for.
@@ -118,9 +131,11 @@ mod tests {
 
     #[test]
     fn skips_lines_without_literals() {
-        let p = Prefilter::new(&[Some(vec![b"auth failed".to_vec()])]);
+        let p = Prefilter::new(&[Some(vec![b"auth failed".to_vec()]), None, Some(vec![b"failed, ".to_vec(), b"unknown user".to_vec()])]);
         assert!(p.is_candidate(b"x (auth failed, 3 attempts)"));
         assert!(!p.is_candidate(b"connect from x"));
-        assert_eq!(p.hits(b"auth failed"), vec!["auth failed"]);
+        assert_eq!(p.hits(b"(auth failed, 3"), vec!["auth failed", "failed, "]);
+        assert_eq!(p.candidates(true), [0, 1, 2]);
+        assert_eq!(p.candidates(false), [1]);
     }
 }

@@ -60,6 +60,7 @@ pub fn run(pipeline: &mut Pipeline, sources: Vec<Source<'_>>, reference: i64, op
     let start = Instant::now();
     let any_address = meta::Regex::new(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}").expect("valid");
     let names = pipeline.jail_names().to_vec();
+    pipeline.set_want_user(opts.matches);
     let mut report = Report::default();
     let mut err = Ok(());
     let mut buf = vec![0u8; 1 << 20];
