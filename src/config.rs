@@ -163,11 +163,20 @@ pub struct ConfigError {
 impl Origin {
     /// An error at the first place `needle` is written in this file (1:1 if nowhere).
     pub fn error_at(&self, needles: &[&str], reason: impl Into<String>) -> ConfigError {
-        let off = needles.iter().filter(|n| !n.is_empty()).find_map(|n| self.text.find(n)).unwrap_or(0);
+        let off = needles
+            .iter()
+            .filter(|n| !n.is_empty())
+            .find_map(|n| self.text.find(n))
+            .unwrap_or(0);
         let before = &self.text[..off];
         let line = before.matches('\n').count() + 1;
         let col = before.rfind('\n').map_or(off, |nl| off - nl - 1) + 1;
-        ConfigError { file: self.file.clone(), line, col, reason: reason.into() }
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            col,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -200,7 +209,12 @@ impl Config {
 
     /// A pipeline file compiled into the binary, by file name.
     pub fn builtin_named(file: &str) -> Result<Config, ConfigError> {
-        let text = builtin_text(file).ok_or_else(|| ConfigError { file: file.into(), line: 1, col: 1, reason: "no such built-in pipeline".into() })?;
+        let text = builtin_text(file).ok_or_else(|| ConfigError {
+            file: file.into(),
+            line: 1,
+            col: 1,
+            reason: "no such built-in pipeline".into(),
+        })?;
         Config::from_text(&format!("{BUILTIN_DIR}{file}"), text, Path::new(BUILTIN_DIR))
     }
 
@@ -245,22 +259,30 @@ struct Acc {
 
 impl Acc {
     fn add(&mut self, name: &str, text: &str, dir: &Path, only: &[String], stack: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
-        let origin = Origin { file: name.to_string(), text: text.into() };
+        let origin = Origin {
+            file: name.to_string(),
+            text: text.into(),
+        };
         // Implicit Some: `timezone: "UTC"` rather than `timezone: Some("UTC")`; both are accepted.
         let file: PipelineFile = ron::Options::default()
             .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
-            .from_str(text).map_err(|e| ConfigError {
-            file: name.to_string(),
-            line: e.span.start.line,
-            col: e.span.start.col,
-            reason: e.code.to_string(),
-        })?;
+            .from_str(text)
+            .map_err(|e| ConfigError {
+                file: name.to_string(),
+                line: e.span.start.line,
+                col: e.span.start.col,
+                reason: e.code.to_string(),
+            })?;
         let top = stack.is_empty();
         macro_rules! take {
             ($($f:ident),*) => { $( if self.file.$f.is_none() { self.file.$f = file.$f.clone(); } )* };
         }
         if top {
-            self.file = PipelineFile { jails: Vec::new(), include: Vec::new(), ..file.clone() };
+            self.file = PipelineFile {
+                jails: Vec::new(),
+                include: Vec::new(),
+                ..file.clone()
+            };
         } else {
             take!(inputs, sink, parse, matcher, window, policy);
         }
@@ -271,14 +293,20 @@ impl Acc {
                 return Err(origin.error_at(&[&inc.file], format!("include cycle through {:?}", inc.file)));
             }
             let text = if dir == Path::new(BUILTIN_DIR) {
-                builtin_text(&inc.file).map(str::to_string).ok_or_else(|| origin.error_at(&[&inc.file], format!("no built-in pipeline {:?}", inc.file)))?
+                builtin_text(&inc.file)
+                    .map(str::to_string)
+                    .ok_or_else(|| origin.error_at(&[&inc.file], format!("no built-in pipeline {:?}", inc.file)))?
             } else {
                 std::fs::read_to_string(&path)
                     .map_err(|e| origin.error_at(&[&inc.file], format!("cannot read include {:?}: {e}", path.display())))?
             };
             stack.push(canon);
             let before = self.jails.len();
-            let sub = if dir == Path::new(BUILTIN_DIR) { dir } else { path.parent().unwrap_or(dir) };
+            let sub = if dir == Path::new(BUILTIN_DIR) {
+                dir
+            } else {
+                path.parent().unwrap_or(dir)
+            };
             self.add(&path.display().to_string(), &text, sub, &inc.jails, stack)?;
             stack.pop();
             let got: Vec<&str> = self.jails[before..].iter().map(|j| j.name.as_str()).collect();

@@ -28,7 +28,12 @@ pub struct LineSplitter {
 impl LineSplitter {
     /// A splitter that cuts lines at `max_line` bytes.
     pub fn new(max_line: usize) -> LineSplitter {
-        LineSplitter { max_line: max_line.max(1), carry: Vec::new(), skipping: false, truncated: 0 }
+        LineSplitter {
+            max_line: max_line.max(1),
+            carry: Vec::new(),
+            skipping: false,
+            truncated: 0,
+        }
     }
 
     /// Feeds a chunk; calls `f` for each complete line in it.
@@ -111,7 +116,7 @@ mod tests {
 
     #[test]
     fn long_line_is_cut_and_next_line_survives() {
-        let long = vec![b'x'; 50];
+        let long = [b'x'; 50];
         let (l, t) = split(10, &[&long[..20], &long[20..], b"\nok\n"]);
         assert_eq!(l, vec![vec![b'x'; 10], b"ok".to_vec()]);
         assert_eq!(t, 1);

@@ -88,7 +88,9 @@ fn parse_time(s: &str) -> Result<i64, String> {
 }
 
 fn wall_clock() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A failure and the exit code it earns.
@@ -126,7 +128,10 @@ fn main() -> ExitCode {
         }
         Err(Failure::Runtime(e)) => {
             // A closed stdout (`| head`) is not an error worth a message.
-            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("mailpipe: {e:#}");
@@ -145,7 +150,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let _ = dry_run;
             Ok(daemon(pipeline, cfg.parse.max_line)?)
         }
-        Command::Test { config, json, matches, decisions, missed, now, max_line, logs } => {
+        Command::Test {
+            config,
+            json,
+            matches,
+            decisions,
+            missed,
+            now,
+            max_line,
+            logs,
+        } => {
             let cfg = load(&config)?;
             let mut pipeline = Pipeline::new(&cfg, YearMode::Replay)?;
             let mut sources = Vec::new();
@@ -157,7 +171,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 };
                 sources.push(replay::Source { name, reader });
             }
-            let opts = replay::Options { json, matches, decisions, missed, max_line: max_line.unwrap_or(cfg.parse.max_line) };
+            let opts = replay::Options {
+                json,
+                matches,
+                decisions,
+                missed,
+                max_line: max_line.unwrap_or(cfg.parse.max_line),
+            };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             replay::run(&mut pipeline, sources, now.unwrap_or_else(wall_clock), opts, &mut out).context("test")?;
@@ -230,10 +250,10 @@ fn daemon(mut pipeline: Pipeline, max_line: usize) -> anyhow::Result<()> {
         let mut result = Ok(());
         let mut on_line = |line: &[u8], now: i64, result: &mut anyhow::Result<()>| {
             pipeline.process(line, now, |e| {
-                if let Event::Decision(d) = e {
-                    if result.is_ok() {
-                        *result = sink.apply(d).map_err(anyhow::Error::from);
-                    }
+                if let Event::Decision(d) = e
+                    && result.is_ok()
+                {
+                    *result = sink.apply(d).map_err(anyhow::Error::from);
                 }
             });
         };

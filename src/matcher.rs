@@ -10,15 +10,15 @@
 
 use std::net::IpAddr;
 
-use regex_automata::hybrid;
 use regex_automata::dfa::{self, Automaton};
+use regex_automata::hybrid;
 use regex_automata::meta;
 use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, PatternID};
 use serde::Deserialize;
 
-use crate::config::{Jail, Origin, ConfigError, jail_needles, regex_needles};
+use crate::config::{ConfigError, Jail, Origin, jail_needles, regex_needles};
 use crate::parse::Record;
 
 /// IPv4, dotted quad.
@@ -79,7 +79,7 @@ pub struct Match<'a> {
 
 #[derive(Debug)]
 enum Dfa {
-    Hybrid(hybrid::dfa::DFA, hybrid::dfa::Cache),
+    Hybrid(Box<(hybrid::dfa::DFA, hybrid::dfa::Cache)>),
     Dense(dfa::dense::DFA<Vec<u32>>),
 }
 
@@ -115,7 +115,11 @@ impl HostFinder {
         let dfa = |p: &str| {
             hybrid::dfa::DFA::builder()
                 .syntax(syntax_config())
-                .configure(hybrid::dfa::Config::new().match_kind(MatchKind::All).minimum_cache_clear_count(None))
+                .configure(
+                    hybrid::dfa::Config::new()
+                        .match_kind(MatchKind::All)
+                        .minimum_cache_clear_count(None),
+                )
                 .build(p)
                 .ok()
                 .map(|d| {
@@ -129,7 +133,9 @@ impl HostFinder {
 
     /// The host's span in `msg`.
     fn find(&mut self, msg: &[u8]) -> Option<std::ops::Range<usize>> {
-        let Some((pre, cache)) = &mut self.pre else { return Self::host_span(&mut self.post, msg, 0) };
+        let Some((pre, cache)) = &mut self.pre else {
+            return Self::host_span(&mut self.post, msg, 0);
+        };
         let input = Input::new(msg).anchored(Anchored::Yes);
         let mut state = regex_automata::hybrid::dfa::OverlappingState::start();
         let mut found = None;
@@ -146,10 +152,20 @@ impl HostFinder {
 
     /// The longest address starting at `at` after which S matches.
     fn host_span(post: &mut (hybrid::dfa::DFA, hybrid::dfa::Cache), msg: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
-        let run = msg[at..].iter().take(45).take_while(|b| b.is_ascii_hexdigit() || **b == b':' || **b == b'.').count();
+        let run = msg[at..]
+            .iter()
+            .take(45)
+            .take_while(|b| b.is_ascii_hexdigit() || **b == b':' || **b == b'.')
+            .count();
         (2..=run).rev().map(|len| at..at + len).find(|span| {
             std::str::from_utf8(&msg[span.clone()]).is_ok_and(|t| t.parse::<IpAddr>().is_ok())
-                && post.0.try_search_fwd(&mut post.1, &Input::new(msg).range(span.end..).anchored(Anchored::Yes).earliest(true)).is_ok_and(|m| m.is_some())
+                && post
+                    .0
+                    .try_search_fwd(
+                        &mut post.1,
+                        &Input::new(msg).range(span.end..).anchored(Anchored::Yes).earliest(true),
+                    )
+                    .is_ok_and(|m| m.is_some())
         })
     }
 }
@@ -196,14 +212,19 @@ const LOOSE_HOST: &str = "[0-9A-Fa-f:.]+";
 
 /// The rule as the multi-pattern DFA sees it: no groups, loose host.
 fn expand_for_dfa(rule: &str) -> String {
-    rule.replace("<HOST>", LOOSE_HOST).replace("<ADDR>", LOOSE_HOST).replace("<USER>", USER)
+    rule.replace("<HOST>", LOOSE_HOST)
+        .replace("<ADDR>", LOOSE_HOST)
+        .replace("<USER>", USER)
 }
 
 /// Expands `<HOST>`, `<ADDR>` and `<USER>` into named groups; also returns how many hosts.
 fn expand(rule: &str) -> (String, usize) {
     let host = format!("(?P<host>{IPV4}|{IPV6})");
     let n = rule.matches("<HOST>").count() + rule.matches("<ADDR>").count();
-    let s = rule.replace("<HOST>", &host).replace("<ADDR>", &host).replace("<USER>", &format!("(?P<user>{USER})"));
+    let s = rule
+        .replace("<HOST>", &host)
+        .replace("<ADDR>", &host)
+        .replace("<USER>", &format!("(?P<user>{USER})"));
     (s, n)
 }
 
@@ -241,9 +262,12 @@ impl Matcher {
             programs.push(if jail.programs.is_empty() {
                 None
             } else {
-                Some(meta::Regex::builder().syntax(syntax_config()).build(&glob_regex(&jail.programs)).map_err(|e| {
-                    origin.error_at(&[&jail_needles(jail)], format!("jail {:?}: bad program glob: {e}", jail.name))
-                })?)
+                Some(
+                    meta::Regex::builder()
+                        .syntax(syntax_config())
+                        .build(&glob_regex(&jail.programs))
+                        .map_err(|e| origin.error_at(&[&jail_needles(jail)], format!("jail {:?}: bad program glob: {e}", jail.name)))?,
+                )
             });
             // Ignore rules first: candidates are tried in pattern order, and an ignore rule must
             // win over any failure rule of its jail.
@@ -255,7 +279,10 @@ impl Matcher {
                 let what = if ignore { "ignore rule" } else { "rule" };
                 let needles = regex_needles(text);
                 let at = |reason: String| {
-                    origin.error_at(&[&needles[0], &needles[1], &jail_needles(jail)], format!("jail {:?} {what} {index}: {reason}", jail.name))
+                    origin.error_at(
+                        &[&needles[0], &needles[1], &jail_needles(jail)],
+                        format!("jail {:?} {what} {index}: {reason}", jail.name),
+                    )
                 };
                 let full = format!("{}{text}", jail.prefix.as_deref().unwrap_or(""));
                 let (pattern, hosts) = expand(&full);
@@ -273,9 +300,22 @@ impl Matcher {
                     .build(&pattern)
                     .map_err(|e| at(format!("bad regex: {}", one_line(&e.to_string()))))?;
                 let lits = crate::prefilter::required_literals(&hir);
-                let finder = if ignore { None } else { split_at_host(&full).and_then(|(b, a)| HostFinder::new(&b, &a)) };
+                let finder = if ignore {
+                    None
+                } else {
+                    split_at_host(&full).and_then(|(b, a)| HostFinder::new(&b, &a))
+                };
                 let has_user = full.contains("<USER>");
-                rules.push(Rule { jail: jid, index, ignore, caps: re.create_captures(), re, has_user, finder, has_literal: lits.is_some() });
+                rules.push(Rule {
+                    jail: jid,
+                    index,
+                    ignore,
+                    caps: re.create_captures(),
+                    re,
+                    has_user,
+                    finder,
+                    has_literal: lits.is_some(),
+                });
                 literals.push(lits);
                 patterns.push(expand_for_dfa(&full));
             }
@@ -297,7 +337,12 @@ impl Matcher {
         }
         let dfa = build_dfa(&patterns, cfg.engine).map_err(|e| {
             origins.first().map_or_else(
-                || ConfigError { file: "<none>".into(), line: 1, col: 1, reason: e.clone() },
+                || ConfigError {
+                    file: "<none>".into(),
+                    line: 1,
+                    col: 1,
+                    reason: e.clone(),
+                },
                 |o| o.error_at(&["engine"], e.clone()),
             )
         })?;
@@ -366,9 +411,14 @@ impl Matcher {
 
     /// Whether pattern `pid` matches at the start of `msg`.
     fn matches(&mut self, msg: &[u8], pid: u32) -> bool {
-        let input = Input::new(msg).anchored(Anchored::Pattern(PatternID::new_unchecked(pid as usize))).earliest(true);
+        let input = Input::new(msg)
+            .anchored(Anchored::Pattern(PatternID::new_unchecked(pid as usize)))
+            .earliest(true);
         let res = match &mut self.dfa {
-            Dfa::Hybrid(dfa, cache) => dfa.try_search_fwd(cache, &input),
+            Dfa::Hybrid(h) => {
+                let (dfa, cache) = &mut **h;
+                dfa.try_search_fwd(cache, &input)
+            }
             Dfa::Dense(dfa) => dfa.try_search_fwd(&input),
         };
         // Neither engine can fail here: no Unicode word boundaries, no cache-clear limit.
@@ -382,7 +432,11 @@ impl Matcher {
         let want_user = self.want_user;
         let r = &mut self.rules[i];
         if r.ignore {
-            return Some(Match { jail: r.jail, rule: r.index, found: Found::Ignored });
+            return Some(Match {
+                jail: r.jail,
+                rule: r.index,
+                found: Found::Ignored,
+            });
         }
         let fast = match (&mut r.finder, r.has_user && want_user) {
             (Some(f), false) => f.find(msg),
@@ -397,12 +451,23 @@ impl Matcher {
         let host = &rec.msg[span];
         let found = match host.parse::<IpAddr>() {
             Ok(ip) => {
-                let user = if r.has_user && want_user { r.caps.get_group_by_name("user").map(|s| &rec.msg[s.range()]) } else { None };
-                Found::Failure { ip: ip.to_canonical(), user }
+                let user = if r.has_user && want_user {
+                    r.caps.get_group_by_name("user").map(|s| &rec.msg[s.range()])
+                } else {
+                    None
+                };
+                Found::Failure {
+                    ip: ip.to_canonical(),
+                    user,
+                }
             }
             Err(_) => Found::BadHost(host),
         };
-        Some(Match { jail: r.jail, rule: r.index, found })
+        Some(Match {
+            jail: r.jail,
+            rule: r.index,
+            found,
+        })
     }
 }
 
@@ -422,7 +487,7 @@ fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
                 .build_many(patterns)
                 .map_err(|e| format!("cannot build the rule DFA: {e}"))?;
             let cache = dfa.create_cache();
-            Ok(Dfa::Hybrid(dfa, cache))
+            Ok(Dfa::Hybrid(Box::new((dfa, cache))))
         }
         Engine::Dense { size_limit } => {
             let dfa = dfa::dense::Builder::new()
@@ -464,12 +529,23 @@ mod tests {
     }
 
     fn matcher(jails: &[Jail]) -> Matcher {
-        let origins = vec![Origin { file: "t.ron".into(), text: "".into() }; jails.len()];
+        let origins = vec![
+            Origin {
+                file: "t.ron".into(),
+                text: "".into()
+            };
+            jails.len()
+        ];
         Matcher::new(jails, &origins, &MatcherConfig::default()).unwrap()
     }
 
     fn rec<'a>(program: &'a str, msg: &'a str) -> Record<'a> {
-        Record { time: None, host: None, program, msg }
+        Record {
+            time: None,
+            host: None,
+            program,
+            msg,
+        }
     }
 
     /// Every rule a candidate, as if every literal occurred.
@@ -481,12 +557,38 @@ mod tests {
 
     #[test]
     fn host_and_program_filter() {
-        let mut m = matcher(&[jail("sasl", &["postfix*/smtpd"], &[SASL], &[r"\S+ SASL \S+ authentication failed: Connection lost"])]);
+        let mut m = matcher(&[jail(
+            "sasl",
+            &["postfix*/smtpd"],
+            &[SASL],
+            &[r"\S+ SASL \S+ authentication failed: Connection lost"],
+        )]);
         let mut out = Vec::new();
-        m.find(&rec("postfix/submission/smtpd", "warning: unknown[192.0.2.1]:25: SASL login authentication failed: x"), &every(&m), &mut out);
-        assert_eq!(out, vec![Match { jail: 0, rule: 0, found: Found::Failure { ip: "192.0.2.1".parse().unwrap(), user: None } }]);
+        m.find(
+            &rec(
+                "postfix/submission/smtpd",
+                "warning: unknown[192.0.2.1]:25: SASL login authentication failed: x",
+            ),
+            &every(&m),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Match {
+                jail: 0,
+                rule: 0,
+                found: Found::Failure {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    user: None
+                }
+            }]
+        );
         out.clear();
-        m.find(&rec("postfix/smtp", "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: x"), &every(&m), &mut out);
+        m.find(
+            &rec("postfix/smtp", "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: x"),
+            &every(&m),
+            &mut out,
+        );
         assert!(out.is_empty());
     }
 
@@ -498,28 +600,66 @@ mod tests {
         m.find(&rec("", "x rip=2001:db8::1, lip"), &every(&m), &mut out);
         m.find(&rec("", "x rip=999.1.1.1, lip"), &every(&m), &mut out);
         let ips: Vec<_> = out.iter().map(|m| m.found).collect();
-        assert_eq!(ips, vec![
-            Found::Failure { ip: "192.0.2.7".parse().unwrap(), user: None },
-            Found::Failure { ip: "2001:db8::1".parse().unwrap(), user: None },
-            Found::BadHost("999.1.1.1"),
-        ]);
+        assert_eq!(
+            ips,
+            vec![
+                Found::Failure {
+                    ip: "192.0.2.7".parse().unwrap(),
+                    user: None
+                },
+                Found::Failure {
+                    ip: "2001:db8::1".parse().unwrap(),
+                    user: None
+                },
+                Found::BadHost("999.1.1.1"),
+            ]
+        );
     }
 
     #[test]
     fn anchored_so_attacker_text_cannot_plant_a_host() {
         let mut m = matcher(&[jail("sasl", &[], &[SASL], &[])]);
         let mut out = Vec::new();
-        m.find(&rec("postfix/smtpd", "NOQUEUE: helo=<warning: x[6.6.6.6]: SASL LOGIN authentication failed:>"), &every(&m), &mut out);
+        m.find(
+            &rec(
+                "postfix/smtpd",
+                "NOQUEUE: helo=<warning: x[6.6.6.6]: SASL LOGIN authentication failed:>",
+            ),
+            &every(&m),
+            &mut out,
+        );
         assert!(out.is_empty());
     }
 
     #[test]
     fn ignore_rule_wins_and_rules_need_one_host() {
-        let mut m = matcher(&[jail("sasl", &[], &[SASL], &[r"warning: \S+: SASL \S+ authentication failed: Connection lost"])]);
+        let mut m = matcher(&[jail(
+            "sasl",
+            &[],
+            &[SASL],
+            &[r"warning: \S+: SASL \S+ authentication failed: Connection lost"],
+        )]);
         let mut out = Vec::new();
-        m.find(&rec("p", "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: Connection lost to authentication server"), &every(&m), &mut out);
-        assert_eq!(out, vec![Match { jail: 0, rule: 0, found: Found::Ignored }]);
-        let origins = vec![Origin { file: "t.ron".into(), text: "".into() }];
+        m.find(
+            &rec(
+                "p",
+                "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: Connection lost to authentication server",
+            ),
+            &every(&m),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Match {
+                jail: 0,
+                rule: 0,
+                found: Found::Ignored
+            }]
+        );
+        let origins = vec![Origin {
+            file: "t.ron".into(),
+            text: "".into(),
+        }];
         let e = Matcher::new(&[jail("a", &[], &["no host here"], &[])], &origins, &MatcherConfig::default()).unwrap_err();
         assert!(e.reason.contains("exactly one <HOST>"), "{e}");
         let e = Matcher::new(&[jail("a", &[], &["(<HOST>"], &[])], &origins, &MatcherConfig::default()).unwrap_err();
@@ -529,11 +669,21 @@ mod tests {
     #[test]
     fn several_jails_one_pass_and_dense_agrees() {
         let jails = [jail("a", &[], &[SASL], &[]), jail("b", &[], &[r"warning: [^\[]*\[<HOST>\]"], &[])];
-        let origins = vec![Origin { file: "t.ron".into(), text: "".into() }; 2];
+        let origins = vec![
+            Origin {
+                file: "t.ron".into(),
+                text: "".into()
+            };
+            2
+        ];
         for engine in [Engine::Hybrid, Engine::Dense { size_limit: 1 << 26 }] {
             let mut m = Matcher::new(&jails, &origins, &MatcherConfig { engine }).unwrap();
             let mut out = Vec::new();
-            m.find(&rec("p", "warning: h[192.0.2.9]: SASL PLAIN authentication failed:"), &every(&m), &mut out);
+            m.find(
+                &rec("p", "warning: h[192.0.2.9]: SASL PLAIN authentication failed:"),
+                &every(&m),
+                &mut out,
+            );
             assert_eq!(out.iter().map(|m| m.jail).collect::<Vec<_>>(), vec![0, 1]);
         }
     }
@@ -547,7 +697,11 @@ mod tests {
         m.find(&rec("p", "x 192.0.2.3"), &[0], &mut out);
         assert_eq!(out.len(), 1);
         out.clear();
-        m.find(&rec("p", "warning: h[192.0.2.9]: SASL PLAIN authentication failed:"), &[0], &mut out);
+        m.find(
+            &rec("p", "warning: h[192.0.2.9]: SASL PLAIN authentication failed:"),
+            &[0],
+            &mut out,
+        );
         assert!(out.is_empty(), "jail b was no candidate, jail a does not match");
     }
 }

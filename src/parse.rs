@@ -25,7 +25,10 @@ pub struct ParseConfig {
 
 impl Default for ParseConfig {
     fn default() -> Self {
-        ParseConfig { timezone: None, max_line: 16384 }
+        ParseConfig {
+            timezone: None,
+            max_line: 16384,
+        }
     }
 }
 
@@ -87,7 +90,10 @@ impl Zone {
                 match r {
                     chrono::LocalResult::None => {
                         // Shift past the gap by an hour, as most syslog daemons would have printed.
-                        pick(tz.from_local_datetime(&(naive + chrono::Duration::hours(1))).map(|d| d.timestamp() - 3600))
+                        pick(
+                            tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                                .map(|d| d.timestamp() - 3600),
+                        )
                     }
                     r => pick(r),
                 }
@@ -149,7 +155,13 @@ fn sentinel() -> FixedOffset {
 impl Parser {
     /// A parser for one stream.
     pub fn new(zone: Zone, mode: YearMode) -> Parser {
-        Parser { zone, mode, last_wall: None, last_unix: None, offset_cache: std::cell::Cell::new((i64::MIN, 0)) }
+        Parser {
+            zone,
+            mode,
+            last_wall: None,
+            last_unix: None,
+            offset_cache: std::cell::Cell::new((i64::MIN, 0)),
+        }
     }
 
     /// The zone naive times are read in.
@@ -162,14 +174,22 @@ impl Parser {
         let line = line.trim_start_matches([' ', '\t']);
         let reference = match (self.mode, self.last_wall) {
             (YearMode::Replay, Some(last)) => YearRef { at: last, follow: true },
-            _ => YearRef { at: self.to_wall(now), follow: false },
+            _ => YearRef {
+                at: self.to_wall(now),
+                follow: false,
+            },
         };
         if let Some(f) = fast_3164(line) {
             let (month, day, h, m, sec) = f.date;
             let wall = wall_secs(reference.year_for(f.date), month, day, h, m, sec);
             let time = self.wall_to_unix(wall);
             self.remember(time);
-            return Record { time: Some(time), host: Some(f.host), program: f.program, msg: f.msg };
+            return Record {
+                time: Some(time),
+                host: Some(f.host),
+                program: f.program,
+                msg: f.msg,
+            };
         }
         if let Some(r) = self.parse_special(line) {
             return r;
@@ -255,7 +275,12 @@ impl Parser {
             return None;
         };
         self.remember(time);
-        Some(Record { time: Some(time), host: None, program: "", msg: rest })
+        Some(Record {
+            time: Some(time),
+            host: None,
+            program: "",
+            msg: rest,
+        })
     }
 }
 
@@ -362,7 +387,9 @@ fn fast_3164(line: &str) -> Option<Fast<'_>> {
         s = &rest[end + 1..];
     }
     let b = s.as_bytes();
-    const MONTHS: [&[u8; 3]; 12] = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+    ];
     let month = MONTHS.iter().position(|m| b.get(..3) == Some(&m[..]))? as u32 + 1;
     if b.get(3) != Some(&b' ') {
         return None;
@@ -394,7 +421,7 @@ fn fast_3164(line: &str) -> Option<Fast<'_>> {
     if host.is_empty() || host.ends_with(':') {
         return None;
     }
-    let tag_end = rest.find(|c: char| c == '[' || c == ':' || c == ' ' || c == '(')?;
+    let tag_end = rest.find(['[', ':', ' ', '('])?;
     let program = &rest[..tag_end];
     let mut after = &rest[tag_end..];
     if let Some(p) = after.strip_prefix('[') {
@@ -408,7 +435,12 @@ fn fast_3164(line: &str) -> Option<Fast<'_>> {
     if program.is_empty() || msg.starts_with(' ') {
         return None;
     }
-    Some(Fast { date: (month, day, h, m, sec), host, program, msg })
+    Some(Fast {
+        date: (month, day, h, m, sec),
+        host,
+        program,
+        msg,
+    })
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (`2005-02-21T09:21:54Z`).
@@ -419,7 +451,15 @@ pub fn rfc3339(unix: i64) -> String {
 /// Local time for display (`2005-02-21T09:21:54`).
 pub fn local_iso(zone: Zone, unix: i64) -> String {
     let t = zone.to_local(unix);
-    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second())
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 #[cfg(test)]
@@ -452,8 +492,14 @@ mod tests {
     fn named_zone_follows_dst() {
         let mut p = Parser::new(Zone::resolve(Some("Europe/Zurich")).unwrap(), YearMode::Live);
         let now = at("2005-08-14T10:00:00");
-        assert_eq!(p.parse("Feb 21 09:21:54 x postfix/smtpd[1]: m", now).time, Some(at("2005-02-21T08:21:54")));
-        assert_eq!(p.parse("Jul 21 09:21:54 x postfix/smtpd[1]: m", now).time, Some(at("2005-07-21T07:21:54")));
+        assert_eq!(
+            p.parse("Feb 21 09:21:54 x postfix/smtpd[1]: m", now).time,
+            Some(at("2005-02-21T08:21:54"))
+        );
+        assert_eq!(
+            p.parse("Jul 21 09:21:54 x postfix/smtpd[1]: m", now).time,
+            Some(at("2005-07-21T07:21:54"))
+        );
     }
 
     #[test]
@@ -478,26 +524,41 @@ mod tests {
     #[test]
     fn headerless_dovecot_keeps_tag_in_message() {
         let mut p = Parser::new(utc(), YearMode::Live);
-        let r = p.parse("Jun 17 04:14:11 auth-worker(175697): Info: sql(a,192.0.2.1): unknown user", at("2024-07-01T00:00:00"));
-        assert_eq!((r.program, r.msg), ("", "auth-worker(175697): Info: sql(a,192.0.2.1): unknown user"));
+        let r = p.parse(
+            "Jun 17 04:14:11 auth-worker(175697): Info: sql(a,192.0.2.1): unknown user",
+            at("2024-07-01T00:00:00"),
+        );
+        assert_eq!(
+            (r.program, r.msg),
+            ("", "auth-worker(175697): Info: sql(a,192.0.2.1): unknown user")
+        );
     }
 
     #[test]
     fn special_formats() {
         let mut p = Parser::new(utc(), YearMode::Live);
         let r = p.parse("@400000004c91b044077a9e94 dovecot-auth: pam_unix(dovecot:auth): x", 0);
-        assert_eq!((r.time, r.msg), (Some(at("2010-09-16T05:50:50")), "dovecot-auth: pam_unix(dovecot:auth): x"));
+        assert_eq!(
+            (r.time, r.msg),
+            (Some(at("2010-09-16T05:50:50")), "dovecot-auth: pam_unix(dovecot:auth): x")
+        );
         let r = p.parse("2013-08-11 03:56:40 auth-worker(default): Info: m", 0);
         assert_eq!((r.time, r.msg), (Some(at("2013-08-11T03:56:40")), "auth-worker(default): Info: m"));
         let r = p.parse("[22-Jan-2013 22:28:21 +0200]: FAILED login for u from 192.0.2.1", 0);
-        assert_eq!((r.time, r.msg), (Some(at("2013-01-22T20:28:21")), "FAILED login for u from 192.0.2.1"));
+        assert_eq!(
+            (r.time, r.msg),
+            (Some(at("2013-01-22T20:28:21")), "FAILED login for u from 192.0.2.1")
+        );
     }
 
     #[test]
     fn rfc5424_and_iso() {
         let mut p = Parser::new(utc(), YearMode::Live);
         let r = p.parse("<20>1 2026-11-22T21:59:13.053111+00:00 vm postfix/smtpd 175371 - -  warning: m", 0);
-        assert_eq!((r.time, r.program, r.msg), (Some(at("2026-11-22T21:59:13")), "postfix/smtpd", "warning: m"));
+        assert_eq!(
+            (r.time, r.program, r.msg),
+            (Some(at("2026-11-22T21:59:13")), "postfix/smtpd", "warning: m")
+        );
         let r = p.parse("2024-06-17T03:14:07.123456+02:00 mail postfix/smtpd[1]: warning: m", 0);
         assert_eq!((r.time, r.program), (Some(at("2024-06-17T01:14:07")), "postfix/smtpd"));
     }
@@ -518,7 +579,13 @@ mod tests {
             let t = p.parse(line, now).time.unwrap();
             assert_eq!(t, m.timestamp.unwrap().naive_local().and_utc().timestamp(), "{line}");
         }
-        for odd in ["Jun 17 2024 03:14:07 h p[1]: m", "Jun 17 03:14:07 auth-worker(1): m", "Jun 17 03:14:07 pop3-login: Info: m", "Jun 17 03:14:07 h p[x]: m", "Jux 17 03:14:07 h p: m"] {
+        for odd in [
+            "Jun 17 2024 03:14:07 h p[1]: m",
+            "Jun 17 03:14:07 auth-worker(1): m",
+            "Jun 17 03:14:07 pop3-login: Info: m",
+            "Jun 17 03:14:07 h p[x]: m",
+            "Jux 17 03:14:07 h p: m",
+        ] {
             assert!(fast_3164(odd).is_none(), "{odd}");
         }
     }
@@ -526,7 +593,13 @@ mod tests {
     #[test]
     fn days_from_civil_matches_chrono() {
         for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (1969, 12, 31), (2100, 3, 1)] {
-            let c = chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp() / 86400;
+            let c = chrono::NaiveDate::from_ymd_opt(y, m, d)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp()
+                / 86400;
             assert_eq!(days_from_civil(y, m, d), c);
         }
     }

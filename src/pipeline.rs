@@ -89,11 +89,21 @@ pub type BuildError = crate::config::ConfigError;
 impl Pipeline {
     /// Compiles every stage of `cfg`.
     pub fn new(cfg: &Config, mode: YearMode) -> Result<Pipeline, BuildError> {
-        let first = cfg.origins.first().cloned().unwrap_or(crate::config::Origin { file: "<none>".into(), text: "".into() });
+        let first = cfg.origins.first().cloned().unwrap_or(crate::config::Origin {
+            file: "<none>".into(),
+            text: "".into(),
+        });
         let zone = Zone::resolve(cfg.parse.timezone.as_deref()).map_err(|e| first.error_at(&["timezone"], e.to_string()))?;
         let matcher = Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher)?;
         let prefilter = Prefilter::new(matcher.literal_sets());
-        let thresholds = cfg.jails.iter().map(|j| Threshold { maxretry: j.maxretry, findtime: j.findtime.secs() as i64 }).collect();
+        let thresholds = cfg
+            .jails
+            .iter()
+            .map(|j| Threshold {
+                maxretry: j.maxretry,
+                findtime: j.findtime.secs() as i64,
+            })
+            .collect();
         let window = Window::new(thresholds, &cfg.window);
         let names: Vec<_> = cfg.jails.iter().map(|j| (j.name.clone(), j.bantime)).collect();
         let policy = Policy::new(&cfg.policy, &names, &first)?;
@@ -101,7 +111,11 @@ impl Pipeline {
             jails: cfg
                 .jails
                 .iter()
-                .map(|j| JailStats { rules: vec![0; j.rules.len()], ignore_rules: vec![0; j.ignore.len()], ..Default::default() })
+                .map(|j| JailStats {
+                    rules: vec![0; j.rules.len()],
+                    ignore_rules: vec![0; j.ignore.len()],
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         };
@@ -254,16 +268,29 @@ impl Pipeline {
         let candidates = self.prefilter.candidates(any).to_vec();
         let _ = writeln!(o, "line:      {text:?}");
         let rec: Record<'_> = self.parser.parse(&text, now);
-        let _ = writeln!(o, "parse:     time={} host={:?} program={:?}", rec.time.map_or("none (arrival time used)".into(), |t| {
-            format!("{} ({} local)", crate::parse::rfc3339(t), crate::parse::local_iso(self.parser.zone(), t))
-        }), rec.host.unwrap_or(""), rec.program);
+        let _ = writeln!(
+            o,
+            "parse:     time={} host={:?} program={:?}",
+            rec.time.map_or("none (arrival time used)".into(), |t| {
+                format!(
+                    "{} ({} local)",
+                    crate::parse::rfc3339(t),
+                    crate::parse::local_iso(self.parser.zone(), t)
+                )
+            }),
+            rec.host.unwrap_or(""),
+            rec.program
+        );
         let _ = writeln!(o, "           msg={:?}", rec.msg);
         if any {
             let _ = writeln!(o, "prefilter: pass, literals found: {lits:?}; {} candidate rules", candidates.len());
         } else if self.prefilter.has_unliteral() {
             let _ = writeln!(o, "prefilter: no literal found; only rules without literals are tried");
         } else {
-            let _ = writeln!(o, "prefilter: skip (no rule's literal occurs in the line; the line would not even be parsed)");
+            let _ = writeln!(
+                o,
+                "prefilter: skip (no rule's literal occurs in the line; the line would not even be parsed)"
+            );
         }
         let mut matches = Vec::new();
         self.matcher.set_want_user(true);
@@ -279,10 +306,19 @@ impl Pipeline {
                     let _ = writeln!(o, "matcher:   jail {jail}: ignore rule {} matches: not a failure", m.rule);
                 }
                 Found::BadHost(h) => {
-                    let _ = writeln!(o, "matcher:   jail {jail}: rule {} matches but <HOST> {h:?} is not an address", m.rule);
+                    let _ = writeln!(
+                        o,
+                        "matcher:   jail {jail}: rule {} matches but <HOST> {h:?} is not an address",
+                        m.rule
+                    );
                 }
                 Found::Failure { ip, user } => {
-                    let _ = writeln!(o, "matcher:   jail {jail}: rule {} matches, host {ip}{}", m.rule, user.map(|u| format!(", user {u:?}")).unwrap_or_default());
+                    let _ = writeln!(
+                        o,
+                        "matcher:   jail {jail}: rule {} matches, host {ip}{}",
+                        m.rule,
+                        user.map(|u| format!(", user {u:?}")).unwrap_or_default()
+                    );
                     let verdict = match self.policy.admit(ip, time) {
                         Admit::Ignored => "ignored: the address is in policy.ignore, never banned".to_string(),
                         Admit::Banned => "already banned".to_string(),
@@ -305,7 +341,9 @@ mod tests {
         let mut p = Pipeline::new(&Config::builtin(), YearMode::Live).unwrap();
         let mut bans = Vec::new();
         for i in 0..6 {
-            let line = format!("Jun 17 03:14:0{i} mail postfix/smtpd[1]: warning: unknown[46.38.145.252]: SASL LOGIN authentication failed: UGFzc3dvcmQ6");
+            let line = format!(
+                "Jun 17 03:14:0{i} mail postfix/smtpd[1]: warning: unknown[46.38.145.252]: SASL LOGIN authentication failed: UGFzc3dvcmQ6"
+            );
             p.process(line.as_bytes(), 1_781_700_000, |e| {
                 if let Event::Decision(d) = e {
                     bans.push(d.clone());
@@ -313,7 +351,10 @@ mod tests {
             });
         }
         assert_eq!(bans.len(), 1);
-        assert_eq!((bans[0].ip.to_string().as_str(), &*bans[0].jail, bans[0].failures), ("46.38.145.252", "postfix-sasl", 5));
+        assert_eq!(
+            (bans[0].ip.to_string().as_str(), &*bans[0].jail, bans[0].failures),
+            ("46.38.145.252", "postfix-sasl", 5)
+        );
         assert_eq!(p.stats().jails[0].already_banned, 1);
     }
 

@@ -144,12 +144,15 @@ impl Policy {
         if !(1..=128).contains(&cfg.ipv6_prefix) {
             return Err(origin.error_at(&["ipv6_prefix"], "ipv6_prefix must be 1..=128"));
         }
-        if let Some(inc) = cfg.increment {
-            if !(inc.factor >= 1.0 && inc.factor.is_finite()) {
-                return Err(origin.error_at(&["factor"], "increment factor must be a number >= 1"));
-            }
+        if let Some(inc) = cfg.increment
+            && !(inc.factor >= 1.0 && inc.factor.is_finite())
+        {
+            return Err(origin.error_at(&["factor"], "increment factor must be a number >= 1"));
         }
-        let jails = jails.iter().map(|(n, b)| (Arc::from(n.as_str()), b.unwrap_or(cfg.bantime).secs())).collect();
+        let jails = jails
+            .iter()
+            .map(|(n, b)| (Arc::from(n.as_str()), b.unwrap_or(cfg.bantime).secs()))
+            .collect();
         Ok(Policy {
             cfg: cfg.clone(),
             ignore,
@@ -208,7 +211,16 @@ impl Policy {
             None => base,
         };
         let offence = h.offences;
-        let mut decision = Decision { ip: key, prefix: self.prefix(key), jail: name, failures, ban_for, offence, time, reason: Reason::Threshold };
+        let mut decision = Decision {
+            ip: key,
+            prefix: self.prefix(key),
+            jail: name,
+            failures,
+            ban_for,
+            offence,
+            time,
+            reason: Reason::Threshold,
+        };
         if let Some(r) = self.cfg.recidive {
             let h = self.history.get_mut(&key).expect("inserted above");
             h.recent.push_back(time);
@@ -259,7 +271,10 @@ mod tests {
     use super::*;
 
     fn policy(cfg: PolicyConfig) -> Policy {
-        let origin = Origin { file: "t".into(), text: "".into() };
+        let origin = Origin {
+            file: "t".into(),
+            text: "".into(),
+        };
         Policy::new(&cfg, &[("j".into(), None)], &origin).unwrap()
     }
 
@@ -269,7 +284,10 @@ mod tests {
 
     #[test]
     fn ignore_and_ipv6_aggregation() {
-        let p = policy(PolicyConfig { ignore: vec!["127.0.0.0/8".into(), "::1".into(), "192.0.2.0/24".into()], ..Default::default() });
+        let p = policy(PolicyConfig {
+            ignore: vec!["127.0.0.0/8".into(), "::1".into(), "192.0.2.0/24".into()],
+            ..Default::default()
+        });
         assert_eq!(p.admit(ip("127.0.0.2"), 0), Admit::Ignored);
         assert_eq!(p.admit(ip("::1"), 0), Admit::Ignored);
         assert_eq!(p.admit(ip("192.0.2.200"), 0), Admit::Ignored);
@@ -279,7 +297,13 @@ mod tests {
 
     #[test]
     fn escalation_and_cap() {
-        let mut p = policy(PolicyConfig { increment: Some(Increment { factor: 2.0, maxtime: Dur(5 * 3600) }), ..Default::default() });
+        let mut p = policy(PolicyConfig {
+            increment: Some(Increment {
+                factor: 2.0,
+                maxtime: Dur(5 * 3600),
+            }),
+            ..Default::default()
+        });
         let mut out = Vec::new();
         for (n, t) in [0i64, 10_000, 20_000, 30_000, 40_000].into_iter().enumerate() {
             p.decide(0, ip("198.51.100.1"), 5, t + 86_400 * n as i64, &mut out);
@@ -300,7 +324,11 @@ mod tests {
     #[test]
     fn recidive_after_n_bans() {
         let mut p = policy(PolicyConfig {
-            recidive: Some(Recidive { bans: 3, findtime: Dur(86_400), bantime: Dur(86_400) }),
+            recidive: Some(Recidive {
+                bans: 3,
+                findtime: Dur(86_400),
+                bantime: Dur(86_400),
+            }),
             ..Default::default()
         });
         let mut out = Vec::new();
@@ -308,14 +336,28 @@ mod tests {
             p.decide(0, ip("198.51.100.1"), 5, t, &mut out);
         }
         let last: Vec<_> = out.iter().map(|d| (&*d.jail, d.reason)).collect();
-        assert_eq!(last, vec![("j", Reason::Threshold), ("j", Reason::Threshold), ("j", Reason::Threshold), ("recidive", Reason::Recidive)]);
+        assert_eq!(
+            last,
+            vec![
+                ("j", Reason::Threshold),
+                ("j", Reason::Threshold),
+                ("j", Reason::Threshold),
+                ("recidive", Reason::Recidive)
+            ]
+        );
         assert_eq!(out[3].ban_for, 86_400);
     }
 
     #[test]
     fn bad_cidr_is_a_config_error() {
-        let origin = Origin { file: "p.ron".into(), text: "Pipeline(policy: (ignore: [\"10.0.0/8\"]))".into() };
-        let cfg = PolicyConfig { ignore: vec!["10.0.0/8".into()], ..Default::default() };
+        let origin = Origin {
+            file: "p.ron".into(),
+            text: "Pipeline(policy: (ignore: [\"10.0.0/8\"]))".into(),
+        };
+        let cfg = PolicyConfig {
+            ignore: vec!["10.0.0/8".into()],
+            ..Default::default()
+        };
         let e = Policy::new(&cfg, &[], &origin).unwrap_err();
         assert_eq!((e.line, e.col), (1, 28));
     }

@@ -64,7 +64,11 @@ impl Prefilter {
 
     /// The literals found in `line`, for `explain`.
     pub fn hits(&self, line: &[u8]) -> Vec<String> {
-        self.literals.iter().filter(|l| memchr::memmem::find(line, l).is_some()).map(|l| String::from_utf8_lossy(l).into_owned()).collect()
+        self.literals
+            .iter()
+            .filter(|l| memchr::memmem::find(line, l).is_some())
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
     }
 
     /// All literals searched for.
@@ -90,13 +94,21 @@ pub fn required_literals(hir: &Hir) -> Option<Vec<Vec<u8>>> {
         _ => std::slice::from_ref(hir),
     };
     let mut extractor = Extractor::new();
-    extractor.kind(ExtractKind::Prefix).limit_class(4).limit_repeat(4).limit_literal_len(40).limit_total(64);
-    let mut best: Option<((usize, std::cmp::Reverse<usize>), Vec<Vec<u8>>)> = None;
+    extractor
+        .kind(ExtractKind::Prefix)
+        .limit_class(4)
+        .limit_repeat(4)
+        .limit_literal_len(40)
+        .limit_total(64);
+    type Score = (usize, std::cmp::Reverse<usize>);
+    let mut best: Option<(Score, Vec<Vec<u8>>)> = None;
     for i in 0..children.len() {
         let mut seq = extractor.extract(&Hir::concat(children[i..].to_vec()));
         seq.optimize_for_prefix_by_preference();
         let Some(lits) = seq.literals() else { continue };
-        let Some(shortest) = lits.iter().map(|l| l.as_bytes().len()).min() else { continue };
+        let Some(shortest) = lits.iter().map(|l| l.as_bytes().len()).min() else {
+            continue;
+        };
         if shortest < 3 {
             continue;
         }
@@ -114,7 +126,12 @@ mod tests {
     use super::*;
 
     fn lits(re: &str) -> Option<Vec<String>> {
-        let hir = regex_syntax::ParserBuilder::new().unicode(false).utf8(false).build().parse(re).unwrap();
+        let hir = regex_syntax::ParserBuilder::new()
+            .unicode(false)
+            .utf8(false)
+            .build()
+            .parse(re)
+            .unwrap();
         required_literals(&hir).map(|v| v.into_iter().map(|l| String::from_utf8(l).unwrap()).collect())
     }
 
@@ -131,7 +148,11 @@ mod tests {
 
     #[test]
     fn skips_lines_without_literals() {
-        let p = Prefilter::new(&[Some(vec![b"auth failed".to_vec()]), None, Some(vec![b"failed, ".to_vec(), b"unknown user".to_vec()])]);
+        let p = Prefilter::new(&[
+            Some(vec![b"auth failed".to_vec()]),
+            None,
+            Some(vec![b"failed, ".to_vec(), b"unknown user".to_vec()]),
+        ]);
         assert!(p.is_candidate(b"x (auth failed, 3 attempts)"));
         assert!(!p.is_candidate(b"connect from x"));
         assert_eq!(p.hits(b"(auth failed, 3"), vec!["auth failed", "failed, "]);

@@ -56,7 +56,13 @@ pub struct Source<'a> {
 
 /// Replays `sources` through `pipeline`; `reference` (Unix seconds) places year-less dates and
 /// lines without a time until the log itself has given one.
-pub fn run(pipeline: &mut Pipeline, sources: Vec<Source<'_>>, reference: i64, opts: Options, out: &mut dyn Write) -> std::io::Result<Report> {
+pub fn run(
+    pipeline: &mut Pipeline,
+    sources: Vec<Source<'_>>,
+    reference: i64,
+    opts: Options,
+    out: &mut dyn Write,
+) -> std::io::Result<Report> {
     let start = Instant::now();
     let any_address = meta::Regex::new(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}").expect("valid");
     let names = pipeline.jail_names().to_vec();
@@ -180,7 +186,14 @@ pub fn summary_json(r: &Report, names: &[String]) -> serde_json::Value {
 fn summary_text(r: &Report, names: &[String], p: &Pipeline) -> String {
     let s = &r.stats;
     let mut o = String::new();
-    let _ = writeln!(o, "Lines:   {} total, {} matched, {} ignored, {} missed", s.lines, s.matched_lines, s.ignored_lines, missed(r));
+    let _ = writeln!(
+        o,
+        "Lines:   {} total, {} matched, {} ignored, {} missed",
+        s.lines,
+        s.matched_lines,
+        s.ignored_lines,
+        missed(r)
+    );
     let _ = writeln!(
         o,
         "         {} skipped by the prefilter, {} parsed, {} without a usable time, {} invalid UTF-8, {} truncated",

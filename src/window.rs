@@ -55,7 +55,14 @@ impl Window {
     /// A window for jails with these thresholds.
     pub fn new(thresholds: Vec<Threshold>, cfg: &WindowConfig) -> Window {
         let longest = thresholds.iter().map(|t| t.findtime).max().unwrap_or(0);
-        Window { thresholds, max_tracked: cfg.max_tracked.max(1), entries: HashMap::new(), longest, next_sweep: i64::MIN, evicted: 0 }
+        Window {
+            thresholds,
+            max_tracked: cfg.max_tracked.max(1),
+            entries: HashMap::new(),
+            longest,
+            next_sweep: i64::MIN,
+            evicted: 0,
+        }
     }
 
     /// Records a failure at `time`; returns the number of failures in the window when it
@@ -111,7 +118,8 @@ impl Window {
         }
         self.next_sweep = now.saturating_add((self.longest / 4).max(1));
         let th = &self.thresholds;
-        self.entries.retain(|(j, _), e| e.times.back().is_some_and(|&t| t > now - th[*j as usize].findtime));
+        self.entries
+            .retain(|(j, _), e| e.times.back().is_some_and(|&t| t > now - th[*j as usize].findtime));
     }
 
     /// Evicts the least recently failing eighth of the entries.
@@ -164,7 +172,13 @@ mod tests {
 
     #[test]
     fn cap_evicts_oldest_and_counts() {
-        let mut w = Window::new(vec![Threshold { maxretry: 5, findtime: 1_000_000 }], &WindowConfig { max_tracked: 16 });
+        let mut w = Window::new(
+            vec![Threshold {
+                maxretry: 5,
+                findtime: 1_000_000,
+            }],
+            &WindowConfig { max_tracked: 16 },
+        );
         for i in 0..64u8 {
             w.record(0, IpAddr::from([192, 0, 2, i]), i64::from(i));
         }

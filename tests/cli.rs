@@ -28,10 +28,26 @@ fn check_accepts_every_shipped_pipeline() {
 #[test]
 fn check_reports_file_line_column_and_exits_2() {
     let cases = [
-        ("Pipeline(\n  jails: [\n    Jail(name: \"a\", rules: [r\"x <HOST>\"], maxretry: 1, findtime: \"1m\", colour: 1),\n  ],\n)", 3, "colour"),
-        ("Pipeline(jails: [\n  Jail(name: \"a\", rules: [\n    r\"warning (<HOST>\",\n  ], maxretry: 1, findtime: \"1m\"),\n])", 3, "bad regex"),
-        ("Pipeline(jails: [\n  Jail(name: \"a\", rules: [\n    r\"no host here\",\n  ], maxretry: 1, findtime: \"1m\"),\n])", 3, "exactly one <HOST>"),
-        ("Pipeline(jails: [\n  Jail(name: \"a\", rules: [r\"x <HOST>\"], maxretry: 1, findtime: \"soon\"),\n])", 2, "bad duration"),
+        (
+            "Pipeline(\n  jails: [\n    Jail(name: \"a\", rules: [r\"x <HOST>\"], maxretry: 1, findtime: \"1m\", colour: 1),\n  ],\n)",
+            3,
+            "colour",
+        ),
+        (
+            "Pipeline(jails: [\n  Jail(name: \"a\", rules: [\n    r\"warning (<HOST>\",\n  ], maxretry: 1, findtime: \"1m\"),\n])",
+            3,
+            "bad regex",
+        ),
+        (
+            "Pipeline(jails: [\n  Jail(name: \"a\", rules: [\n    r\"no host here\",\n  ], maxretry: 1, findtime: \"1m\"),\n])",
+            3,
+            "exactly one <HOST>",
+        ),
+        (
+            "Pipeline(jails: [\n  Jail(name: \"a\", rules: [r\"x <HOST>\"], maxretry: 1, findtime: \"soon\"),\n])",
+            2,
+            "bad duration",
+        ),
         ("Pipeline(\n  include: [(file: \"missing.ron\")],\n)", 2, "cannot read include"),
     ];
     for (text, line, reason) in cases {
@@ -40,7 +56,10 @@ fn check_reports_file_line_column_and_exits_2() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         let prefix = format!("{}:{line}:", f.path().display());
-        assert!(err.starts_with(&prefix) && err.contains(reason), "want {prefix}..{reason}, got {err}");
+        assert!(
+            err.starts_with(&prefix) && err.contains(reason),
+            "want {prefix}..{reason}, got {err}"
+        );
     }
 }
 
@@ -49,11 +68,18 @@ fn unknown_jail_in_include_is_located() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy("pipelines/postfix.ron", dir.path().join("postfix.ron")).unwrap();
     let main = dir.path().join("main.ron");
-    std::fs::write(&main, "Pipeline(\n  include: [\n    (file: \"postfix.ron\", jails: [\"postfix-nope\"]),\n  ],\n)").unwrap();
+    std::fs::write(
+        &main,
+        "Pipeline(\n  include: [\n    (file: \"postfix.ron\", jails: [\"postfix-nope\"]),\n  ],\n)",
+    )
+    .unwrap();
     let out = mailpipe().args(["check", "-c"]).arg(&main).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(err.contains("main.ron:3:") && err.contains("unknown jail \"postfix-nope\""), "{err}");
+    assert!(
+        err.contains("main.ron:3:") && err.contains("unknown jail \"postfix-nope\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -67,20 +93,48 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1() {
 
 #[test]
 fn explain_shows_every_stage() {
-    let out = mailpipe().args(["explain", "--now", "2024-07-01T00:00:00Z", SASL]).output().unwrap();
+    let out = mailpipe()
+        .args(["explain", "--now", "2024-07-01T00:00:00Z", SASL])
+        .output()
+        .unwrap();
     let s = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success());
-    for want in ["time=2024-06-17T03:14:07Z", "program=\"postfix/smtpd\"", "literals found: [\" authentication failed:\"", "jail postfix-sasl: rule 0 matches, host 46.38.145.252", "counted as 46.38.145.252"] {
+    for want in [
+        "time=2024-06-17T03:14:07Z",
+        "program=\"postfix/smtpd\"",
+        "literals found: [\" authentication failed:\"",
+        "jail postfix-sasl: rule 0 matches, host 46.38.145.252",
+        "counted as 46.38.145.252",
+    ] {
         assert!(s.contains(want), "missing {want:?} in\n{s}");
     }
-    let s = String::from_utf8(mailpipe().args(["explain", "Jun 17 03:14:07 mail postfix/smtpd[1]: connect from x[192.0.2.1]"]).output().unwrap().stdout).unwrap();
+    let s = String::from_utf8(
+        mailpipe()
+            .args(["explain", "Jun 17 03:14:07 mail postfix/smtpd[1]: connect from x[192.0.2.1]"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert!(s.contains("prefilter: skip"), "{s}");
-    let s = String::from_utf8(mailpipe().args(["explain", &SASL.replace("46.38.145.252", "127.0.0.1")]).output().unwrap().stdout).unwrap();
+    let s = String::from_utf8(
+        mailpipe()
+            .args(["explain", &SASL.replace("46.38.145.252", "127.0.0.1")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert!(s.contains("ignored: the address is in policy.ignore"), "{s}");
 }
 
 fn run_with_stdin(input: &[u8]) -> (String, Option<i32>) {
-    let mut child = mailpipe().args(["run", "--dry-run"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = mailpipe()
+        .args(["run", "--dry-run"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
     (String::from_utf8(out.stdout).unwrap(), out.status.code())
@@ -116,7 +170,12 @@ fn run_survives_bad_input() {
 
 #[test]
 fn sigterm_drains_and_exits_0() {
-    let mut child = mailpipe().args(["run", "--dry-run"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = mailpipe()
+        .args(["run", "--dry-run"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let lines: String = (0..5).map(|i| SASL.replace("03:14:07", &format!("03:14:0{i}")) + "\n").collect();
     stdin.write_all(lines.as_bytes()).unwrap();

@@ -65,7 +65,10 @@ fn cases(dir: &std::path::Path, file: &'static str) -> Vec<Case> {
             if let Some(j) = directive.strip_prefix("filterOptions:") {
                 let v: Value = serde_json::from_str(j.trim()).unwrap();
                 let sets = if v.is_array() { v.as_array().unwrap().clone() } else { vec![v] };
-                modes = sets.iter().map(|s| s.get("mode").and_then(Value::as_str).unwrap_or("").to_string()).collect();
+                modes = sets
+                    .iter()
+                    .map(|s| s.get("mode").and_then(Value::as_str).unwrap_or("").to_string())
+                    .collect();
             } else if let Some(j) = directive.strip_prefix("failJSON:") {
                 pending = Some(serde_json::from_str(j.trim()).unwrap());
             }
@@ -76,7 +79,13 @@ fn cases(dir: &std::path::Path, file: &'static str) -> Vec<Case> {
         }
         if let Some(expect) = pending.take() {
             for mode in &modes {
-                out.push(Case { file, lineno: i + 1, mode: mode.clone(), expect: expect.clone(), line: line.to_string() });
+                out.push(Case {
+                    file,
+                    lineno: i + 1,
+                    mode: mode.clone(),
+                    expect: expect.clone(),
+                    line: line.to_string(),
+                });
             }
         }
     }
@@ -105,10 +114,10 @@ fn fail2ban_corpus_agrees() {
             let jail = jail_for(file, &case.mode);
             let mut got = None;
             p.process(case.line.as_bytes(), NOW, |e| {
-                if let Event::Match { m, time } = e {
-                    if let (true, Found::Failure { ip, .. }) = (names[m.jail as usize] == jail, m.found) {
-                        got = Some((ip.to_string(), local_iso(zone, time)));
-                    }
+                if let Event::Match { m, time } = e
+                    && let (true, Found::Failure { ip, .. }) = (names[m.jail as usize] == jail, m.found)
+                {
+                    got = Some((ip.to_string(), local_iso(zone, time)));
                 }
             });
             let want_match = case.expect["match"].as_bool().unwrap();
@@ -117,10 +126,10 @@ fn fail2ban_corpus_agrees() {
                 (Some(g), false) => Some(format!("unexpected match {g:?}")),
                 (Some((host, time)), true) => {
                     let mut p = None;
-                    if let Some(h) = case.expect["host"].as_str() {
-                        if h != host {
-                            p = Some(format!("host {host}, want {h}"));
-                        }
+                    if let Some(h) = case.expect["host"].as_str()
+                        && h != host
+                    {
+                        p = Some(format!("host {host}, want {h}"));
                     }
                     if let Some(t) = case.expect["time"].as_str() {
                         let mut want = normalize_time(t);
@@ -138,10 +147,18 @@ fn fail2ban_corpus_agrees() {
                 (None, false) => None,
             };
             if let Some(why) = problem {
-                failures.push(format!("{}:{} mode {:?} jail {jail}: {why}\n    {}", case.file, case.lineno, case.mode, case.line));
+                failures.push(format!(
+                    "{}:{} mode {:?} jail {jail}: {why}\n    {}",
+                    case.file, case.lineno, case.mode, case.line
+                ));
             }
         }
     }
     println!("fail2ban corpus: {} of {total} cases agree", total - failures.len());
-    assert!(failures.is_empty(), "{} of {total} cases disagree:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -10,7 +10,12 @@ const CASES: &[(&str, &str, &str, &[&str])] = &[
     ("postfix.matches", "pipelines/all.ron", "postfix.log", &["--matches"]),
     ("dovecot.matches", "pipelines/all.ron", "dovecot.log", &["--matches"]),
     ("other.matches", "pipelines/all.ron", "other.log", &["--matches"]),
-    ("bad-input.missed", "pipelines/mail.ron", "bad-input.log", &["--matches", "--missed"]),
+    (
+        "bad-input.missed",
+        "pipelines/mail.ron",
+        "bad-input.log",
+        &["--matches", "--missed"],
+    ),
     ("bans.decisions", "pipelines/mail.ron", "bans.log", &["--decisions"]),
     ("bans.summary", "pipelines/mail.ron", "bans.log", &[]),
     ("postfix.summary", "pipelines/all.ron", "postfix.log", &[]),
@@ -54,7 +59,11 @@ fn test_command_output_is_unchanged() {
         }
         let want = std::fs::read_to_string(&path).unwrap_or_default();
         if got != want {
-            let first = got.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(got.lines().count().min(want.lines().count()));
+            let first = got
+                .lines()
+                .zip(want.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.lines().count().min(want.lines().count()));
             diffs.push(format!(
                 "{name}: differs at line {}\n  got:  {}\n  want: {}",
                 first + 1,
@@ -63,5 +72,9 @@ fn test_command_output_is_unchanged() {
             ));
         }
     }
-    assert!(diffs.is_empty(), "golden files differ (UPDATE_GOLDEN=1 to accept):\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "golden files differ (UPDATE_GOLDEN=1 to accept):\n{}",
+        diffs.join("\n")
+    );
 }

@@ -2,8 +2,8 @@
 //! could never have matched. The same entry point is fuzzed with cargo-fuzz (`fuzz/`).
 
 use mailpipe::config::Config;
-use mailpipe::parse::YearMode;
 use mailpipe::matcher::Matcher;
+use mailpipe::parse::YearMode;
 use mailpipe::parse::{Parser, Zone};
 use mailpipe::pipeline::Pipeline;
 use mailpipe::prefilter::Prefilter;
@@ -61,7 +61,11 @@ static STAGES: LazyLock<Mutex<Stages>> = LazyLock::new(|| {
     let matcher = Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher).unwrap();
     assert_eq!(matcher.unliteral_rules().count(), 0, "every shipped rule has a literal");
     let prefilter = Prefilter::new(matcher.literal_sets());
-    Mutex::new(Stages { prefilter, parser: Parser::new(Zone::resolve(Some("UTC")).unwrap(), YearMode::Live), matcher })
+    Mutex::new(Stages {
+        prefilter,
+        parser: Parser::new(Zone::resolve(Some("UTC")).unwrap(), YearMode::Live),
+        matcher,
+    })
 });
 
 proptest! {

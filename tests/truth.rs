@@ -91,8 +91,16 @@ fn bans_exactly_the_attackers() {
         .unwrap();
     assert!(out.status.success());
     let got = banned_keys(&String::from_utf8(out.stdout).unwrap());
-    assert_eq!(got.difference(&expected).collect::<Vec<_>>(), Vec::<&String>::new(), "banned but should not be");
-    assert_eq!(expected.difference(&got).collect::<Vec<_>>(), Vec::<&String>::new(), "should be banned but was not");
+    assert_eq!(
+        got.difference(&expected).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "banned but should not be"
+    );
+    assert_eq!(
+        expected.difference(&got).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "should be banned but was not"
+    );
     assert!(!legit.is_empty(), "the generated log should contain mistyping users");
     assert!(got.is_disjoint(&legit), "a legitimate user was banned");
 
