@@ -79,8 +79,8 @@ pub struct Match<'a> {
 
 #[derive(Debug)]
 enum Dfa {
-    Hybrid(Box<(hybrid::dfa::DFA, hybrid::dfa::Cache)>),
-    Dense(dfa::dense::DFA<Vec<u32>>),
+    Hybrid(hybrid::dfa::DFA, hybrid::dfa::Cache),
+    Dense(Box<dfa::dense::DFA<Vec<u32>>>),
 }
 
 #[derive(Debug)]
@@ -415,10 +415,7 @@ impl Matcher {
             .anchored(Anchored::Pattern(PatternID::new_unchecked(pid as usize)))
             .earliest(true);
         let res = match &mut self.dfa {
-            Dfa::Hybrid(h) => {
-                let (dfa, cache) = &mut **h;
-                dfa.try_search_fwd(cache, &input)
-            }
+            Dfa::Hybrid(dfa, cache) => dfa.try_search_fwd(cache, &input),
             Dfa::Dense(dfa) => dfa.try_search_fwd(&input),
         };
         // Neither engine can fail here: no Unicode word boundaries, no cache-clear limit.
@@ -487,7 +484,7 @@ fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
                 .build_many(patterns)
                 .map_err(|e| format!("cannot build the rule DFA: {e}"))?;
             let cache = dfa.create_cache();
-            Ok(Dfa::Hybrid(Box::new((dfa, cache))))
+            Ok(Dfa::Hybrid(dfa, cache))
         }
         Engine::Dense { size_limit } => {
             let dfa = dfa::dense::Builder::new()
@@ -501,7 +498,7 @@ fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
                 )
                 .build_many(patterns)
                 .map_err(|e| format!("cannot build the dense rule DFA within {size_limit} bytes: {e} (use engine: Hybrid)"))?;
-            Ok(Dfa::Dense(dfa))
+            Ok(Dfa::Dense(Box::new(dfa)))
         }
     }
 }
