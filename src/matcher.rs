@@ -8,6 +8,7 @@
 //! no rule can take exponential time, and the anchoring means an address can only be taken from
 //! where the rule says, never from text an attacker put further along the line.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use regex_automata::dfa::{self, Automaton};
@@ -78,6 +79,7 @@ pub struct Match<'a> {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per pipeline; the lazy DFA, the default, stays inline
 enum Dfa {
     Hybrid(hybrid::dfa::DFA, hybrid::dfa::Cache),
     Dense(Box<dfa::dense::DFA<Vec<u32>>>),
@@ -96,7 +98,19 @@ struct Rule {
     has_literal: bool,
 }
 
-/// Finds `<HOST>` in a line the rule is known to match, without a capturing engine.
+/// What `HostFinder` saw of a rule in a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Probe {
+    /// The rule matches with this address span: the rule matches.
+    Host(std::ops::Range<usize>),
+    /// The part before `<HOST>` matched but no address fits: the rule may still match with a
+    /// non-address (`999.1.1.1`); the DFA and the capture search decide.
+    BeforeHost,
+    /// The rule cannot match.
+    NoMatch,
+}
+
+/// Finds `<HOST>` without a capturing engine, and with it whether the rule matches.
 ///
 /// The rule is split at `<HOST>` into a part before (P) and after (S), each a lazy DFA. Every
 /// place P can end is a candidate host start; a candidate is the host when an address starts
@@ -131,23 +145,26 @@ impl HostFinder {
         Some(HostFinder { pre, post: dfa(after)? })
     }
 
-    /// The host's span in `msg`.
-    fn find(&mut self, msg: &[u8]) -> Option<std::ops::Range<usize>> {
+    /// The host's span in `msg`, and whether the part before `<HOST>` matched at all.
+    fn find(&mut self, msg: &[u8]) -> Probe {
         let Some((pre, cache)) = &mut self.pre else {
-            return Self::host_span(&mut self.post, msg, 0);
+            return Self::host_span(&mut self.post, msg, 0).map_or(Probe::BeforeHost, Probe::Host);
         };
         let input = Input::new(msg).anchored(Anchored::Yes);
         let mut state = regex_automata::hybrid::dfa::OverlappingState::start();
-        let mut found = None;
+        let mut probe = Probe::NoMatch;
         loop {
-            pre.try_search_overlapping_fwd(cache, &input, &mut state).ok()?;
+            if pre.try_search_overlapping_fwd(cache, &input, &mut state).is_err() {
+                return Probe::BeforeHost;
+            }
             let Some(m) = state.get_match() else { break };
-            let e = m.offset();
-            if let Some(span) = Self::host_span(&mut self.post, msg, e) {
-                found = Some(span);
+            match Self::host_span(&mut self.post, msg, m.offset()) {
+                Some(span) => probe = Probe::Host(span),
+                None if probe == Probe::NoMatch => probe = Probe::BeforeHost,
+                None => {}
             }
         }
-        found
+        probe
     }
 
     /// The longest address starting at `at` after which S matches.
@@ -183,6 +200,10 @@ pub struct Matcher {
     literals: Vec<Option<Vec<Vec<u8>>>>,
     /// Extract `<USER>` too (costs a capture search; for reports, not for banning).
     want_user: bool,
+    /// Each jail's ignore rules (pattern ids): tried only once a failure rule of the jail matched.
+    ignores: Vec<Vec<u32>>,
+    /// Which jails each program may feed, by program name; bounded, rebuilt when full.
+    program_cache: HashMap<Box<str>, Box<[bool]>>,
     /// Per-line scratch, reused: each jail's state on the current line.
     jail_state: Vec<JailState>,
 }
@@ -190,9 +211,7 @@ pub struct Matcher {
 /// Where a jail stands on the current line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JailState {
-    /// Not looked at yet.
-    Fresh,
-    /// Its program filter passed.
+    /// Its program filter passed and no rule has matched yet.
     Allowed,
     /// Decided (matched, ignored, or another program): skip its other rules.
     Done,
@@ -269,9 +288,7 @@ impl Matcher {
                         .map_err(|e| origin.error_at(&[&jail_needles(jail)], format!("jail {:?}: bad program glob: {e}", jail.name)))?,
                 )
             });
-            // Ignore rules first: candidates are tried in pattern order, and an ignore rule must
-            // win over any failure rule of its jail.
-            let all = jail.ignore.iter().map(|r| (r, true)).chain(jail.rules.iter().map(|r| (r, false)));
+            let all = jail.rules.iter().map(|r| (r, false)).chain(jail.ignore.iter().map(|r| (r, true)));
             let mut counts = [0usize; 2];
             for (text, ignore) in all {
                 let index = counts[usize::from(ignore)];
@@ -346,6 +363,12 @@ impl Matcher {
                 |o| o.error_at(&["engine"], e.clone()),
             )
         })?;
+        let mut ignores = vec![Vec::new(); jails.len()];
+        for (pid, r) in rules.iter().enumerate() {
+            if r.ignore {
+                ignores[r.jail as usize].push(pid as u32);
+            }
+        }
         Ok(Matcher {
             dfa,
             want_user: false,
@@ -353,7 +376,9 @@ impl Matcher {
             programs,
             jail_names: jails.iter().map(|j| j.name.clone()).collect(),
             literals,
-            jail_state: vec![JailState::Fresh; jails.len()],
+            ignores,
+            program_cache: HashMap::new(),
+            jail_state: vec![JailState::Done; jails.len()],
         })
     }
 
@@ -385,28 +410,63 @@ impl Matcher {
     /// earliest search of that one pattern, which stops as soon as it matches or dies.
     pub fn find<'a>(&mut self, rec: &Record<'a>, candidates: &[u32], out: &mut Vec<Match<'a>>) {
         let msg = rec.msg.as_bytes();
-        self.jail_state.fill(JailState::Fresh);
+        self.allowed_jails(rec.program);
         for &pid in candidates {
-            let j = self.rules[pid as usize].jail as usize;
-            match self.jail_state[j] {
-                JailState::Done => continue,
-                JailState::Allowed => {}
-                JailState::Fresh => {
-                    if self.programs[j].as_ref().is_some_and(|re| !re.is_match(rec.program)) {
-                        self.jail_state[j] = JailState::Done;
-                        continue;
-                    }
-                    self.jail_state[j] = JailState::Allowed;
-                }
-            }
-            if !self.matches(msg, pid) {
+            let r = &mut self.rules[pid as usize];
+            let j = r.jail as usize;
+            if r.ignore || self.jail_state[j] != JailState::Allowed {
                 continue;
             }
+            // With a finder, one pass over the line both decides the match and finds the host;
+            // the rule DFA is only asked when the finder cannot tell.
+            let span = match r.finder.as_mut().map(|f| f.find(msg)) {
+                Some(Probe::Host(span)) => Some(span),
+                Some(Probe::NoMatch) => continue,
+                Some(Probe::BeforeHost) | None => {
+                    if !self.matches(msg, pid) {
+                        continue;
+                    }
+                    None
+                }
+            };
             self.jail_state[j] = JailState::Done;
-            if let Some(m) = self.extract(rec, pid as usize) {
-                out.push(m);
+            // An ignore rule only matters once a failure rule matched: most lines pay nothing.
+            let mut ignored = None;
+            for k in 0..self.ignores[j].len() {
+                let ig = self.ignores[j][k];
+                if self.matches(msg, ig) {
+                    ignored = Some(ig);
+                    break;
+                }
             }
+            out.push(match ignored {
+                Some(ig) => Match { jail: j as JailId, rule: self.rules[ig as usize].index, found: Found::Ignored },
+                None => match self.extract(rec, pid as usize, span) {
+                    Some(m) => m,
+                    None => continue,
+                },
+            });
         }
+    }
+
+    /// Sets each jail's state for a line from `program`: `Allowed` or `Done`.
+    fn allowed_jails(&mut self, program: &str) {
+        if let Some(mask) = self.program_cache.get(program) {
+            for (st, &ok) in self.jail_state.iter_mut().zip(mask.iter()) {
+                *st = if ok { JailState::Allowed } else { JailState::Done };
+            }
+            return;
+        }
+        let mask: Box<[bool]> = self.programs.iter().map(|re| re.as_ref().is_none_or(|re| re.is_match(program))).collect();
+        for (st, &ok) in self.jail_state.iter_mut().zip(mask.iter()) {
+            *st = if ok { JailState::Allowed } else { JailState::Done };
+        }
+        // Program names are few (postfix/smtpd, dovecot, ...); a flood of odd ones only costs
+        // the glob checks again.
+        if self.program_cache.len() >= 1024 {
+            self.program_cache.clear();
+        }
+        self.program_cache.insert(program.into(), mask);
     }
 
     /// Whether pattern `pid` matches at the start of `msg`.
@@ -423,48 +483,28 @@ impl Matcher {
         matches!(res, Ok(Some(_)))
     }
 
-    /// What matching rule `i` found in `rec`.
-    fn extract<'a>(&mut self, rec: &Record<'a>, i: usize) -> Option<Match<'a>> {
-        let msg = rec.msg.as_bytes();
-        let want_user = self.want_user;
+    /// What matching rule `i` found in `rec`; `span` is the host if the finder already has it.
+    fn extract<'a>(&mut self, rec: &Record<'a>, i: usize, span: Option<std::ops::Range<usize>>) -> Option<Match<'a>> {
+        let want_user = self.want_user && self.rules[i].has_user;
         let r = &mut self.rules[i];
-        if r.ignore {
-            return Some(Match {
-                jail: r.jail,
-                rule: r.index,
-                found: Found::Ignored,
-            });
-        }
-        let fast = match (&mut r.finder, r.has_user && want_user) {
-            (Some(f), false) => f.find(msg),
-            _ => None,
+        let span = match span {
+            Some(span) if !want_user => span,
+            // No address where the rule wants one (e.g. `999.1.1.1`), or `<USER>` wanted: the
+            // capture search reports exactly what the rule saw.
+            _ => {
+                r.re.search_captures(&Input::new(rec.msg.as_bytes()).anchored(Anchored::Yes), &mut r.caps);
+                r.caps.get_group_by_name("host")?.range()
+            }
         };
-        // No address where the rule wants one (e.g. `999.1.1.1`), or captures wanted:
-        // the capture search reports exactly what the rule saw.
-        let span = fast.or_else(|| {
-            r.re.search_captures(&Input::new(msg).anchored(Anchored::Yes), &mut r.caps);
-            r.caps.get_group_by_name("host").map(|s| s.range())
-        })?;
         let host = &rec.msg[span];
         let found = match host.parse::<IpAddr>() {
             Ok(ip) => {
-                let user = if r.has_user && want_user {
-                    r.caps.get_group_by_name("user").map(|s| &rec.msg[s.range()])
-                } else {
-                    None
-                };
-                Found::Failure {
-                    ip: ip.to_canonical(),
-                    user,
-                }
+                let user = if want_user { r.caps.get_group_by_name("user").map(|s| &rec.msg[s.range()]) } else { None };
+                Found::Failure { ip: ip.to_canonical(), user }
             }
             Err(_) => Found::BadHost(host),
         };
-        Some(Match {
-            jail: r.jail,
-            rule: r.index,
-            found,
-        })
+        Some(Match { jail: r.jail, rule: r.index, found })
     }
 }
 

@@ -34,10 +34,12 @@ pub struct Threshold {
     pub findtime: i64,
 }
 
-/// The failure times of one (jail, address), oldest first; at most `maxretry` kept.
+/// The failure times of one (jail, address), oldest first; at most `maxretry` kept, the first
+/// four inline: a botnet of a million addresses with a failure or two each costs no heap
+/// allocation per address.
 #[derive(Debug, Default)]
 struct Entry {
-    times: std::collections::VecDeque<i64>,
+    times: smallvec::SmallVec<[i64; 4]>,
 }
 
 /// The windowed counters.
@@ -77,10 +79,9 @@ impl Window {
         // Lines may arrive slightly out of order: keep times sorted.
         let pos = e.times.partition_point(|&t| t <= time);
         e.times.insert(pos, time);
-        let newest = *e.times.back().expect("just inserted");
-        while e.times.front().is_some_and(|&t| t <= newest - th.findtime) {
-            e.times.pop_front();
-        }
+        let newest = *e.times.last().expect("just inserted");
+        let expired = e.times.partition_point(|&t| t <= newest - th.findtime);
+        e.times.drain(..expired);
         let n = e.times.len() as u32;
         if n >= th.maxretry {
             self.entries.remove(&(jail, key));
@@ -119,16 +120,16 @@ impl Window {
         self.next_sweep = now.saturating_add((self.longest / 4).max(1));
         let th = &self.thresholds;
         self.entries
-            .retain(|(j, _), e| e.times.back().is_some_and(|&t| t > now - th[*j as usize].findtime));
+            .retain(|(j, _), e| e.times.last().is_some_and(|&t| t > now - th[*j as usize].findtime));
     }
 
     /// Evicts the least recently failing eighth of the entries.
     fn evict(&mut self) {
-        let mut newest: Vec<i64> = self.entries.values().map(|e| e.times.back().copied().unwrap_or(i64::MIN)).collect();
+        let mut newest: Vec<i64> = self.entries.values().map(|e| e.times.last().copied().unwrap_or(i64::MIN)).collect();
         let k = (newest.len() / 8).max(1).min(newest.len() - 1);
         let (_, &mut cut, _) = newest.select_nth_unstable(k);
         let before = self.entries.len();
-        self.entries.retain(|_, e| e.times.back().copied().unwrap_or(i64::MIN) > cut);
+        self.entries.retain(|_, e| e.times.last().copied().unwrap_or(i64::MIN) > cut);
         self.evicted += (before - self.entries.len()) as u64;
     }
 }
