@@ -12,7 +12,8 @@ use mailpipe::pipeline::Pipeline;
 use mailpipe::prefilter::Prefilter;
 use mailpipe::window::{Threshold, Window, WindowConfig};
 
-const SASL: &str = "Jun 17 03:14:07 mx1 postfix/smtpd[175371]: warning: unknown[46.38.145.252]: SASL LOGIN authentication failed: UGFzc3dvcmQ6";
+const SASL: &str =
+    "Jun 17 03:14:07 mx1 postfix/smtpd[175371]: warning: unknown[46.38.145.252]: SASL LOGIN authentication failed: UGFzc3dvcmQ6";
 const DOVECOT: &str = "Jun 17 03:14:08 mx1 dovecot: imap-login: Disconnected (auth failed, 3 attempts in 12 secs): user=<info@example.org>, method=PLAIN, rip=203.0.113.50, lip=192.0.2.10, TLS, session=<x>";
 const QUIET: &str = "Jun 17 03:14:09 mx1 postfix/smtpd[175371]: disconnect from mail-a.example.net[198.51.100.20] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5";
 const RFC5424: &str = "<20>1 2026-11-22T21:59:13.053111+00:00 vm postfix/smtpd 175371 - -  warning: unknown[46.38.145.252]: SASL LOGIN authentication failed: x";
@@ -28,15 +29,23 @@ fn stages(c: &mut Criterion) {
     let zone = Zone::resolve(Some("UTC")).unwrap();
     let mut parser = Parser::new(zone, YearMode::Live);
     let mut g = c.benchmark_group("parse");
-    g.bench_function("rfc3164_fast_path", |b| b.iter(|| black_box(parser.parse(black_box(SASL), 1_781_700_000))));
-    g.bench_function("rfc5424_syslog_loose", |b| b.iter(|| black_box(parser.parse(black_box(RFC5424), 1_781_700_000))));
+    g.bench_function("rfc3164_fast_path", |b| {
+        b.iter(|| black_box(parser.parse(black_box(SASL), 1_781_700_000)))
+    });
+    g.bench_function("rfc5424_syslog_loose", |b| {
+        b.iter(|| black_box(parser.parse(black_box(RFC5424), 1_781_700_000)))
+    });
     g.finish();
 
     let mut matcher = Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher).unwrap();
     let prefilter = Prefilter::new(matcher.literal_sets());
     let mut g = c.benchmark_group("prefilter");
-    g.bench_function("reject_quiet_line", |b| b.iter(|| black_box(prefilter.is_candidate(black_box(QUIET.as_bytes())))));
-    g.bench_function("pass_attack_line", |b| b.iter(|| black_box(prefilter.is_candidate(black_box(SASL.as_bytes())))));
+    g.bench_function("reject_quiet_line", |b| {
+        b.iter(|| black_box(prefilter.is_candidate(black_box(QUIET.as_bytes()))))
+    });
+    g.bench_function("pass_attack_line", |b| {
+        b.iter(|| black_box(prefilter.is_candidate(black_box(SASL.as_bytes()))))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("matcher");
@@ -55,7 +64,13 @@ fn stages(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("window");
-    let mut w = Window::new(vec![Threshold { maxretry: 5, findtime: 900 }], &WindowConfig::default());
+    let mut w = Window::new(
+        vec![Threshold {
+            maxretry: 5,
+            findtime: 900,
+        }],
+        &WindowConfig::default(),
+    );
     let mut i = 0u32;
     g.bench_function("record_100k_addresses", |b| {
         b.iter(|| {

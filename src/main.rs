@@ -67,6 +67,9 @@ enum Command {
         /// Pipeline file (default: the built-in pipelines/mail.ron).
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Print the prefilter's literals, one per line (e.g. for `grep -F -f`).
+        #[arg(long)]
+        literals: bool,
     },
     /// Show what each stage makes of one line.
     Explain {
@@ -164,8 +167,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut pipeline = Pipeline::new(&cfg, YearMode::Replay)?;
             let mut sources = Vec::new();
             for name in logs {
-                let reader: Box<dyn Read> = if name == "-" {
-                    Box::new(std::io::stdin().lock())
+                let reader: Box<dyn Read + Send> = if name == "-" {
+                    Box::new(std::io::stdin())
                 } else {
                     Box::new(std::fs::File::open(&name).with_context(|| format!("cannot open {name}"))?)
                 };
@@ -184,9 +187,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out.flush().context("writing output")?;
             Ok(())
         }
-        Command::Check { config } => {
+        Command::Check { config, literals } => {
             let cfg = load(&config)?;
             let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
+            if literals {
+                for l in pipeline.literal_texts() {
+                    println!("{l}");
+                }
+                return Ok(());
+            }
             let rules: usize = cfg.jails.iter().map(|j| j.rules.len() + j.ignore.len()).sum();
             let (literals, unliteral) = pipeline.literals();
             println!(

@@ -101,8 +101,8 @@ struct Rule {
 /// What `HostFinder` saw of a rule in a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Probe {
-    /// The rule matches with this address span: the rule matches.
-    Host(std::ops::Range<usize>),
+    /// The rule matches with this address (and its span).
+    Host(std::ops::Range<usize>, IpAddr),
     /// The part before `<HOST>` matched but no address fits: the rule may still match with a
     /// non-address (`999.1.1.1`); the DFA and the capture search decide.
     BeforeHost,
@@ -148,41 +148,45 @@ impl HostFinder {
     /// The host's span in `msg`, and whether the part before `<HOST>` matched at all.
     fn find(&mut self, msg: &[u8]) -> Probe {
         let Some((pre, cache)) = &mut self.pre else {
-            return Self::host_span(&mut self.post, msg, 0).map_or(Probe::BeforeHost, Probe::Host);
+            return Self::host_span(&mut self.post, msg, 0).map_or(Probe::BeforeHost, |(s, ip)| Probe::Host(s, ip));
         };
         let input = Input::new(msg).anchored(Anchored::Yes);
+        // The longest P first (MatchKind::All reports the last end): when the host is there, it
+        // is the last candidate, the one wanted. Usually P ends in exactly one place anyway.
+        let last = match pre.try_search_fwd(cache, &input) {
+            Ok(Some(m)) => m.offset(),
+            Ok(None) => return Probe::NoMatch,
+            Err(_) => return Probe::BeforeHost,
+        };
+        if let Some((span, ip)) = Self::host_span(&mut self.post, msg, last) {
+            return Probe::Host(span, ip);
+        }
         let mut state = regex_automata::hybrid::dfa::OverlappingState::start();
-        let mut probe = Probe::NoMatch;
+        let mut probe = Probe::BeforeHost;
         loop {
             if pre.try_search_overlapping_fwd(cache, &input, &mut state).is_err() {
                 return Probe::BeforeHost;
             }
             let Some(m) = state.get_match() else { break };
-            match Self::host_span(&mut self.post, msg, m.offset()) {
-                Some(span) => probe = Probe::Host(span),
-                None if probe == Probe::NoMatch => probe = Probe::BeforeHost,
-                None => {}
+            if let Some((span, ip)) = Self::host_span(&mut self.post, msg, m.offset()) {
+                probe = Probe::Host(span, ip);
             }
         }
         probe
     }
 
     /// The longest address starting at `at` after which S matches.
-    fn host_span(post: &mut (hybrid::dfa::DFA, hybrid::dfa::Cache), msg: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
+    fn host_span(post: &mut (hybrid::dfa::DFA, hybrid::dfa::Cache), msg: &[u8], at: usize) -> Option<(std::ops::Range<usize>, IpAddr)> {
         let run = msg[at..]
             .iter()
             .take(45)
             .take_while(|b| b.is_ascii_hexdigit() || **b == b':' || **b == b'.')
             .count();
-        (2..=run).rev().map(|len| at..at + len).find(|span| {
-            std::str::from_utf8(&msg[span.clone()]).is_ok_and(|t| t.parse::<IpAddr>().is_ok())
-                && post
-                    .0
-                    .try_search_fwd(
-                        &mut post.1,
-                        &Input::new(msg).range(span.end..).anchored(Anchored::Yes).earliest(true),
-                    )
-                    .is_ok_and(|m| m.is_some())
+        (2..=run).rev().find_map(|len| {
+            // The run is ASCII, so this cannot fail.
+            let ip = std::str::from_utf8(&msg[at..at + len]).ok()?.parse::<IpAddr>().ok()?;
+            let after = Input::new(msg).range(at + len..).anchored(Anchored::Yes).earliest(true);
+            matches!(post.0.try_search_fwd(&mut post.1, &after), Ok(Some(_))).then_some((at..at + len, ip))
         })
     }
 }
@@ -419,8 +423,8 @@ impl Matcher {
             }
             // With a finder, one pass over the line both decides the match and finds the host;
             // the rule DFA is only asked when the finder cannot tell.
-            let span = match r.finder.as_mut().map(|f| f.find(msg)) {
-                Some(Probe::Host(span)) => Some(span),
+            let host = match r.finder.as_mut().map(|f| f.find(msg)) {
+                Some(Probe::Host(span, ip)) => Some((span, ip)),
                 Some(Probe::NoMatch) => continue,
                 Some(Probe::BeforeHost) | None => {
                     if !self.matches(msg, pid) {
@@ -440,8 +444,12 @@ impl Matcher {
                 }
             }
             out.push(match ignored {
-                Some(ig) => Match { jail: j as JailId, rule: self.rules[ig as usize].index, found: Found::Ignored },
-                None => match self.extract(rec, pid as usize, span) {
+                Some(ig) => Match {
+                    jail: j as JailId,
+                    rule: self.rules[ig as usize].index,
+                    found: Found::Ignored,
+                },
+                None => match self.extract(rec, pid as usize, host) {
                     Some(m) => m,
                     None => continue,
                 },
@@ -457,7 +465,11 @@ impl Matcher {
             }
             return;
         }
-        let mask: Box<[bool]> = self.programs.iter().map(|re| re.as_ref().is_none_or(|re| re.is_match(program))).collect();
+        let mask: Box<[bool]> = self
+            .programs
+            .iter()
+            .map(|re| re.as_ref().is_none_or(|re| re.is_match(program)))
+            .collect();
         for (st, &ok) in self.jail_state.iter_mut().zip(mask.iter()) {
             *st = if ok { JailState::Allowed } else { JailState::Done };
         }
@@ -483,28 +495,44 @@ impl Matcher {
         matches!(res, Ok(Some(_)))
     }
 
-    /// What matching rule `i` found in `rec`; `span` is the host if the finder already has it.
-    fn extract<'a>(&mut self, rec: &Record<'a>, i: usize, span: Option<std::ops::Range<usize>>) -> Option<Match<'a>> {
+    /// What matching rule `i` found in `rec`; `host` is what the finder already has.
+    fn extract<'a>(&mut self, rec: &Record<'a>, i: usize, host: Option<(std::ops::Range<usize>, IpAddr)>) -> Option<Match<'a>> {
         let want_user = self.want_user && self.rules[i].has_user;
         let r = &mut self.rules[i];
-        let span = match span {
-            Some(span) if !want_user => span,
-            // No address where the rule wants one (e.g. `999.1.1.1`), or `<USER>` wanted: the
-            // capture search reports exactly what the rule saw.
-            _ => {
-                r.re.search_captures(&Input::new(rec.msg.as_bytes()).anchored(Anchored::Yes), &mut r.caps);
-                r.caps.get_group_by_name("host")?.range()
-            }
-        };
+        if let (Some((_, ip)), false) = (&host, want_user) {
+            return Some(Match {
+                jail: r.jail,
+                rule: r.index,
+                found: Found::Failure {
+                    ip: ip.to_canonical(),
+                    user: None,
+                },
+            });
+        }
+        // No address where the rule wants one (e.g. `999.1.1.1`), or `<USER>` wanted: the
+        // capture search reports exactly what the rule saw.
+        r.re.search_captures(&Input::new(rec.msg.as_bytes()).anchored(Anchored::Yes), &mut r.caps);
+        let span = r.caps.get_group_by_name("host")?.range();
         let host = &rec.msg[span];
         let found = match host.parse::<IpAddr>() {
             Ok(ip) => {
-                let user = if want_user { r.caps.get_group_by_name("user").map(|s| &rec.msg[s.range()]) } else { None };
-                Found::Failure { ip: ip.to_canonical(), user }
+                let user = if want_user {
+                    r.caps.get_group_by_name("user").map(|s| &rec.msg[s.range()])
+                } else {
+                    None
+                };
+                Found::Failure {
+                    ip: ip.to_canonical(),
+                    user,
+                }
             }
             Err(_) => Found::BadHost(host),
         };
-        Some(Match { jail: r.jail, rule: r.index, found })
+        Some(Match {
+            jail: r.jail,
+            rule: r.index,
+            found,
+        })
     }
 }
 

@@ -362,9 +362,15 @@ fn wall_secs(y: i32, month: u32, day: u32, h: u32, m: u32, s: u32) -> i64 {
     days_from_civil(y, month, day) * 86_400 + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s.min(59))
 }
 
-/// The year of wall-clock seconds.
+/// The year of wall-clock seconds (the inverse of `days_from_civil`, year only).
 fn year_of_wall(wall: i64) -> i32 {
-    DateTime::from_timestamp(wall, 0).map_or(1970, |t| t.year())
+    let z = wall.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    (yoe + era * 400 + i64::from(mp >= 10)) as i32
 }
 
 /// A classic syslog file line, split by hand: the common case, without syslog_loose's
@@ -587,6 +593,13 @@ mod tests {
             "Jux 17 03:14:07 h p: m",
         ] {
             assert!(fast_3164(odd).is_none(), "{odd}");
+        }
+    }
+
+    #[test]
+    fn year_of_wall_matches_chrono() {
+        for t in [0i64, 951_782_400, 1_704_067_199, 1_704_067_200, -1, 4_102_444_800, 1_709_164_800] {
+            assert_eq!(year_of_wall(t), DateTime::from_timestamp(t, 0).unwrap().year(), "{t}");
         }
     }
 

@@ -154,6 +154,15 @@ impl Pipeline {
         (r, i)
     }
 
+    /// The prefilter's literals as text.
+    pub fn literal_texts(&self) -> Vec<String> {
+        self.prefilter
+            .literals()
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
+    }
+
     /// Literals the prefilter searches for, and rules that have none (checked on every line).
     pub fn literals(&self) -> (usize, Vec<(&str, usize, bool)>) {
         (self.prefilter.literals().len(), self.matcher.unliteral_rules().collect())
@@ -186,7 +195,8 @@ impl Pipeline {
         }
         self.stats.parsed += 1;
         let mut lossy = std::mem::take(&mut self.lossy);
-        let text = match std::str::from_utf8(line) {
+        // simdutf8: the same check as std's, several times faster on ASCII logs.
+        let text = match simdutf8::basic::from_utf8(line) {
             Ok(s) => s,
             Err(_) => {
                 self.stats.invalid_utf8 += 1;

@@ -123,8 +123,8 @@ pub struct Policy {
     ignore: Vec<IpNet>,
     jails: Vec<(Arc<str>, u64)>,
     recidive_name: Arc<str>,
-    history: HashMap<IpAddr, History>,
-    banned: HashMap<IpAddr, i64>,
+    history: HashMap<IpAddr, History, foldhash::fast::RandomState>,
+    banned: HashMap<IpAddr, i64, foldhash::fast::RandomState>,
     next_sweep: i64,
 }
 
@@ -158,8 +158,8 @@ impl Policy {
             ignore,
             jails,
             recidive_name: Arc::from("recidive"),
-            history: HashMap::new(),
-            banned: HashMap::new(),
+            history: HashMap::default(),
+            banned: HashMap::default(),
             next_sweep: i64::MIN,
         })
     }

@@ -29,6 +29,9 @@ impl Prefilter {
         let mut literals: Vec<Vec<u8>> = sets.iter().flatten().flatten().cloned().collect();
         literals.sort();
         literals.dedup();
+        // A literal containing another is redundant: any line with it has the shorter one.
+        let all = literals.clone();
+        literals.retain(|l| !all.iter().any(|o| o.len() < l.len() && memchr::memmem::find(l, o).is_some()));
         let any = (!literals.is_empty()).then(|| {
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostFirst)

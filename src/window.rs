@@ -47,7 +47,7 @@ struct Entry {
 pub struct Window {
     thresholds: Vec<Threshold>,
     max_tracked: usize,
-    entries: HashMap<(JailId, IpAddr), Entry>,
+    entries: HashMap<(JailId, IpAddr), Entry, foldhash::fast::RandomState>,
     longest: i64,
     next_sweep: i64,
     evicted: u64,
@@ -60,7 +60,7 @@ impl Window {
         Window {
             thresholds,
             max_tracked: cfg.max_tracked.max(1),
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             longest,
             next_sweep: i64::MIN,
             evicted: 0,

@@ -56,8 +56,18 @@ fn hot_path_does_not_allocate() {
     assert_eq!(allocations_for(&mut p, &quiet), 0, "non-matching lines must not allocate");
 
     // A failure from an address the window already tracks, 1 below maxretry: no allocation.
-    let fail = |s: u32| format!("Jun 17 03:{:02}:{:02} mx1 postfix/smtpd[9]: warning: unknown[198.51.100.99]: SASL LOGIN authentication failed: x", s / 60, s % 60);
+    let fail = |s: u32| {
+        format!(
+            "Jun 17 03:{:02}:{:02} mx1 postfix/smtpd[9]: warning: unknown[198.51.100.99]: SASL LOGIN authentication failed: x",
+            s / 60,
+            s % 60
+        )
+    };
     allocations_for(&mut p, &[fail(0)]);
     let repeat: Vec<String> = (1..4).map(fail).collect();
-    assert_eq!(allocations_for(&mut p, &repeat), 0, "matching lines of a tracked address must not allocate");
+    assert_eq!(
+        allocations_for(&mut p, &repeat),
+        0,
+        "matching lines of a tracked address must not allocate"
+    );
 }
