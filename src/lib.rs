@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //!
-//! - [`input`]: bytes in; cuts streams into bounded lines.
+//! - [`input`]: bytes in: stdin, UDP, TCP (RFC 6587 framing), Unix sockets; bounded lines.
+//! - [`daemon`]: `run`: inputs → bounded queue → pipeline thread → sink; graceful shutdown.
 //! - [`parse`]: syslog header → [`parse::Record`] (time, program, message).
 //! - [`prefilter`]: Aho-Corasick over literals derived from the rules.
 //! - [`matcher`]: all rules in one DFA → [`matcher::Match`].
@@ -21,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod daemon;
 pub mod input;
 pub mod matcher;
 pub mod parse;

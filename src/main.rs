@@ -3,16 +3,14 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mailpipe::config::{Config, ConfigError};
-use mailpipe::input::LineSplitter;
+use mailpipe::daemon::DaemonError;
 use mailpipe::parse::YearMode;
-use mailpipe::pipeline::{Event, Pipeline};
+use mailpipe::pipeline::Pipeline;
 use mailpipe::replay;
-use mailpipe::sink::Sink;
 
 /// Ban mail-server brute-forcers from a stream of log lines.
 ///
@@ -114,6 +112,26 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn signals() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut t) => {
+                t.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn config_name(path: &Option<PathBuf>) -> String {
+    path.as_ref().map_or_else(|| "<builtin>/mail.ron".into(), |p| p.display().to_string())
+}
+
 fn load(path: &Option<PathBuf>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => Config::load(p),
@@ -151,7 +169,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             // DryRun is today's only sink, so --dry-run changes nothing yet; it is accepted so
             // scripts written now keep working when kernel sinks arrive.
             let _ = dry_run;
-            Ok(daemon(pipeline, cfg.parse.max_line)?)
+            let report = mailpipe::daemon::run(&cfg.inputs, pipeline, cfg.parse.max_line, std::io::stdout(), signals())
+                .map_err(|e| match e {
+                    DaemonError::Config { .. } => Failure::Config(ConfigError { file: config_name(&config), line: 1, col: 1, reason: e.to_string() }),
+                    e => Failure::Runtime(e.into()),
+                })?;
+            for (name, stats) in report {
+                eprintln!("mailpipe: input {name}: {}", stats.summary());
+            }
+            Ok(())
         }
         Command::Test {
             config,
@@ -218,76 +244,3 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// Message from the edges to the pipeline thread.
-enum Msg {
-    Chunk(Vec<u8>),
-    /// Stop after what came before (SIGTERM/SIGINT).
-    Stop,
-}
-
-/// The daemon: stdin is read on its own thread, the pipeline runs on another, and the main
-/// thread waits for EOF or a signal. On a signal, everything already read is drained through
-/// the pipeline and its decisions flushed before exit 0.
-fn daemon(mut pipeline: Pipeline, max_line: usize) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::sync_channel::<Msg>(16);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
-    let reader_tx = tx.clone();
-    std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            let mut buf = vec![0u8; 256 << 10];
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if reader_tx.send(Msg::Chunk(buf)).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    eprintln!("mailpipe: reading stdin: {e}");
-                    break;
-                }
-            }
-        }
-        let _ = reader_tx.send(Msg::Stop);
-    })?;
-    std::thread::Builder::new().name("pipeline".into()).spawn(move || {
-        let mut sink = Sink::DryRun(std::io::stdout());
-        let mut splitter = LineSplitter::new(max_line);
-        let mut result = Ok(());
-        let mut on_line = |line: &[u8], now: i64, result: &mut anyhow::Result<()>| {
-            pipeline.process(line, now, |e| {
-                if let Event::Decision(d) = e
-                    && result.is_ok()
-                {
-                    *result = sink.apply(d).map_err(anyhow::Error::from);
-                }
-            });
-        };
-        while let Ok(Msg::Chunk(chunk)) = rx.recv() {
-            // One clock read per chunk: arrival time is only used for lines without a time.
-            let now = wall_clock();
-            splitter.feed(&chunk, |l| on_line(l, now, &mut result));
-        }
-        splitter.finish(|l| on_line(l, wall_clock(), &mut result));
-        let _ = done_tx.send(result);
-    })?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = rt.block_on(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut done_rx = done_rx;
-        tokio::select! {
-            r = &mut done_rx => return r.unwrap_or(Ok(())),
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        // Drain: everything queued before this Stop is still processed.
-        let _ = tokio::task::spawn_blocking(move || tx.send(Msg::Stop)).await;
-        done_rx.await.unwrap_or(Ok(()))
-    });
-    // The stdin thread may sit in read(); it is not waited for.
-    rt.shutdown_background();
-    result
-}

@@ -211,9 +211,16 @@ impl Parser {
         });
         let (program, msg) = match (m.appname, m.hostname) {
             (Some(app), _) => (app, m.msg),
-            // No tag: syslog_loose took the first word for a host. Such lines (Dovecot's own log
-            // file) keep everything after the time as the message, tag included.
-            (None, Some(host)) => ("", &line[offset_in(line, host)..]),
+            // No host: syslog_loose took the tag for a host (`logger -u`, Dovecot's own log file).
+            // A plain `prog[pid]:` is the program; anything fancier (`auth(user,ip,...)<id>:`,
+            // where Dovecot puts the address) stays in the message for the rules to read.
+            (None, Some(host)) => {
+                let at = offset_in(line, host);
+                match plain_tag(host) {
+                    Some(prog) if line[at + host.len()..].starts_with(':') => (prog, m.msg),
+                    _ => ("", &line[at..]),
+                }
+            }
             (None, None) => ("", m.msg),
         };
         let host = m.appname.and(m.hostname);
@@ -282,6 +289,14 @@ impl Parser {
             msg: rest,
         })
     }
+}
+
+/// `prog` of a tag `prog` or `prog[pid]` made of name characters only.
+fn plain_tag(tag: &str) -> Option<&str> {
+    let (prog, rest) = tag.split_once('[').unwrap_or((tag, ""));
+    let pid_ok = rest.is_empty() || rest.strip_suffix(']').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = !prog.is_empty() && prog.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b));
+    (pid_ok && name_ok).then_some(prog)
 }
 
 /// Byte offset of `part` inside `whole` (it must be a subslice).
@@ -525,6 +540,18 @@ mod tests {
         assert_eq!(p.parse("Dec 31 23:59:59 h a: m", now).time, Some(at("2026-12-31T23:59:59")));
         assert_eq!(p.parse("Jan  1 00:00:01 h a: m", now).time, Some(at("2027-01-01T00:00:01")));
         assert_eq!(p.parse("Jan 25 00:00:01 h a: m", now).time, Some(at("2027-01-25T00:00:01")));
+    }
+
+    #[test]
+    fn local_socket_lines_without_host_keep_their_program() {
+        let mut p = Parser::new(utc(), YearMode::Live);
+        let r = p.parse("<13>Nov 23 14:46:51 postfix/smtpd[7]: warning: x", at("2026-11-24T00:00:00"));
+        assert_eq!((r.program, r.msg), ("postfix/smtpd", "warning: x"));
+        let r = p.parse("Jan 29 09:33:58 pop3-login: Info: Aborted login", at("2026-11-24T00:00:00"));
+        assert_eq!((r.program, r.msg), ("pop3-login", "Info: Aborted login"));
+        let r = p.parse("Aug 30 00:10:57 auth(i@example.org,192.0.2.110,sasl:login)<Cv>: Info: sql: Password mismatch", 0);
+        assert_eq!(r.program, "");
+        assert!(r.msg.starts_with("auth(i@example.org,192.0.2.110"));
     }
 
     #[test]

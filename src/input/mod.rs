@@ -1,17 +1,79 @@
-//! The edge where bytes come in: stdin now, sockets later.
+//! The edge where bytes come in: standard input, and syslog over UDP, TCP and Unix sockets.
 //!
 //! A stream is cut into lines by `LineSplitter`, which never fails: CR before LF is dropped, an
 //! over-long line is cut at `max_line` (the rest up to its LF is skipped and the line counted),
 //! and a last line without LF is still a line. Lines wholly inside a chunk are handed out as
 //! slices of it; only a line split across chunks is copied.
 
+pub mod frame;
+pub mod net;
+
+use bytes::BytesMut;
 use serde::Deserialize;
 
 /// An input of a pipeline file.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub enum InputConfig {
     /// Lines on standard input (`tail -F /var/log/maillog | mailpipe run`).
     Stdin,
+    /// Syslog datagrams (RFC 3164 or 5424), one message each, as rsyslog's omfwd sends them.
+    Udp {
+        /// `ADDR:PORT` to bind, IPv4 or IPv6 (`[::1]:5514`); port 0 picks one (it is logged).
+        listen: String,
+        /// Sender networks allowed; empty: anyone.
+        #[serde(default)]
+        allow: Vec<String>,
+        /// Longest datagram accepted.
+        #[serde(default = "default_max_frame")]
+        max_frame: usize,
+        /// Kernel receive buffer (SO_RCVBUF) in bytes: room for bursts.
+        #[serde(default = "default_recv_buffer")]
+        recv_buffer: usize,
+    },
+    /// Syslog over TCP: LF-delimited or RFC 6587 octet-counted frames, told apart per frame.
+    Tcp {
+        /// `ADDR:PORT` to bind; port 0 picks one (it is logged).
+        listen: String,
+        /// Sender networks allowed; empty: anyone.
+        #[serde(default)]
+        allow: Vec<String>,
+        /// Longest frame; longer ones are skipped and counted.
+        #[serde(default = "default_max_frame")]
+        max_frame: usize,
+        /// Most connections at once; more are refused and counted.
+        #[serde(default = "default_max_connections")]
+        max_connections: usize,
+    },
+    /// Syslog datagrams on a Unix socket (`logger -u PATH`, rsyslog's omuxsock).
+    Unix {
+        /// Socket path (replaced if it exists).
+        path: String,
+        /// Longest datagram accepted.
+        #[serde(default = "default_max_frame")]
+        max_frame: usize,
+    },
+}
+
+fn default_max_frame() -> usize {
+    16384
+}
+fn default_recv_buffer() -> usize {
+    8 << 20
+}
+fn default_max_connections() -> usize {
+    256
+}
+
+/// What the edges hand the pipeline thread.
+#[derive(Debug)]
+pub enum Msg {
+    /// A chunk of a byte stream (stdin), to be cut into lines.
+    Stream(Vec<u8>),
+    /// Whole messages (one datagram or frame each).
+    Frames(Vec<BytesMut>),
+    /// Stop after everything queued before this.
+    Stop,
 }
 
 /// Cuts a byte stream into lines.

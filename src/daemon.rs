@@ -1,0 +1,238 @@
+//! `mailpipe run`: the inputs feed one pipeline thread through a bounded queue; decisions go to
+//! the sink from there.
+//!
+//! ```text
+//! stdin thread ─┐
+//! UDP task ─────┼─► bounded queue ─► pipeline thread (prefilter … policy) ─► sink
+//! TCP tasks ────┤      (TCP, stdin, Unix wait; UDP drops and counts)
+//! Unix task ────┘
+//! ```
+//!
+//! Shutdown (SIGTERM/SIGINT, or EOF when stdin is the only input): inputs stop reading, a `Stop`
+//! is queued behind everything already received, the pipeline drains up to it, the sink is
+//! flushed.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::input::net::{self, Allow, InputStats, TcpLimits};
+use crate::input::{InputConfig, LineSplitter, Msg};
+use crate::pipeline::{Event, Pipeline};
+use crate::sink::Sink;
+
+/// Queue slots between the inputs and the pipeline (each slot up to 256 messages or 256 KiB).
+const QUEUE: usize = 1024;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// An input could not be set up.
+    #[error("input {input}: {source}")]
+    Input {
+        /// Which input.
+        input: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An input's setting is invalid.
+    #[error("input {input}: {reason}")]
+    Config {
+        /// Which input.
+        input: String,
+        /// Why.
+        reason: String,
+    },
+    /// Writing decisions failed.
+    #[error("sink: {0}")]
+    Sink(std::io::Error),
+    /// The runtime could not start.
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Each input's name and counters, as the daemon ends.
+pub type InputReport = Vec<(String, Arc<InputStats>)>;
+
+fn wall_clock() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn allow_list(input: &str, allow: &[String]) -> Result<Allow, DaemonError> {
+    allow
+        .iter()
+        .map(|a| {
+            a.parse::<IpNet>().or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from)).map_err(|_| DaemonError::Config {
+                input: input.into(),
+                reason: format!("allow: {a:?} is not an address or CIDR network"),
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(Allow)
+}
+
+fn parse_addr(input: &str, listen: &str) -> Result<SocketAddr, DaemonError> {
+    listen.parse().map_err(|_| DaemonError::Config { input: input.into(), reason: format!("listen: {listen:?} is not ADDR:PORT") })
+}
+
+/// Runs `pipeline` on `inputs` until `shutdown` resolves (or stdin ends, when it is the only
+/// input); decisions are written to `out`. Returns the inputs' counters.
+pub fn run<W: Write + Send + 'static>(
+    inputs: &[InputConfig],
+    mut pipeline: Pipeline,
+    max_line: usize,
+    out: W,
+    shutdown: impl Future<Output = ()>,
+) -> Result<InputReport, DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+
+    let worker = std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || -> Result<(), DaemonError> {
+            let mut sink = Sink::DryRun(out);
+            let mut splitter = LineSplitter::new(max_line);
+            let mut failed = Ok(());
+            let mut apply = |p: &mut Pipeline, line: &[u8], now: i64| {
+                p.process(line, now, |e| {
+                    if let (Event::Decision(d), true) = (e, failed.is_ok()) {
+                        failed = sink.apply(d).map_err(DaemonError::Sink);
+                    }
+                });
+            };
+            while let Some(msg) = rx.blocking_recv() {
+                // One clock read per batch: arrival time only matters for lines without a time.
+                let now = wall_clock();
+                match msg {
+                    Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, now)),
+                    Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, now)),
+                    Msg::Stop => break,
+                }
+            }
+            splitter.finish(|l| apply(&mut pipeline, l, wall_clock()));
+            failed
+        })
+        .map_err(DaemonError::Runtime)?;
+
+    let stats = rt.block_on(async {
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut stats = Vec::new();
+        let stdin_only = inputs == [InputConfig::Stdin];
+        let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut eof_tx = Some(eof_tx);
+        for input in inputs {
+            let st = Arc::new(InputStats::default());
+            let name = match input {
+                InputConfig::Stdin => {
+                    let (tx, st, eof) = (tx.clone(), st.clone(), eof_tx.take());
+                    std::thread::Builder::new()
+                        .name("stdin".into())
+                        .spawn(move || {
+                            read_stdin(&tx, &st);
+                            if let Some(eof) = eof {
+                                let _ = eof.send(());
+                            }
+                        })
+                        .map_err(DaemonError::Runtime)?;
+                    "stdin".to_string()
+                }
+                InputConfig::Udp { listen, allow, max_frame, recv_buffer } => {
+                    let name = format!("udp {listen}");
+                    let allow = allow_list(&name, allow)?;
+                    let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(|source| DaemonError::Input { input: name.clone(), source })?;
+                    announce("udp", sock.local_addr());
+                    tasks.spawn(net::udp(sock, allow, *max_frame, tx.clone(), st.clone(), stop.clone()));
+                    name
+                }
+                InputConfig::Tcp { listen, allow, max_frame, max_connections } => {
+                    let name = format!("tcp {listen}");
+                    let allow = allow_list(&name, allow)?;
+                    let listener = tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
+                        .await
+                        .map_err(|source| DaemonError::Input { input: name.clone(), source })?;
+                    announce("tcp", listener.local_addr());
+                    let limits = TcpLimits { max_frame: *max_frame, max_connections: *max_connections };
+                    tasks.spawn(net::tcp(listener, allow, limits, tx.clone(), st.clone(), stop.clone()));
+                    name
+                }
+                InputConfig::Unix { path, max_frame } => {
+                    let name = format!("unix {path}");
+                    let _ = std::fs::remove_file(path);
+                    let sock = tokio::net::UnixDatagram::bind(path).map_err(|source| DaemonError::Input { input: name.clone(), source })?;
+                    eprintln!("mailpipe: listening on unix {path}");
+                    tasks.spawn(net::unix(sock, *max_frame, tx.clone(), st.clone(), stop.clone()));
+                    name
+                }
+            };
+            stats.push((name, st));
+        }
+        let stdin_done = async {
+            match (stdin_only, eof_rx.await) {
+                (true, Ok(())) => {}
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stdin_done => {}
+        }
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        // Everything received is queued before this; the pipeline drains up to it.
+        let _ = tx.send(Msg::Stop).await;
+        Ok::<_, DaemonError>(stats)
+    })?;
+    // The stdin thread may sit in read(); it is not waited for.
+    rt.shutdown_background();
+    worker.join().map_err(|_| DaemonError::Runtime(std::io::Error::other("pipeline thread panicked")))??;
+    Ok(stats)
+}
+
+/// Ports may be 0 (tests): say which one the kernel picked.
+fn announce(kind: &str, addr: std::io::Result<SocketAddr>) {
+    if let Ok(a) = addr {
+        eprintln!("mailpipe: listening on {kind} {a}");
+    }
+}
+
+fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<tokio::net::UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    if let Err(e) = s.set_recv_buffer_size(recv_buffer) {
+        net::tracing_warn(&format!("udp {addr}: cannot set SO_RCVBUF to {recv_buffer}: {e}"));
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+/// Reads stdin in chunks until EOF; waits when the queue is full.
+fn read_stdin(tx: &mpsc::Sender<Msg>, stats: &InputStats) {
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        let mut buf = vec![0u8; 256 << 10];
+        match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.blocking_send(Msg::Stream(buf)).is_err() {
+                    return;
+                }
+                stats.received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                net::tracing_warn(&format!("reading stdin: {e}"));
+                return;
+            }
+        }
+    }
+}

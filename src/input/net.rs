@@ -1,0 +1,261 @@
+//! Syslog over the network: UDP, TCP (RFC 6587 framing) and Unix datagram sockets.
+//!
+//! Everything is bounded: frame length, connections (excess refused and counted), and the queue
+//! to the pipeline. TCP waits when the queue is full, so backpressure reaches rsyslog's own
+//! queue; UDP cannot wait, so it drops and counts. Content problems never end a connection; only
+//! an octet count that is not a number does, on purpose, with a log line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use ipnet::IpNet;
+use tokio::net::{TcpListener, UdpSocket, UnixDatagram};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::Msg;
+use super::frame::{Frame, SyslogFrames};
+
+/// Counters of one input, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct InputStats {
+    /// Messages handed to the pipeline.
+    pub received: AtomicU64,
+    /// Dropped because the pipeline's queue was full (UDP only; TCP waits).
+    pub dropped_queue_full: AtomicU64,
+    /// Frames longer than `max_frame`, skipped.
+    pub dropped_oversized: AtomicU64,
+    /// Connections closed for an octet count that is not a number.
+    pub bad_count: AtomicU64,
+    /// Datagrams or connections from senders outside `allow`.
+    pub not_allowed: AtomicU64,
+    /// Connections refused above `max_connections`.
+    pub refused_connections: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Datagrams the kernel dropped because the socket buffer was full (UDP, from /proc).
+    pub kernel_drops: AtomicU64,
+}
+
+impl InputStats {
+    /// One line for logs: every non-zero counter.
+    pub fn summary(&self) -> String {
+        let f = |n: &str, v: &AtomicU64| {
+            let v = v.load(Ordering::Relaxed);
+            (v > 0).then(|| format!("{n} {v}"))
+        };
+        let parts: Vec<String> = [
+            f("received", &self.received),
+            f("connections", &self.connections),
+            f("dropped (queue full)", &self.dropped_queue_full),
+            f("dropped (oversized)", &self.dropped_oversized),
+            f("closed (bad octet count)", &self.bad_count),
+            f("refused (not allowed)", &self.not_allowed),
+            f("refused (too many connections)", &self.refused_connections),
+            f("dropped by the kernel", &self.kernel_drops),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if parts.is_empty() { "nothing received".into() } else { parts.join(", ") }
+    }
+}
+
+/// Who may send: empty means anyone.
+#[derive(Debug, Clone, Default)]
+pub struct Allow(pub Vec<IpNet>);
+
+impl Allow {
+    fn permits(&self, ip: IpAddr) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n.contains(&ip.to_canonical()))
+    }
+}
+
+/// Frames handed on in one queue slot, at most.
+const BATCH: usize = 256;
+
+/// Receives datagrams until `stop`: one datagram, one message.
+pub async fn udp(sock: UdpSocket, allow: Allow, max: usize, tx: mpsc::Sender<Msg>, stats: Arc<InputStats>, stop: CancellationToken) {
+    let mut buf = vec![0u8; 65_536];
+    let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = sock.recv_from(&mut buf) => r,
+        };
+        let mut next = Some(first);
+        // Take what else is already waiting, so one queue slot carries many datagrams.
+        while let Some(r) = next.take() {
+            match r {
+                Ok((n, peer)) => accept_datagram(&buf[..n], Some(peer), &allow, max, &stats, &mut batch),
+                Err(e) => tracing_warn(&format!("udp recv: {e}")),
+            }
+            if batch.len() < BATCH {
+                next = match sock.try_recv_from(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    r => Some(r),
+                };
+            }
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            match tx.try_send(Msg::Frames(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))) {
+                Ok(()) => {
+                    stats.received.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    stats.dropped_queue_full.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+        if let Some(d) = kernel_udp_drops(port) {
+            stats.kernel_drops.store(d, Ordering::Relaxed);
+        }
+    }
+}
+
+fn accept_datagram(d: &[u8], peer: Option<SocketAddr>, allow: &Allow, max: usize, stats: &InputStats, batch: &mut Vec<BytesMut>) {
+    if let Some(p) = peer {
+        if !allow.permits(p.ip()) {
+            stats.not_allowed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    let mut end = d.len();
+    while end > 0 && matches!(d[end - 1], b'\n' | b'\r' | 0) {
+        end -= 1;
+    }
+    if end > max {
+        stats.dropped_oversized.fetch_add(1, Ordering::Relaxed);
+    } else if end > 0 {
+        batch.push(BytesMut::from(&d[..end]));
+    }
+}
+
+/// Receives datagrams on a Unix socket (`logger -u`, rsyslog's omuxsock) until `stop`.
+pub async fn unix(sock: UnixDatagram, max: usize, tx: mpsc::Sender<Msg>, stats: Arc<InputStats>, stop: CancellationToken) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let r = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = sock.recv(&mut buf) => r,
+        };
+        let mut batch = Vec::new();
+        match r {
+            Ok(n) => accept_datagram(&buf[..n], None, &Allow::default(), max, &stats, &mut batch),
+            Err(e) => tracing_warn(&format!("unix recv: {e}")),
+        }
+        if !batch.is_empty() {
+            // A local sender can wait: like TCP, backpressure instead of loss.
+            if tx.send(Msg::Frames(batch)).await.is_err() {
+                break;
+            }
+            stats.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// TCP limits.
+#[derive(Debug, Clone)]
+pub struct TcpLimits {
+    /// Longest frame.
+    pub max_frame: usize,
+    /// Most connections at once.
+    pub max_connections: usize,
+}
+
+/// Accepts connections until `stop`; each is read until EOF, an unrecoverable framing error, or
+/// `stop`.
+pub async fn tcp(listener: TcpListener, allow: Allow, limits: TcpLimits, tx: mpsc::Sender<Msg>, stats: Arc<InputStats>, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing_warn(&format!("tcp accept: {e}"));
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if !allow.permits(peer.ip()) {
+            stats.not_allowed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let (tx, stats, stop, max) = (tx.clone(), stats.clone(), stop.clone(), limits.max_frame);
+        conns.spawn(async move {
+            let _permit = permit;
+            let mut frames = FramedRead::new(stream, SyslogFrames::new(max)).ready_chunks(BATCH);
+            loop {
+                let chunk = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    c = frames.next() => match c { Some(c) => c, None => break },
+                };
+                let mut batch = Vec::with_capacity(chunk.len());
+                let mut fatal = None;
+                for f in chunk {
+                    match f {
+                        Ok(Frame::Msg(m)) if !m.is_empty() => batch.push(m),
+                        Ok(Frame::Msg(_)) => {}
+                        Ok(Frame::Oversized) => {
+                            stats.dropped_oversized.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => fatal = Some(e),
+                    }
+                }
+                let n = batch.len() as u64;
+                if n > 0 {
+                    if tx.send(Msg::Frames(batch)).await.is_err() {
+                        break;
+                    }
+                    stats.received.fetch_add(n, Ordering::Relaxed);
+                }
+                if let Some(e) = fatal {
+                    stats.bad_count.fetch_add(1, Ordering::Relaxed);
+                    tracing_warn(&format!("tcp {peer}: {e}; closing the connection"));
+                    break;
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow.
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+/// Kernel-side drops of the UDP socket bound to `port` (`/proc/net/udp{,6}`, last column).
+pub fn kernel_udp_drops(port: u16) -> Option<u64> {
+    let mut total = None;
+    for f in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                let drops: u64 = cols.last().and_then(|d| d.parse().ok()).unwrap_or(0);
+                total = Some(total.unwrap_or(0) + drops);
+            }
+        }
+    }
+    total
+}
+
+/// A warning on stderr (the daemon's log goes to the journal from there).
+pub fn tracing_warn(msg: &str) {
+    eprintln!("mailpipe: warning: {msg}");
+}
