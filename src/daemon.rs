@@ -89,6 +89,7 @@ pub fn run<W: Write + Send + 'static>(
     out: W,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
 
@@ -150,14 +151,18 @@ pub fn run<W: Write + Send + 'static>(
                     tasks.spawn(net::udp(sock, allow, *max_frame, tx.clone(), st.clone(), stop.clone()));
                     name
                 }
-                InputConfig::Tcp { listen, allow, max_frame, max_connections } => {
+                InputConfig::Tcp { listen, allow, max_frame, max_connections, idle_timeout } => {
                     let name = format!("tcp {listen}");
                     let allow = allow_list(&name, allow)?;
                     let listener = tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
                         .await
                         .map_err(|source| DaemonError::Input { input: name.clone(), source })?;
                     announce("tcp", listener.local_addr());
-                    let limits = TcpLimits { max_frame: *max_frame, max_connections: *max_connections };
+                    let limits = TcpLimits {
+                        max_frame: *max_frame,
+                        max_connections: *max_connections,
+                        idle_timeout: std::time::Duration::from_secs(idle_timeout.secs().max(1)),
+                    };
                     tasks.spawn(net::tcp(listener, allow, limits, tx.clone(), st.clone(), stop.clone()));
                     name
                 }
@@ -192,6 +197,18 @@ pub fn run<W: Write + Send + 'static>(
     rt.shutdown_background();
     worker.join().map_err(|_| DaemonError::Runtime(std::io::Error::other("pipeline thread panicked")))??;
     Ok(stats)
+}
+
+/// Each TCP connection is a descriptor: lift the soft limit (often 1024) to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Ports may be 0 (tests): say which one the kernel picked.

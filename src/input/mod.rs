@@ -44,6 +44,9 @@ pub enum InputConfig {
         /// Most connections at once; more are refused and counted.
         #[serde(default = "default_max_connections")]
         max_connections: usize,
+        /// A connection silent this long is closed, so idle ones cannot hold every slot.
+        #[serde(default = "default_idle_timeout")]
+        idle_timeout: crate::config::Dur,
     },
     /// Syslog datagrams on a Unix socket (`logger -u PATH`, rsyslog's omuxsock).
     Unix {
@@ -62,7 +65,10 @@ fn default_recv_buffer() -> usize {
     8 << 20
 }
 fn default_max_connections() -> usize {
-    256
+    1024
+}
+fn default_idle_timeout() -> crate::config::Dur {
+    crate::config::Dur(600)
 }
 
 /// What the edges hand the pipeline thread.

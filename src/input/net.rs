@@ -37,6 +37,8 @@ pub struct InputStats {
     pub refused_connections: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
+    /// Connections closed after `idle_timeout` of silence.
+    pub idle_closed: AtomicU64,
     /// Datagrams the kernel dropped because the socket buffer was full (UDP, from /proc).
     pub kernel_drops: AtomicU64,
 }
@@ -56,6 +58,7 @@ impl InputStats {
             f("closed (bad octet count)", &self.bad_count),
             f("refused (not allowed)", &self.not_allowed),
             f("refused (too many connections)", &self.refused_connections),
+            f("closed (idle)", &self.idle_closed),
             f("dropped by the kernel", &self.kernel_drops),
         ]
         .into_iter()
@@ -168,6 +171,8 @@ pub struct TcpLimits {
     pub max_frame: usize,
     /// Most connections at once.
     pub max_connections: usize,
+    /// Silence after which a connection is closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Accepts connections until `stop`; each is read until EOF, an unrecoverable framing error, or
@@ -197,14 +202,21 @@ pub async fn tcp(listener: TcpListener, allow: Allow, limits: TcpLimits, tx: mps
             continue;
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (tx, stats, stop, max) = (tx.clone(), stats.clone(), stop.clone(), limits.max_frame);
+        let (tx, stats, stop, max, idle) = (tx.clone(), stats.clone(), stop.clone(), limits.max_frame, limits.idle_timeout);
         conns.spawn(async move {
             let _permit = permit;
             let mut frames = FramedRead::new(stream, SyslogFrames::new(max)).ready_chunks(BATCH);
             loop {
                 let chunk = tokio::select! {
                     _ = stop.cancelled() => break,
-                    c = frames.next() => match c { Some(c) => c, None => break },
+                    c = tokio::time::timeout(idle, frames.next()) => match c {
+                        Ok(Some(c)) => c,
+                        Ok(None) => break,
+                        Err(_) => {
+                            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    },
                 };
                 let mut batch = Vec::with_capacity(chunk.len());
                 let mut fatal = None;

@@ -1,0 +1,201 @@
+//! Syslog over the network, with raw sockets: every framing the daemon accepts, and malformed
+//! input that must not stop it serving others. Loopback only; ports picked by the OS.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `mailpipe run` with its ports, its ban lines, and its stderr.
+struct Daemon {
+    child: Child,
+    udp: u16,
+    tcp: u16,
+    unix: std::path::PathBuf,
+    bans: mpsc::Receiver<serde_json::Value>,
+    _dir: tempfile::TempDir,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn sasl(ip: &str) -> String {
+    format!("warning: unknown[{ip}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6")
+}
+
+impl Daemon {
+    fn start(extra_tcp: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("log.sock");
+        let cfg = dir.path().join("net.ron");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")],\n inputs: [Udp(listen: \"127.0.0.1:0\"), Tcp(listen: \"127.0.0.1:0\"{extra_tcp}), Unix(path: \"{}\")])",
+                env!("CARGO_MANIFEST_DIR"),
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+            .env("TZ", "UTC")
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (port_tx, port_rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        // Collects stderr until the daemon exits; announces the bound sockets as they come.
+        let stderr = std::thread::spawn(move || {
+            let mut log = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("mailpipe: listening on ") {
+                    let _ = port_tx.send(rest.to_string());
+                }
+                log.push_str(&(line + "\n"));
+            }
+            log
+        });
+        let (mut udp, mut tcp) = (0, 0);
+        for _ in 0..3 {
+            let l = port_rx.recv_timeout(LIMIT).expect("daemon announces its sockets");
+            let port = |l: &str| l.rsplit(':').next().unwrap().parse().unwrap();
+            if l.starts_with("udp") {
+                udp = port(&l);
+            } else if l.starts_with("tcp") {
+                tcp = port(&l);
+            }
+        }
+        let bans = ban_reader(child.stdout.take().unwrap());
+        Daemon { child, udp, tcp, unix: sock, bans, _dir: dir, stderr }
+    }
+
+    /// The next ban, or a failure after a bounded wait.
+    fn next_ban(&self) -> serde_json::Value {
+        self.bans.recv_timeout(LIMIT).expect("a ban within the time limit")
+    }
+
+    /// SIGTERM, wait, and return stderr.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+        self.stderr.join().unwrap()
+    }
+}
+
+fn ban_reader(out: ChildStdout) -> mpsc::Receiver<serde_json::Value> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn rfc3164(msg: &str) -> String {
+    format!("<20>Nov 22 21:59:13 vm postfix/smtpd[175371]: {msg}")
+}
+
+fn rfc5424(msg: &str) -> String {
+    format!("<20>1 2026-11-22T21:59:13.053111+00:00 vm postfix/smtpd 175371 - -  {msg}")
+}
+
+#[test]
+fn udp_tcp_and_unix_each_ban() {
+    let d = Daemon::start("");
+    // UDP, traditional format, no LF (as rsyslog sends it).
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..5 {
+        u.send_to(rfc3164(&sasl("198.51.100.1")).as_bytes(), ("127.0.0.1", d.udp)).unwrap();
+    }
+    assert_eq!(d.next_ban()["ip"], "198.51.100.1");
+    // TCP, octet-counted RFC 5424 and LF-framed traditional, mixed on one connection.
+    let mut t = TcpStream::connect(("127.0.0.1", d.tcp)).unwrap();
+    for i in 0..5 {
+        let m = if i % 2 == 0 { rfc5424(&sasl("198.51.100.2")) + "\n" } else { rfc3164(&sasl("198.51.100.2")) + "\n" };
+        if i % 2 == 0 {
+            write!(t, "{} {m}", m.len()).unwrap();
+        } else {
+            t.write_all(m.as_bytes()).unwrap();
+        }
+    }
+    t.flush().unwrap();
+    assert_eq!(d.next_ban()["ip"], "198.51.100.2");
+    // Unix datagrams, as `logger -u` sends them (no host field).
+    let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    for _ in 0..5 {
+        s.send_to(format!("<20>Nov 22 21:59:13 postfix/smtpd[9]: {}", sasl("198.51.100.3")).as_bytes(), &d.unix).unwrap();
+    }
+    assert_eq!(d.next_ban()["ip"], "198.51.100.3");
+    let err = d.stop();
+    assert!(err.contains("input udp 127.0.0.1:0: received 5"), "{err}");
+    assert!(err.contains("input unix"), "{err}");
+}
+
+#[test]
+fn malformed_frames_do_not_stop_the_daemon() {
+    let d = Daemon::start(", max_frame: 4096");
+    // A connection that never sends anything, and 1,000 idle ones: others are still served.
+    let silent = TcpStream::connect(("127.0.0.1", d.tcp)).unwrap();
+    let idle: Vec<TcpStream> = (0..1000).filter_map(|_| TcpStream::connect(("127.0.0.1", d.tcp)).ok()).collect();
+    assert!(idle.len() >= 900, "could open {} idle connections", idle.len());
+    // An oversized octet-counted frame is skipped, the frame after it is read.
+    let mut a = TcpStream::connect(("127.0.0.1", d.tcp)).unwrap();
+    write!(a, "10000 ").unwrap();
+    a.write_all(&vec![b'x'; 10_000]).unwrap();
+    // A 10 MB LF-framed line, then good lines on the same connection.
+    a.write_all(&vec![b'y'; 10 << 20]).unwrap();
+    a.write_all(b"\n").unwrap();
+    for _ in 0..5 {
+        writeln!(a, "{}", rfc3164(&sasl("198.51.100.4"))).unwrap();
+    }
+    a.flush().unwrap();
+    assert_eq!(d.next_ban()["ip"], "198.51.100.4");
+    // A count with garbage closes that connection on purpose ...
+    let mut b = TcpStream::connect(("127.0.0.1", d.tcp)).unwrap();
+    b.write_all(b"12a <13>garbage\n").unwrap();
+    b.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(b.read(&mut buf).unwrap_or(0), 0, "closed by the daemon");
+    // ... and a huge count is not a number we accept either.
+    let mut c = TcpStream::connect(("127.0.0.1", d.tcp)).unwrap();
+    c.write_all(b"99999999999999 <13>x\n").unwrap();
+    // Others are still served, over UDP too (invalid UTF-8 and all).
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.send_to(b"\xff\xfe\x00 garbage datagram", ("127.0.0.1", d.udp)).unwrap();
+    for _ in 0..5 {
+        u.send_to(rfc3164(&sasl("198.51.100.5")).as_bytes(), ("127.0.0.1", d.udp)).unwrap();
+    }
+    assert_eq!(d.next_ban()["ip"], "198.51.100.5");
+    drop((silent, idle, a, b, c));
+    let err = d.stop();
+    assert!(err.contains("closed (bad octet count) 2"), "{err}");
+    assert!(err.contains("dropped (oversized) 2"), "{err}");
+}
+
+#[test]
+fn allow_list_refuses_other_senders() {
+    let d = Daemon::start(", allow: [\"192.0.2.0/24\"]");
+    let mut t = TcpStream::connect(("127.0.0.1", d.tcp)).unwrap();
+    for _ in 0..5 {
+        let _ = writeln!(t, "{}", rfc3164(&sasl("198.51.100.6")));
+    }
+    drop(t);
+    // UDP is open to all here: its ban proves the TCP lines were refused, not slow.
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..5 {
+        u.send_to(rfc3164(&sasl("198.51.100.7")).as_bytes(), ("127.0.0.1", d.udp)).unwrap();
+    }
+    assert_eq!(d.next_ban()["ip"], "198.51.100.7");
+    let err = d.stop();
+    assert!(err.contains("refused (not allowed) 1"), "{err}");
+}
