@@ -81,33 +81,41 @@ impl Allow {
 /// Frames handed on in one queue slot, at most.
 const BATCH: usize = 256;
 
-/// Receives datagrams until `stop`: one datagram, one message.
+/// Receives datagrams until `stop`: one datagram, one message. Up to `BATCH` datagrams are
+/// taken per system call (recvmmsg) and handed on in one queue slot.
 pub async fn udp(sock: UdpSocket, allow: Allow, max: usize, tx: mpsc::Sender<Msg>, stats: Arc<InputStats>, stop: CancellationToken) {
-    let mut buf = vec![0u8; 65_536];
     let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
-    let mut batch = Vec::with_capacity(BATCH);
+    // One byte more than `max`, so an oversized datagram shows as truncated.
+    let mut rx = Mmsg::new(64, (max + 1).min(65_536));
+    let mut drops_read = std::time::Instant::now();
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => break,
-            r = sock.recv_from(&mut buf) => r,
-        };
-        let mut next = Some(first);
-        // Take what else is already waiting, so one queue slot carries many datagrams.
-        while let Some(r) = next.take() {
-            match r {
-                Ok((n, peer)) => accept_datagram(&buf[..n], Some(peer), &allow, max, &stats, &mut batch),
-                Err(e) => tracing_warn(&format!("udp recv: {e}")),
-            }
-            if batch.len() < BATCH {
-                next = match sock.try_recv_from(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                    r => Some(r),
-                };
+            r = sock.readable() => if r.is_err() { break },
+        }
+        let mut batch = Vec::with_capacity(BATCH);
+        while batch.len() < BATCH {
+            match sock.try_io(tokio::io::Interest::READABLE, || rx.recv(&sock)) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let (data, peer, truncated) = rx.get(i);
+                        if truncated {
+                            stats.dropped_oversized.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            accept_datagram(data, peer, &allow, max, &stats, &mut batch);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing_warn(&format!("udp recv: {e}"));
+                    break;
+                }
             }
         }
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            match tx.try_send(Msg::Frames(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))) {
+            match tx.try_send(Msg::Frames(batch)) {
                 Ok(()) => {
                     stats.received.fetch_add(n, Ordering::Relaxed);
                 }
@@ -117,9 +125,84 @@ pub async fn udp(sock: UdpSocket, allow: Allow, max: usize, tx: mpsc::Sender<Msg
                 Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
-        if let Some(d) = kernel_udp_drops(port) {
-            stats.kernel_drops.store(d, Ordering::Relaxed);
+        // /proc/net/udp is a few system calls and a parse: once a second is plenty.
+        if drops_read.elapsed() >= std::time::Duration::from_secs(1) {
+            drops_read = std::time::Instant::now();
+            if let Some(d) = kernel_udp_drops(port) {
+                stats.kernel_drops.store(d, Ordering::Relaxed);
+            }
         }
+    }
+    if let Some(d) = kernel_udp_drops(port) {
+        stats.kernel_drops.store(d, Ordering::Relaxed);
+    }
+}
+
+/// Buffers for recvmmsg: `slots` datagrams of up to `size` bytes and their senders.
+struct Mmsg {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    lens: Vec<(usize, bool, libc::socklen_t)>,
+}
+
+impl Mmsg {
+    fn new(slots: usize, size: usize) -> Mmsg {
+        // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
+        let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        Mmsg { bufs: vec![vec![0; size]; slots], addrs: vec![zero; slots], lens: vec![(0, false, 0); slots] }
+    }
+
+    /// One recvmmsg without waiting; the number of datagrams received.
+    fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let mut iovs: Vec<libc::iovec> =
+            self.bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let mut hdrs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .zip(self.addrs.iter_mut())
+            .map(|(iov, addr)| {
+                // SAFETY: an all-zero mmsghdr is valid; the pointers set are to live buffers.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h
+            })
+            .collect();
+        // SAFETY: hdrs, iovs, bufs and addrs outlive the call; lengths match the buffers.
+        let n = unsafe { libc::recvmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (i, h) in hdrs.iter().take(n).enumerate() {
+            self.lens[i] = (h.msg_len as usize, h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0, h.msg_hdr.msg_namelen);
+        }
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last `recv`: its bytes, sender, and whether it was cut.
+    fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>, bool) {
+        let (len, truncated, _) = self.lens[i];
+        (&self.bufs[i][..len.min(self.bufs[i].len())], sockaddr(&self.addrs[i]), truncated)
+    }
+}
+
+/// The address in a `sockaddr_storage` the kernel filled.
+fn sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((u32::from_be(a.sin_addr.s_addr).to_be_bytes(), u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((a.sin6_addr.s6_addr, u16::from_be(a.sin6_port))))
+        }
+        _ => None,
     }
 }
 
