@@ -23,8 +23,13 @@ fn main() {
     let rate: Option<u64> = rest.first().map(|r| r.parse().expect("RATE"));
     // Quiet traffic with one attacker in every 100 messages, as a mail server sends it.
     let msg = |i: u64| -> Vec<u8> {
-        if i % 100 == 0 {
-            format!("<22>Jun 17 03:14:07 mx1 postfix/smtpd[1]: warning: unknown[198.51.{}.{}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6", (i / 256) % 256, i % 256).into_bytes()
+        if i.is_multiple_of(100) {
+            format!(
+                "<22>Jun 17 03:14:07 mx1 postfix/smtpd[1]: warning: unknown[198.51.{}.{}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+                (i / 256) % 256,
+                i % 256
+            )
+            .into_bytes()
         } else {
             format!("<22>Jun 17 03:14:07 mx1 postfix/smtpd[1]: disconnect from mail{i}.example.net[192.0.2.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5").into_bytes()
         }
@@ -69,14 +74,23 @@ fn main() {
         _ => panic!("udp or tcp"),
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("sent {count} messages over {proto} in {secs:.3} s: {:.0} messages/s", count as f64 / secs);
+    println!(
+        "sent {count} messages over {proto} in {secs:.3} s: {:.0} messages/s",
+        count as f64 / secs
+    );
 }
 
 /// Sends every buffer as its own datagram on a connected socket, with as few system calls as
 /// the kernel allows.
 fn send_batch(s: &UdpSocket, bufs: &[Vec<u8>]) {
     use std::os::fd::AsRawFd;
-    let mut iovs: Vec<libc::iovec> = bufs.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }).collect();
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        })
+        .collect();
     let mut msgs: Vec<libc::mmsghdr> = iovs
         .iter_mut()
         .map(|iov| {

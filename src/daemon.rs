@@ -60,24 +60,31 @@ pub enum DaemonError {
 pub type InputReport = Vec<(String, Arc<InputStats>)>;
 
 fn wall_clock() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn allow_list(input: &str, allow: &[String]) -> Result<Allow, DaemonError> {
     allow
         .iter()
         .map(|a| {
-            a.parse::<IpNet>().or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from)).map_err(|_| DaemonError::Config {
-                input: input.into(),
-                reason: format!("allow: {a:?} is not an address or CIDR network"),
-            })
+            a.parse::<IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| DaemonError::Config {
+                    input: input.into(),
+                    reason: format!("allow: {a:?} is not an address or CIDR network"),
+                })
         })
         .collect::<Result<_, _>>()
         .map(Allow)
 }
 
 fn parse_addr(input: &str, listen: &str) -> Result<SocketAddr, DaemonError> {
-    listen.parse().map_err(|_| DaemonError::Config { input: input.into(), reason: format!("listen: {listen:?} is not ADDR:PORT") })
+    listen.parse().map_err(|_| DaemonError::Config {
+        input: input.into(),
+        reason: format!("listen: {listen:?} is not ADDR:PORT"),
+    })
 }
 
 /// Runs `pipeline` on `inputs` until `shutdown` resolves (or stdin ends, when it is the only
@@ -90,7 +97,10 @@ pub fn run<W: Write + Send + 'static>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
     raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
 
     let worker = std::thread::Builder::new()
@@ -143,20 +153,38 @@ pub fn run<W: Write + Send + 'static>(
                         .map_err(DaemonError::Runtime)?;
                     "stdin".to_string()
                 }
-                InputConfig::Udp { listen, allow, max_frame, recv_buffer } => {
+                InputConfig::Udp {
+                    listen,
+                    allow,
+                    max_frame,
+                    recv_buffer,
+                } => {
                     let name = format!("udp {listen}");
                     let allow = allow_list(&name, allow)?;
-                    let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(|source| DaemonError::Input { input: name.clone(), source })?;
+                    let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(|source| DaemonError::Input {
+                        input: name.clone(),
+                        source,
+                    })?;
                     announce("udp", sock.local_addr());
                     tasks.spawn(net::udp(sock, allow, *max_frame, tx.clone(), st.clone(), stop.clone()));
                     name
                 }
-                InputConfig::Tcp { listen, allow, max_frame, max_connections, idle_timeout } => {
+                InputConfig::Tcp {
+                    listen,
+                    allow,
+                    max_frame,
+                    max_connections,
+                    idle_timeout,
+                } => {
                     let name = format!("tcp {listen}");
                     let allow = allow_list(&name, allow)?;
-                    let listener = tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
-                        .await
-                        .map_err(|source| DaemonError::Input { input: name.clone(), source })?;
+                    let listener =
+                        tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
+                            .await
+                            .map_err(|source| DaemonError::Input {
+                                input: name.clone(),
+                                source,
+                            })?;
                     announce("tcp", listener.local_addr());
                     let limits = TcpLimits {
                         max_frame: *max_frame,
@@ -169,7 +197,10 @@ pub fn run<W: Write + Send + 'static>(
                 InputConfig::Unix { path, max_frame } => {
                     let name = format!("unix {path}");
                     let _ = std::fs::remove_file(path);
-                    let sock = tokio::net::UnixDatagram::bind(path).map_err(|source| DaemonError::Input { input: name.clone(), source })?;
+                    let sock = tokio::net::UnixDatagram::bind(path).map_err(|source| DaemonError::Input {
+                        input: name.clone(),
+                        source,
+                    })?;
                     eprintln!("mailpipe: listening on unix {path}");
                     tasks.spawn(net::unix(sock, *max_frame, tx.clone(), st.clone(), stop.clone()));
                     name
@@ -195,7 +226,9 @@ pub fn run<W: Write + Send + 'static>(
     })?;
     // The stdin thread may sit in read(); it is not waited for.
     rt.shutdown_background();
-    worker.join().map_err(|_| DaemonError::Runtime(std::io::Error::other("pipeline thread panicked")))??;
+    worker
+        .join()
+        .map_err(|_| DaemonError::Runtime(std::io::Error::other("pipeline thread panicked")))??;
     Ok(stats)
 }
 

@@ -129,7 +129,8 @@ async fn signals() {
 }
 
 fn config_name(path: &Option<PathBuf>) -> String {
-    path.as_ref().map_or_else(|| "<builtin>/mail.ron".into(), |p| p.display().to_string())
+    path.as_ref()
+        .map_or_else(|| "<builtin>/mail.ron".into(), |p| p.display().to_string())
 }
 
 fn load(path: &Option<PathBuf>) -> Result<Config, ConfigError> {
@@ -169,9 +170,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             // DryRun is today's only sink, so --dry-run changes nothing yet; it is accepted so
             // scripts written now keep working when kernel sinks arrive.
             let _ = dry_run;
-            let report = mailpipe::daemon::run(&cfg.inputs, pipeline, cfg.parse.max_line, std::io::stdout(), signals())
-                .map_err(|e| match e {
-                    DaemonError::Config { .. } => Failure::Config(ConfigError { file: config_name(&config), line: 1, col: 1, reason: e.to_string() }),
+            let report =
+                mailpipe::daemon::run(&cfg.inputs, pipeline, cfg.parse.max_line, std::io::stdout(), signals()).map_err(|e| match e {
+                    DaemonError::Config { .. } => Failure::Config(ConfigError {
+                        file: config_name(&config),
+                        line: 1,
+                        col: 1,
+                        reason: e.to_string(),
+                    }),
                     e => Failure::Runtime(e.into()),
                 })?;
             for (name, stats) in report {
@@ -243,4 +249,3 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
 }
-

@@ -549,7 +549,10 @@ mod tests {
         assert_eq!((r.program, r.msg), ("postfix/smtpd", "warning: x"));
         let r = p.parse("Jan 29 09:33:58 pop3-login: Info: Aborted login", at("2026-11-24T00:00:00"));
         assert_eq!((r.program, r.msg), ("pop3-login", "Info: Aborted login"));
-        let r = p.parse("Aug 30 00:10:57 auth(i@example.org,192.0.2.110,sasl:login)<Cv>: Info: sql: Password mismatch", 0);
+        let r = p.parse(
+            "Aug 30 00:10:57 auth(i@example.org,192.0.2.110,sasl:login)<Cv>: Info: sql: Password mismatch",
+            0,
+        );
         assert_eq!(r.program, "");
         assert!(r.msg.starts_with("auth(i@example.org,192.0.2.110"));
     }

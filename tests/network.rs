@@ -71,7 +71,15 @@ impl Daemon {
             }
         }
         let bans = ban_reader(child.stdout.take().unwrap());
-        Daemon { child, udp, tcp, unix: sock, bans, _dir: dir, stderr }
+        Daemon {
+            child,
+            udp,
+            tcp,
+            unix: sock,
+            bans,
+            _dir: dir,
+            stderr,
+        }
     }
 
     /// The next ban, or a failure after a bounded wait.
@@ -121,7 +129,11 @@ fn udp_tcp_and_unix_each_ban() {
     // TCP, octet-counted RFC 5424 and LF-framed traditional, mixed on one connection.
     let mut t = TcpStream::connect(("127.0.0.1", d.tcp)).unwrap();
     for i in 0..5 {
-        let m = if i % 2 == 0 { rfc5424(&sasl("198.51.100.2")) + "\n" } else { rfc3164(&sasl("198.51.100.2")) + "\n" };
+        let m = if i % 2 == 0 {
+            rfc5424(&sasl("198.51.100.2")) + "\n"
+        } else {
+            rfc3164(&sasl("198.51.100.2")) + "\n"
+        };
         if i % 2 == 0 {
             write!(t, "{} {m}", m.len()).unwrap();
         } else {
@@ -133,7 +145,11 @@ fn udp_tcp_and_unix_each_ban() {
     // Unix datagrams, as `logger -u` sends them (no host field).
     let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
     for _ in 0..5 {
-        s.send_to(format!("<20>Nov 22 21:59:13 postfix/smtpd[9]: {}", sasl("198.51.100.3")).as_bytes(), &d.unix).unwrap();
+        s.send_to(
+            format!("<20>Nov 22 21:59:13 postfix/smtpd[9]: {}", sasl("198.51.100.3")).as_bytes(),
+            &d.unix,
+        )
+        .unwrap();
     }
     assert_eq!(d.next_ban()["ip"], "198.51.100.3");
     let err = d.stop();

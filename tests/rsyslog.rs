@@ -12,7 +12,11 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
         || Path::new("/usr/sbin").join(cmd).exists()
 }
 
@@ -24,7 +28,14 @@ struct Mailpipe {
 
 fn start_mailpipe(dir: &Path, inputs: &str) -> Mailpipe {
     let cfg = dir.join(format!("mp-{}.ron", inputs.len()));
-    std::fs::write(&cfg, format!("Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], inputs: [{inputs}])", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], inputs: [{inputs}])",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
         .env("TZ", "UTC")
         .args(["run", "-c"])
@@ -78,7 +89,11 @@ fn start_rsyslog(dir: &Path, conf: &str) -> Child {
         .spawn()
         .unwrap();
     // rsyslogd creates its sockets after reading the config; wait for them (bounded).
-    for sock in conf.match_indices("Socket=\"").map(|(i, _)| &conf[i + 8..]).map(|s| &s[..s.find('"').unwrap()]) {
+    for sock in conf
+        .match_indices("Socket=\"")
+        .map(|(i, _)| &conf[i + 8..])
+        .map(|s| &s[..s.find('"').unwrap()])
+    {
         let deadline = std::time::Instant::now() + LIMIT;
         while !Path::new(sock).exists() {
             assert!(std::time::Instant::now() < deadline, "rsyslogd did not create {sock}");
@@ -109,7 +124,10 @@ fn header(dir: &Path) -> String {
 }
 
 fn input(dir: &Path, name: &str) -> String {
-    format!("input(type=\"imuxsock\" Socket=\"{}/{name}.sock\" Ruleset=\"{name}\" RateLimit.Interval=\"0\")\n", dir.display())
+    format!(
+        "input(type=\"imuxsock\" Socket=\"{}/{name}.sock\" Ruleset=\"{name}\" RateLimit.Interval=\"0\")\n",
+        dir.display()
+    )
 }
 
 #[test]
@@ -120,14 +138,41 @@ fn rsyslog_forwards_over_every_transport() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mp = start_mailpipe(d, "Udp(listen: \"127.0.0.1:0\"), Tcp(listen: \"127.0.0.1:0\"), Udp(listen: \"[::1]:0\")");
+    let mp = start_mailpipe(
+        d,
+        "Udp(listen: \"127.0.0.1:0\"), Tcp(listen: \"127.0.0.1:0\"), Udp(listen: \"[::1]:0\")",
+    );
     let (udp, tcp, udp6) = (mp.port("udp", 0), mp.port("tcp", 0), mp.port("udp", 1));
     let cases = [
-        ("udp3164", format!("protocol=\"udp\" target=\"127.0.0.1\" port=\"{udp}\" template=\"RSYSLOG_TraditionalForwardFormat\""), "198.51.100.11"),
-        ("udp5424", format!("protocol=\"udp\" target=\"::1\" port=\"{udp6}\" template=\"RSYSLOG_SyslogProtocol23Format\""), "198.51.100.12"),
-        ("tcplf", format!("protocol=\"tcp\" target=\"127.0.0.1\" port=\"{tcp}\" template=\"RSYSLOG_TraditionalForwardFormat\""), "198.51.100.13"),
-        ("tcpoc", format!("protocol=\"tcp\" target=\"127.0.0.1\" port=\"{tcp}\" TCP_Framing=\"octet-counted\" template=\"RSYSLOG_SyslogProtocol23Format\""), "198.51.100.14"),
-        ("tcpoc3164", format!("protocol=\"tcp\" target=\"127.0.0.1\" port=\"{tcp}\" TCP_Framing=\"octet-counted\" template=\"RSYSLOG_TraditionalForwardFormat\""), "198.51.100.15"),
+        (
+            "udp3164",
+            format!("protocol=\"udp\" target=\"127.0.0.1\" port=\"{udp}\" template=\"RSYSLOG_TraditionalForwardFormat\""),
+            "198.51.100.11",
+        ),
+        (
+            "udp5424",
+            format!("protocol=\"udp\" target=\"::1\" port=\"{udp6}\" template=\"RSYSLOG_SyslogProtocol23Format\""),
+            "198.51.100.12",
+        ),
+        (
+            "tcplf",
+            format!("protocol=\"tcp\" target=\"127.0.0.1\" port=\"{tcp}\" template=\"RSYSLOG_TraditionalForwardFormat\""),
+            "198.51.100.13",
+        ),
+        (
+            "tcpoc",
+            format!(
+                "protocol=\"tcp\" target=\"127.0.0.1\" port=\"{tcp}\" TCP_Framing=\"octet-counted\" template=\"RSYSLOG_SyslogProtocol23Format\""
+            ),
+            "198.51.100.14",
+        ),
+        (
+            "tcpoc3164",
+            format!(
+                "protocol=\"tcp\" target=\"127.0.0.1\" port=\"{tcp}\" TCP_Framing=\"octet-counted\" template=\"RSYSLOG_TraditionalForwardFormat\""
+            ),
+            "198.51.100.15",
+        ),
     ];
     let mut conf = header(d);
     for (name, action, _) in &cases {
@@ -139,7 +184,14 @@ fn rsyslog_forwards_over_every_transport() {
     for (name, _, ip) in &cases {
         inject(&d.join(format!("{name}.sock")), ip, 5);
     }
-    let mut banned: Vec<String> = (0..cases.len()).map(|_| mp.bans.recv_timeout(LIMIT).expect("a ban per transport")["ip"].as_str().unwrap().to_string()).collect();
+    let mut banned: Vec<String> = (0..cases.len())
+        .map(|_| {
+            mp.bans.recv_timeout(LIMIT).expect("a ban per transport")["ip"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     banned.sort();
     let mut want: Vec<String> = cases.iter().map(|c| c.2.to_string()).collect();
     want.sort();

@@ -51,7 +51,10 @@ const MAX_COUNT_DIGITS: usize = 10;
 impl SyslogFrames {
     /// A decoder that skips frames longer than `max` bytes.
     pub fn new(max: usize) -> SyslogFrames {
-        SyslogFrames { max: max.max(1), state: State::Start }
+        SyslogFrames {
+            max: max.max(1),
+            state: State::Start,
+        }
     }
 }
 

@@ -64,7 +64,11 @@ impl InputStats {
         .into_iter()
         .flatten()
         .collect();
-        if parts.is_empty() { "nothing received".into() } else { parts.join(", ") }
+        if parts.is_empty() {
+            "nothing received".into()
+        } else {
+            parts.join(", ")
+        }
     }
 }
 
@@ -149,14 +153,24 @@ impl Mmsg {
     fn new(slots: usize, size: usize) -> Mmsg {
         // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
         let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        Mmsg { bufs: vec![vec![0; size]; slots], addrs: vec![zero; slots], lens: vec![(0, false, 0); slots] }
+        Mmsg {
+            bufs: vec![vec![0; size]; slots],
+            addrs: vec![zero; slots],
+            lens: vec![(0, false, 0); slots],
+        }
     }
 
     /// One recvmmsg without waiting; the number of datagrams received.
     fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let mut iovs: Vec<libc::iovec> =
-            self.bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let mut iovs: Vec<libc::iovec> = self
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
         let mut hdrs: Vec<libc::mmsghdr> = iovs
             .iter_mut()
             .zip(self.addrs.iter_mut())
@@ -171,13 +185,25 @@ impl Mmsg {
             })
             .collect();
         // SAFETY: hdrs, iovs, bufs and addrs outlive the call; lengths match the buffers.
-        let n = unsafe { libc::recvmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                hdrs.len() as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let n = n as usize;
         for (i, h) in hdrs.iter().take(n).enumerate() {
-            self.lens[i] = (h.msg_len as usize, h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0, h.msg_hdr.msg_namelen);
+            self.lens[i] = (
+                h.msg_len as usize,
+                h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                h.msg_hdr.msg_namelen,
+            );
         }
         Ok(n)
     }
@@ -195,7 +221,10 @@ fn sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET => {
             // SAFETY: the family says this storage holds a sockaddr_in.
             let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::from((u32::from_be(a.sin_addr.s_addr).to_be_bytes(), u16::from_be(a.sin_port))))
+            Some(SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this storage holds a sockaddr_in6.
@@ -207,11 +236,11 @@ fn sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 fn accept_datagram(d: &[u8], peer: Option<SocketAddr>, allow: &Allow, max: usize, stats: &InputStats, batch: &mut Vec<BytesMut>) {
-    if let Some(p) = peer {
-        if !allow.permits(p.ip()) {
-            stats.not_allowed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+    if let Some(p) = peer
+        && !allow.permits(p.ip())
+    {
+        stats.not_allowed.fetch_add(1, Ordering::Relaxed);
+        return;
     }
     let mut end = d.len();
     while end > 0 && matches!(d[end - 1], b'\n' | b'\r' | 0) {
@@ -260,7 +289,14 @@ pub struct TcpLimits {
 
 /// Accepts connections until `stop`; each is read until EOF, an unrecoverable framing error, or
 /// `stop`.
-pub async fn tcp(listener: TcpListener, allow: Allow, limits: TcpLimits, tx: mpsc::Sender<Msg>, stats: Arc<InputStats>, stop: CancellationToken) {
+pub async fn tcp(
+    listener: TcpListener,
+    allow: Allow,
+    limits: TcpLimits,
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<InputStats>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -340,7 +376,10 @@ pub fn kernel_udp_drops(port: u16) -> Option<u64> {
         let Ok(text) = std::fs::read_to_string(f) else { continue };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            let local_port = cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            let local_port = cols
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
             if local_port == Some(port) {
                 let drops: u64 = cols.last().and_then(|d| d.parse().ok()).unwrap_or(0);
                 total = Some(total.unwrap_or(0) + drops);
