@@ -1,24 +1,21 @@
 //! Syslog over the network, with raw sockets: every framing the daemon accepts, and malformed
 //! input that must not stop it serving others. Loopback only; ports picked by the OS.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, UdpSocket};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-/// A running `mailpipe run` with its ports, its ban lines, and its stderr.
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+
+use common::{LIMIT, Mailpipe};
+
+/// The daemon with one UDP, one TCP (with `extra_tcp` settings) and one Unix input.
 struct Daemon {
-    child: Child,
+    mp: Mailpipe,
     udp: u16,
     tcp: u16,
     unix: std::path::PathBuf,
-    bans: mpsc::Receiver<serde_json::Value>,
     _dir: tempfile::TempDir,
-    stderr: std::thread::JoinHandle<String>,
 }
-
-const LIMIT: Duration = Duration::from_secs(20);
 
 fn sasl(ip: &str) -> String {
     format!("warning: unknown[{ip}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6")
@@ -27,86 +24,28 @@ fn sasl(ip: &str) -> String {
 impl Daemon {
     fn start(extra_tcp: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("log.sock");
-        let cfg = dir.path().join("net.ron");
-        std::fs::write(
-            &cfg,
-            format!(
-                "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")],\n inputs: [Udp(listen: \"127.0.0.1:0\"), Tcp(listen: \"127.0.0.1:0\"{extra_tcp}), Unix(path: \"{}\")])",
-                env!("CARGO_MANIFEST_DIR"),
-                sock.display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
-            .env("TZ", "UTC")
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (port_tx, port_rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        // Collects stderr until the daemon exits; announces the bound sockets as they come.
-        let stderr = std::thread::spawn(move || {
-            let mut log = String::new();
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("mailpipe: listening on ") {
-                    let _ = port_tx.send(rest.to_string());
-                }
-                log.push_str(&(line + "\n"));
-            }
-            log
-        });
-        let (mut udp, mut tcp) = (0, 0);
-        for _ in 0..3 {
-            let l = port_rx.recv_timeout(LIMIT).expect("daemon announces its sockets");
-            let port = |l: &str| l.rsplit(':').next().unwrap().parse().unwrap();
-            if l.starts_with("udp") {
-                udp = port(&l);
-            } else if l.starts_with("tcp") {
-                tcp = port(&l);
-            }
-        }
-        let bans = ban_reader(child.stdout.take().unwrap());
+        let unix = dir.path().join("log.sock");
+        let inputs = format!(
+            "Udp(listen: \"127.0.0.1:0\"), Tcp(listen: \"127.0.0.1:0\"{extra_tcp}), Unix(path: \"{}\")",
+            unix.display()
+        );
+        let mp = Mailpipe::start(&common::pipeline(dir.path(), "net.ron", &inputs), 3);
         Daemon {
-            child,
-            udp,
-            tcp,
-            unix: sock,
-            bans,
+            udp: mp.port("udp", 0),
+            tcp: mp.port("tcp", 0),
+            mp,
+            unix,
             _dir: dir,
-            stderr,
         }
     }
 
-    /// The next ban, or a failure after a bounded wait.
     fn next_ban(&self) -> serde_json::Value {
-        self.bans.recv_timeout(LIMIT).expect("a ban within the time limit")
+        self.mp.next_ban()
     }
 
-    /// SIGTERM, wait, and return stderr.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), Some(0));
-        self.stderr.join().unwrap()
+    fn stop(self) -> String {
+        self.mp.stop()
     }
-}
-
-fn ban_reader(out: ChildStdout) -> mpsc::Receiver<serde_json::Value> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 fn rfc3164(msg: &str) -> String {

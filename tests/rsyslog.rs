@@ -3,13 +3,12 @@
 //! shipped queue settings (`contrib/rsyslog/mailpipe.conf`), nothing is lost while mailpipe is
 //! down. Skips (and says so) where rsyslogd or logger is not installed.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
-const LIMIT: Duration = Duration::from_secs(60);
+use common::{LIMIT, Mailpipe};
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -20,60 +19,9 @@ fn have(cmd: &str) -> bool {
         || Path::new("/usr/sbin").join(cmd).exists()
 }
 
-struct Mailpipe {
-    child: Child,
-    ports: Vec<(String, u16)>,
-    bans: mpsc::Receiver<serde_json::Value>,
-}
-
 fn start_mailpipe(dir: &Path, inputs: &str) -> Mailpipe {
-    let cfg = dir.join(format!("mp-{}.ron", inputs.len()));
-    std::fs::write(
-        &cfg,
-        format!(
-            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], inputs: [{inputs}])",
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
-        .env("TZ", "UTC")
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let n = inputs.matches("listen").count();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let line = err.next().expect("daemon announces its sockets").unwrap();
-        if let Some(rest) = line.strip_prefix("mailpipe: listening on ") {
-            let (kind, addr) = rest.split_once(' ').unwrap();
-            ports.push((kind.to_string(), addr.rsplit(':').next().unwrap().parse().unwrap()));
-        }
-    }
-    std::thread::spawn(move || err.for_each(drop));
-    let (tx, bans) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(serde_json::from_str::<serde_json::Value>(&l).unwrap());
-        }
-    });
-    Mailpipe { child, ports, bans }
-}
-
-impl Mailpipe {
-    fn port(&self, kind: &str, nth: usize) -> u16 {
-        self.ports.iter().filter(|(k, _)| k == kind).nth(nth).unwrap().1
-    }
-    fn stop(mut self) {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert_eq!(self.child.wait().unwrap().code(), Some(0));
-    }
+    let cfg = common::pipeline(dir, &format!("mp-{}.ron", inputs.len()), inputs);
+    Mailpipe::start(&cfg, inputs.matches("listen").count())
 }
 
 fn start_rsyslog(dir: &Path, conf: &str) -> Child {
@@ -185,12 +133,7 @@ fn rsyslog_forwards_over_every_transport() {
         inject(&d.join(format!("{name}.sock")), ip, 5);
     }
     let mut banned: Vec<String> = (0..cases.len())
-        .map(|_| {
-            mp.bans.recv_timeout(LIMIT).expect("a ban per transport")["ip"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|_| mp.next_ban()["ip"].as_str().unwrap().to_string())
         .collect();
     banned.sort();
     let mut want: Vec<String> = cases.iter().map(|c| c.2.to_string()).collect();
@@ -198,7 +141,7 @@ fn rsyslog_forwards_over_every_transport() {
     assert_eq!(banned, want);
     let _ = rs.kill();
     let _ = rs.wait();
-    mp.stop();
+    let _ = mp.stop();
 }
 
 #[test]
@@ -226,13 +169,13 @@ fn shipped_queue_settings_lose_nothing_across_a_restart() {
     // failures are sent while it is down: windows live in memory, so only lines that reach the
     // new process count (persistence of state comes with the kernel sink).
     inject(&d.join("q.sock"), "198.51.100.99", 1);
-    mp.stop();
+    let _ = mp.stop();
     inject(&d.join("q.sock"), "198.51.100.21", 5);
     // Back on the same port: the queued lines arrive and the address is banned.
     let mp = start_mailpipe(d, &format!("Tcp(listen: \"127.0.0.1:{port}\")"));
-    let ban = mp.bans.recv_timeout(LIMIT).expect("the queued failures arrive after the restart");
+    let ban = mp.next_ban();
     assert_eq!(ban["ip"], "198.51.100.21");
     let _ = rs.kill();
     let _ = rs.wait();
-    mp.stop();
+    let _ = mp.stop();
 }
