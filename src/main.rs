@@ -229,13 +229,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 return Ok(());
             }
             let rules: usize = cfg.jails.iter().map(|j| j.rules.len() + j.ignore.len()).sum();
-            let (literals, unliteral) = pipeline.literals();
+            let literals = pipeline.literal_texts().len();
             println!(
                 "ok: {} jails, {rules} rules, {literals} prefilter literals ({})",
                 cfg.jails.len(),
                 cfg.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
             );
-            for (jail, rule, ignore) in unliteral {
+            for (jail, rule, ignore) in pipeline.unliteral_rules() {
                 let what = if ignore { "ignore rule" } else { "rule" };
                 println!("note: jail {jail} {what} {rule} has no literal the prefilter can use: every line is parsed for it");
             }

@@ -163,9 +163,10 @@ impl Pipeline {
             .collect()
     }
 
-    /// Literals the prefilter searches for, and rules that have none (checked on every line).
-    pub fn literals(&self) -> (usize, Vec<(&str, usize, bool)>) {
-        (self.prefilter.literals().len(), self.matcher.unliteral_rules().collect())
+    /// Rules without a usable literal, as (jail, rule index, is an ignore rule): every line is
+    /// parsed for them.
+    pub fn unliteral_rules(&self) -> Vec<(&str, usize, bool)> {
+        self.matcher.unliteral_rules().collect()
     }
 
     /// The zone naive times are read in.
