@@ -7,6 +7,14 @@ command -v python3 >/dev/null || need+=(python3)   # tests run the shared log ge
 command -v cc >/dev/null || need+=(gcc)             # build scripts of some crates
 command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)   # the real syslog client in tests
 command -v logger >/dev/null || need+=(bsdutils)   # injects lines into rsyslog
+# The ipset sink builds against libipset through bindgen, which needs libclang.
+for pkg in libipset-dev libclang-dev pkg-config; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+# The firewall tests: sets, rules and network namespaces.
+command -v ipset >/dev/null || [ -x /usr/sbin/ipset ] || need+=(ipset)
+command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need+=(iptables)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
 if ((${#need[@]})); then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::input::net::{self, Allow, InputStats, TcpLimits};
 use crate::input::{InputConfig, LineSplitter, Msg};
 use crate::pipeline::{Event, Pipeline};
-use crate::sink::Sink;
+use crate::sink::{self, SinkConfig};
 
 /// Queue slots between the inputs and the pipeline (each slot up to 256 messages or 256 KiB).
 const QUEUE: usize = 1024;
@@ -48,9 +48,9 @@ pub enum DaemonError {
         /// Why.
         reason: String,
     },
-    /// Writing decisions failed.
+    /// The sink could not be opened.
     #[error("sink: {0}")]
-    Sink(std::io::Error),
+    Sink(#[from] crate::sink::ipset::IpsetError),
     /// The runtime could not start.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
@@ -91,11 +91,13 @@ fn parse_addr(input: &str, listen: &str) -> Result<SocketAddr, DaemonError> {
 /// input); decisions are written to `out`. Returns the inputs' counters.
 pub fn run<W: Write + Send + 'static>(
     inputs: &[InputConfig],
+    sink: &SinkConfig,
     mut pipeline: Pipeline,
     max_line: usize,
     out: W,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
+    let sink = sink::spawn(sink, out)?;
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -106,13 +108,11 @@ pub fn run<W: Write + Send + 'static>(
     let worker = std::thread::Builder::new()
         .name("pipeline".into())
         .spawn(move || -> Result<(), DaemonError> {
-            let mut sink = Sink::DryRun(out);
             let mut splitter = LineSplitter::new(max_line);
-            let mut failed = Ok(());
-            let mut apply = |p: &mut Pipeline, line: &[u8], now: i64| {
+            let apply = |p: &mut Pipeline, line: &[u8], now: i64| {
                 p.process(line, now, |e| {
-                    if let (Event::Decision(d), true) = (e, failed.is_ok()) {
-                        failed = sink.apply(d).map_err(DaemonError::Sink);
+                    if let Event::Decision(d) = e {
+                        sink.send(d.clone());
                     }
                 });
             };
@@ -126,7 +126,12 @@ pub fn run<W: Write + Send + 'static>(
                 }
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock()));
-            failed
+            let st = sink.finish();
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            if n(&st.errors) + n(&st.dropped) > 0 {
+                eprintln!("mailpipe: sink: {} applied, {} failed attempts, {} dropped", n(&st.applied), n(&st.errors), n(&st.dropped));
+            }
+            Ok(())
         })
         .map_err(DaemonError::Runtime)?;
 

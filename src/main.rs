@@ -29,7 +29,7 @@ enum Command {
         /// Pipeline file (default: the built-in pipelines/mail.ron).
         #[arg(short, long)]
         config: Option<PathBuf>,
-        /// Print decisions as JSON lines instead of applying them.
+        /// Print decisions as JSON lines instead of applying them (whatever the pipeline's sink).
         #[arg(long)]
         dry_run: bool,
     },
@@ -167,11 +167,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run { config, dry_run } => {
             let cfg = load(&config)?;
             let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
-            // DryRun is today's only sink, so --dry-run changes nothing yet; it is accepted so
-            // scripts written now keep working when kernel sinks arrive.
-            let _ = dry_run;
+            let sink = if dry_run { mailpipe::sink::SinkConfig::DryRun } else { cfg.sink.clone() };
             let report =
-                mailpipe::daemon::run(&cfg.inputs, pipeline, cfg.parse.max_line, std::io::stdout(), signals()).map_err(|e| match e {
+                mailpipe::daemon::run(&cfg.inputs, &sink, pipeline, cfg.parse.max_line, std::io::stdout(), signals()).map_err(|e| match e {
                     DaemonError::Config { .. } => Failure::Config(ConfigError {
                         file: config_name(&config),
                         line: 1,

@@ -1,0 +1,212 @@
+//! Stage 6: where decisions go: printed (`DryRun`) or into the kernel (`Ipset`).
+//!
+//! The sink runs on its own thread behind a bounded queue, so the pipeline never waits for the
+//! firewall: a ban that cannot be applied is retried with backoff, logged and counted there.
+
+pub mod ipset;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::policy::{Decision, Reason};
+
+/// Sink settings of a pipeline file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+pub enum SinkConfig {
+    /// Print decisions as JSON lines on stdout; touch no firewall.
+    #[default]
+    DryRun,
+    /// Add bans to ipsets with per-entry timeouts (`hash:ip` inet, `hash:net` inet6).
+    Ipset(ipset::IpsetConfig),
+}
+
+/// Decisions waiting for the sink thread, at most; beyond, they are dropped and counted.
+const QUEUE: usize = 65_536;
+
+/// Counters of the sink thread.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Bans applied.
+    pub applied: AtomicU64,
+    /// Attempts that failed (each is retried).
+    pub errors: AtomicU64,
+    /// Decisions dropped because the queue was full, or given up after every retry.
+    pub dropped: AtomicU64,
+}
+
+/// The pipeline's end of the sink thread.
+#[derive(Debug)]
+pub struct SinkHandle {
+    tx: Option<mpsc::SyncSender<Decision>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Counters.
+    pub stats: Arc<SinkStats>,
+}
+
+impl SinkHandle {
+    /// Queues a decision; never waits.
+    pub fn send(&self, d: Decision) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(d).is_err() {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lets the sink apply what is queued, then stops it.
+    pub fn finish(mut self) -> Arc<SinkStats> {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.stats.clone()
+    }
+}
+
+/// Opens the sink (creating ipsets, which may fail with a clear reason) and starts its thread.
+pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W) -> Result<SinkHandle, ipset::IpsetError> {
+    let mut sink = match cfg {
+        SinkConfig::DryRun => Sink::DryRun(out),
+        SinkConfig::Ipset(c) => Sink::Ipset(Box::new(ipset::Ipset::open(c)?)),
+    };
+    let stats = Arc::new(SinkStats::default());
+    let (tx, rx) = mpsc::sync_channel::<Decision>(QUEUE);
+    let st = stats.clone();
+    let thread = std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || run(&mut sink, &rx, &st))
+        .expect("spawning the sink thread");
+    Ok(SinkHandle { tx: Some(tx), thread: Some(thread), stats })
+}
+
+/// Retries: 0.1 s doubling to 30 s, at most this many attempts before a decision is given up.
+const ATTEMPTS: u32 = 12;
+
+fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<Decision>, stats: &SinkStats) {
+    let mut retry: VecDeque<(Decision, u32, Instant)> = VecDeque::new();
+    loop {
+        let next = match retry.front() {
+            Some((_, _, due)) => rx.recv_timeout(due.saturating_duration_since(Instant::now())).map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
+            None => rx.recv().map_err(|_| true),
+        };
+        let (d, tries) = match next {
+            Ok(d) => (d, 0),
+            Err(false) => {
+                let (d, tries, _) = retry.pop_front().expect("a retry was due");
+                (d, tries)
+            }
+            // Closed: one last attempt for what waits, then stop.
+            Err(true) => {
+                for (d, _, _) in retry.drain(..) {
+                    if sink.apply(&d).is_err() {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                return;
+            }
+        };
+        match sink.apply(&d) {
+            Ok(()) => {
+                stats.applied.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                if tries + 1 >= ATTEMPTS {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("mailpipe: error: {e}; giving up on {} after {ATTEMPTS} attempts", d.ip);
+                } else {
+                    let wait = Duration::from_millis(100 << tries.min(8)).min(Duration::from_secs(30));
+                    eprintln!("mailpipe: warning: {e}; retrying in {wait:?}");
+                    retry.push_back((d, tries + 1, Instant::now() + wait));
+                }
+            }
+        }
+    }
+}
+
+/// A decision as the JSON object scripts read (`kind: "ban"`).
+pub fn decision_json(d: &Decision) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "ban",
+        "ip": d.ip.to_string(),
+        "prefix": d.prefix,
+        "jail": &*d.jail,
+        "failures": d.failures,
+        "ban_for_s": d.ban_for,
+        "offence": d.offence,
+        "reason": match d.reason { Reason::Threshold => "threshold", Reason::Recidive => "recidive" },
+        "time": crate::parse::rfc3339(d.time),
+    })
+}
+
+/// A running sink.
+#[derive(Debug)]
+pub enum Sink<W: Write> {
+    /// Decisions printed to a writer.
+    DryRun(W),
+    /// Decisions added to ipsets.
+    Ipset(Box<ipset::Ipset>),
+}
+
+/// Why a decision could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Writing the JSON line failed.
+    #[error("writing decisions: {0}")]
+    Io(#[from] std::io::Error),
+    /// The kernel refused the entry.
+    #[error(transparent)]
+    Ipset(#[from] ipset::IpsetError),
+}
+
+impl<W: Write> Sink<W> {
+    /// Applies one decision. Dry-run lines are flushed so a reader sees bans as they happen;
+    /// kernel bans are logged on stderr.
+    pub fn apply(&mut self, d: &Decision) -> Result<(), ApplyError> {
+        match self {
+            Sink::DryRun(w) => {
+                serde_json::to_writer(&mut *w, &decision_json(d)).map_err(std::io::Error::from)?;
+                w.write_all(b"\n")?;
+                w.flush()?;
+            }
+            Sink::Ipset(s) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
+                s.apply(d, now)?;
+                eprintln!("mailpipe: banned {}/{} for {} s (jail {}, offence {})", d.ip, d.prefix, d.ban_for, d.jail, d.offence);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dry_run_prints_json_lines() {
+        let d = Decision {
+            ip: "2001:db8:1::".parse().unwrap(),
+            prefix: 64,
+            jail: "dovecot-auth".into(),
+            failures: 7,
+            ban_for: 3600,
+            offence: 1,
+            time: 0,
+            reason: Reason::Threshold,
+        };
+        let mut s = Sink::DryRun(Vec::new());
+        s.apply(&d).unwrap();
+        let Sink::DryRun(out) = s else { unreachable!() };
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"kind\":\"ban\",\"ip\":\"2001:db8:1::\",\"prefix\":64,\"jail\":\"dovecot-auth\",\"failures\":7,\"ban_for_s\":3600,\"offence\":1,\"reason\":\"threshold\",\"time\":\"1970-01-01T00:00:00Z\"}\n"
+        );
+    }
+}
