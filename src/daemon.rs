@@ -33,12 +33,12 @@ const QUEUE: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// An input could not be set up.
-    #[error("input {input}: {source}")]
+    #[error("input {input}: {error}")]
     Input {
         /// Which input.
         input: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An input's setting is invalid.
     #[error("input {input}: {reason}")]
@@ -49,7 +49,7 @@ pub enum DaemonError {
         reason: String,
     },
     /// The sink could not be opened.
-    #[error("sink: {0}")]
+    #[error(transparent)]
     Sink(#[from] crate::sink::ipset::IpsetError),
     /// The runtime could not start.
     #[error("runtime: {0}")]
@@ -129,7 +129,12 @@ pub fn run<W: Write + Send + 'static>(
             let st = sink.finish();
             let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             if n(&st.errors) + n(&st.dropped) > 0 {
-                eprintln!("mailpipe: sink: {} applied, {} failed attempts, {} dropped", n(&st.applied), n(&st.errors), n(&st.dropped));
+                eprintln!(
+                    "mailpipe: sink: {} applied, {} failed attempts, {} dropped",
+                    n(&st.applied),
+                    n(&st.errors),
+                    n(&st.dropped)
+                );
             }
             Ok(())
         })
@@ -166,9 +171,9 @@ pub fn run<W: Write + Send + 'static>(
                 } => {
                     let name = format!("udp {listen}");
                     let allow = allow_list(&name, allow)?;
-                    let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(|source| DaemonError::Input {
+                    let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(|error| DaemonError::Input {
                         input: name.clone(),
-                        source,
+                        error,
                     })?;
                     announce("udp", sock.local_addr());
                     tasks.spawn(net::udp(sock, allow, *max_frame, tx.clone(), st.clone(), stop.clone()));
@@ -183,13 +188,12 @@ pub fn run<W: Write + Send + 'static>(
                 } => {
                     let name = format!("tcp {listen}");
                     let allow = allow_list(&name, allow)?;
-                    let listener =
-                        tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
-                            .await
-                            .map_err(|source| DaemonError::Input {
-                                input: name.clone(),
-                                source,
-                            })?;
+                    let listener = tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
+                        .await
+                        .map_err(|error| DaemonError::Input {
+                            input: name.clone(),
+                            error,
+                        })?;
                     announce("tcp", listener.local_addr());
                     let limits = TcpLimits {
                         max_frame: *max_frame,
@@ -202,9 +206,9 @@ pub fn run<W: Write + Send + 'static>(
                 InputConfig::Unix { path, max_frame } => {
                     let name = format!("unix {path}");
                     let _ = std::fs::remove_file(path);
-                    let sock = tokio::net::UnixDatagram::bind(path).map_err(|source| DaemonError::Input {
+                    let sock = tokio::net::UnixDatagram::bind(path).map_err(|error| DaemonError::Input {
                         input: name.clone(),
-                        source,
+                        error,
                     })?;
                     eprintln!("mailpipe: listening on unix {path}");
                     tasks.spawn(net::unix(sock, *max_frame, tx.clone(), st.clone(), stop.clone()));

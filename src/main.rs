@@ -167,9 +167,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run { config, dry_run } => {
             let cfg = load(&config)?;
             let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
-            let sink = if dry_run { mailpipe::sink::SinkConfig::DryRun } else { cfg.sink.clone() };
-            let report =
-                mailpipe::daemon::run(&cfg.inputs, &sink, pipeline, cfg.parse.max_line, std::io::stdout(), signals()).map_err(|e| match e {
+            let sink = if dry_run {
+                mailpipe::sink::SinkConfig::DryRun
+            } else {
+                cfg.sink.clone()
+            };
+            let report = mailpipe::daemon::run(&cfg.inputs, &sink, pipeline, cfg.parse.max_line, std::io::stdout(), signals()).map_err(
+                |e| match e {
                     DaemonError::Config { .. } => Failure::Config(ConfigError {
                         file: config_name(&config),
                         line: 1,
@@ -177,7 +181,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         reason: e.to_string(),
                     }),
                     e => Failure::Runtime(e.into()),
-                })?;
+                },
+            )?;
             for (name, stats) in report {
                 eprintln!("mailpipe: input {name}: {}", stats.summary());
             }

@@ -9,41 +9,29 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use ipset::types::{AddOption, HashIp, HashNet, NetDataType};
-use ipset::Session;
-use serde::Deserialize;
-
 use crate::policy::Decision;
+use ipset::Session;
+use ipset::types::{AddOption, HashIp, HashNet, NetDataType};
 
-/// ipset sink settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// The sets the ipset sink writes to (from `SinkConfig::Ipset`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpsetConfig {
     /// `hash:ip` set (family inet) for IPv4 addresses.
-    #[serde(default = "default_set4")]
     pub set4: String,
     /// `hash:net` set (family inet6) for IPv6 networks.
-    #[serde(default = "default_set6")]
     pub set6: String,
     /// Most entries per set.
-    #[serde(default = "default_maxelem")]
     pub maxelem: u32,
 }
 
-fn default_set4() -> String {
+pub(crate) fn default_set4() -> String {
     "mailpipe4".into()
 }
-fn default_set6() -> String {
+pub(crate) fn default_set6() -> String {
     "mailpipe6".into()
 }
-fn default_maxelem() -> u32 {
+pub(crate) fn default_maxelem() -> u32 {
     1 << 20
-}
-
-impl Default for IpsetConfig {
-    fn default() -> Self {
-        IpsetConfig { set4: default_set4(), set6: default_set6(), maxelem: default_maxelem() }
-    }
 }
 
 /// The kernel's largest per-entry timeout (about 24.8 days).
@@ -83,20 +71,41 @@ pub struct Ipset {
 
 impl std::fmt::Debug for Ipset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ipset").field("cfg", &self.cfg).field("entries", &self.until.len()).finish()
+        f.debug_struct("Ipset")
+            .field("cfg", &self.cfg)
+            .field("entries", &self.until.len())
+            .finish()
     }
 }
 
 impl Ipset {
     /// Creates both sets with timeouts, or adopts them if they exist.
     pub fn open(cfg: &IpsetConfig) -> Result<Ipset, IpsetError> {
+        for name in [&cfg.set4, &cfg.set6] {
+            // Session::new panics on a NUL byte; the kernel takes at most 31 bytes.
+            if name.is_empty() || name.len() > 31 || name.contains('\0') {
+                return Err(IpsetError::Create {
+                    set: name.clone(),
+                    reason: "a set name is 1 to 31 bytes, no NUL".into(),
+                });
+            }
+        }
         let mut v4: Session<HashIp> = Session::new(cfg.set4.clone());
-        v4.create(|b| b.with_ipv6(false)?.with_timeout(3600)?.with_max_elem(cfg.maxelem)?.build())
-            .map_err(|e| IpsetError::Create { set: cfg.set4.clone(), reason: e.to_string() })?;
+        adopt(
+            &cfg.set4,
+            v4.create(|b| b.with_ipv6(false)?.with_timeout(3600)?.with_max_elem(cfg.maxelem)?.build()),
+        )?;
         let mut v6: Session<HashNet> = Session::new(cfg.set6.clone());
-        v6.create(|b| b.with_ipv6(true)?.with_timeout(3600)?.with_max_elem(cfg.maxelem)?.build())
-            .map_err(|e| IpsetError::Create { set: cfg.set6.clone(), reason: e.to_string() })?;
-        Ok(Ipset { cfg: cfg.clone(), v4, v6, until: HashMap::new() })
+        adopt(
+            &cfg.set6,
+            v6.create(|b| b.with_ipv6(true)?.with_timeout(3600)?.with_max_elem(cfg.maxelem)?.build()),
+        )?;
+        Ok(Ipset {
+            cfg: cfg.clone(),
+            v4,
+            v6,
+            until: HashMap::new(),
+        })
     }
 
     /// Adds the decision's address (or network) with its ban time as the entry's timeout; an
@@ -111,13 +120,39 @@ impl Ipset {
         let opts = [AddOption::Timeout(timeout)];
         let (set, res) = match d.ip {
             IpAddr::V4(_) => (&self.cfg.set4, add_or_replace(&mut self.v4, || d.ip, &opts)),
-            IpAddr::V6(_) => (&self.cfg.set6, add_or_replace(&mut self.v6, || NetDataType::new(d.ip, d.prefix), &opts)),
+            IpAddr::V6(_) => (
+                &self.cfg.set6,
+                add_or_replace(&mut self.v6, || NetDataType::new(d.ip, d.prefix), &opts),
+            ),
         };
-        res.map_err(|e| IpsetError::Add { set: set.clone(), ip: d.ip, reason: e.to_string() })?;
+        res.map_err(|e| IpsetError::Add {
+            set: set.clone(),
+            ip: d.ip,
+            reason: clean(&e),
+        })?;
         self.until.insert(key, until);
         self.until.retain(|_, &mut u| u > now);
         Ok(())
     }
+}
+
+/// A set that already exists is adopted (the firewall script may have created it first).
+fn adopt(set: &str, created: Result<bool, ipset::types::Error>) -> Result<(), IpsetError> {
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("already exists") => Ok(()),
+        Err(e) => Err(IpsetError::Create {
+            set: set.into(),
+            reason: clean(&e),
+        }),
+    }
+}
+
+/// libipset's message without the crate's `Cmd:['...', true` wrapping.
+fn clean(e: &ipset::types::Error) -> String {
+    let s = e.to_string();
+    let s = s.trim_start_matches("Cmd:['").trim_start_matches("DataSet:['");
+    s.split("\n").next().unwrap_or(&s).trim().trim_end_matches(['\'', ',']).to_string()
 }
 
 /// `ipset add -exist` with a new timeout: libipset refuses to add what is there, so delete first.

@@ -23,7 +23,17 @@ pub enum SinkConfig {
     #[default]
     DryRun,
     /// Add bans to ipsets with per-entry timeouts (`hash:ip` inet, `hash:net` inet6).
-    Ipset(ipset::IpsetConfig),
+    Ipset {
+        /// `hash:ip` set (family inet) for IPv4 addresses.
+        #[serde(default = "ipset::default_set4")]
+        set4: String,
+        /// `hash:net` set (family inet6) for IPv6 networks.
+        #[serde(default = "ipset::default_set6")]
+        set6: String,
+        /// Most entries per set.
+        #[serde(default = "ipset::default_maxelem")]
+        maxelem: u32,
+    },
 }
 
 /// Decisions waiting for the sink thread, at most; beyond, they are dropped and counted.
@@ -73,7 +83,14 @@ impl SinkHandle {
 pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W) -> Result<SinkHandle, ipset::IpsetError> {
     let mut sink = match cfg {
         SinkConfig::DryRun => Sink::DryRun(out),
-        SinkConfig::Ipset(c) => Sink::Ipset(Box::new(ipset::Ipset::open(c)?)),
+        SinkConfig::Ipset { set4, set6, maxelem } => {
+            let c = ipset::IpsetConfig {
+                set4: set4.clone(),
+                set6: set6.clone(),
+                maxelem: *maxelem,
+            };
+            Sink::Ipset(Box::new(ipset::Ipset::open(&c)?))
+        }
     };
     let stats = Arc::new(SinkStats::default());
     let (tx, rx) = mpsc::sync_channel::<Decision>(QUEUE);
@@ -82,7 +99,11 @@ pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W) -> Result<Sink
         .name("sink".into())
         .spawn(move || run(&mut sink, &rx, &st))
         .expect("spawning the sink thread");
-    Ok(SinkHandle { tx: Some(tx), thread: Some(thread), stats })
+    Ok(SinkHandle {
+        tx: Some(tx),
+        thread: Some(thread),
+        stats,
+    })
 }
 
 /// Retries: 0.1 s doubling to 30 s, at most this many attempts before a decision is given up.
@@ -92,7 +113,9 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<Decision>, stats: &Sink
     let mut retry: VecDeque<(Decision, u32, Instant)> = VecDeque::new();
     loop {
         let next = match retry.front() {
-            Some((_, _, due)) => rx.recv_timeout(due.saturating_duration_since(Instant::now())).map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
+            Some((_, _, due)) => rx
+                .recv_timeout(due.saturating_duration_since(Instant::now()))
+                .map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
             None => rx.recv().map_err(|_| true),
         };
         let (d, tries) = match next {
@@ -176,9 +199,14 @@ impl<W: Write> Sink<W> {
                 w.flush()?;
             }
             Sink::Ipset(s) => {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |t| t.as_secs() as i64);
                 s.apply(d, now)?;
-                eprintln!("mailpipe: banned {}/{} for {} s (jail {}, offence {})", d.ip, d.prefix, d.ban_for, d.jail, d.offence);
+                eprintln!(
+                    "mailpipe: banned {}/{} for {} s (jail {}, offence {})",
+                    d.ip, d.prefix, d.ban_for, d.jail, d.offence
+                );
             }
         }
         Ok(())

@@ -1,0 +1,176 @@
+//! Bans that reach the kernel, with real packets: two network namespaces joined by a veth pair,
+//! mailpipe in the server one with the ipset sink and the shipped iptables rules, a client that
+//! brute-forces SMTP AUTH. Its TCP connections to port 25 must succeed before the ban, time out
+//! during it, and succeed again once the kernel has expired the entry; for IPv4 and for IPv6
+//! (banned as its /64). Needs root, ip, ipset, iptables and python3; skips, saying why, without.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn ok(cmd: &[&str]) -> bool {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(cmd: &[&str]) {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Deletes the namespaces (and what runs in them) however the test ends.
+struct Cleanup {
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "ipset", "iptables", "ip6tables", "python3"] {
+        if !ok(&["sh", "-c", &format!("command -v {tool}")]) {
+            return Some(format!("{tool} is not installed (contrib/deps.sh installs it)"));
+        }
+    }
+    let probe = format!("mpprobe{}", std::process::id());
+    if !ok(&["ip", "netns", "add", &probe]) {
+        return Some("cannot create network namespaces here".into());
+    }
+    let usable = ok(&["ip", "netns", "exec", &probe, "ipset", "create", "probe", "hash:ip", "timeout", "1"]);
+    let _ = ok(&["ip", "netns", "del", &probe]);
+    (!usable).then(|| "the kernel has no ip_set support".into())
+}
+
+/// Whether the client namespace can open a TCP connection to `addr` port 25 within a second.
+fn connects(cli: &str, addr: &str) -> bool {
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        cli,
+        "python3",
+        "-c",
+        "import socket,sys; socket.create_connection((sys.argv[1], 25), timeout=1).close()",
+        addr,
+    ])
+}
+
+/// Polls `connects` until it answers `want`, at most `tries` one-second attempts.
+fn until_connects(cli: &str, addr: &str, want: bool, tries: usize) -> bool {
+    (0..tries).any(|_| connects(cli, addr) == want)
+}
+
+fn failure_line(ip: &str) -> String {
+    let now = chrono::Utc::now().format("%b %e %H:%M:%S");
+    format!("{now} mx1 postfix/smtpd[7]: warning: unknown[{ip}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6\n")
+}
+
+#[test]
+fn bans_drop_packets_and_expire_in_the_kernel() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let id = std::process::id();
+    let (srv, cli) = (format!("mpsrv{id}"), format!("mpcli{id}"));
+    let mut guard = Cleanup {
+        namespaces: Vec::new(),
+        children: Vec::new(),
+    };
+    for ns in [&srv, &cli] {
+        run(&["ip", "netns", "add", ns]);
+        guard.namespaces.push(ns.clone());
+    }
+    run(&[
+        "ip", "-n", &srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &cli,
+    ]);
+    for (ns, dev, v4, v6) in [
+        (&srv, "vs", "192.0.2.1/24", "2001:db8:1::1/64"),
+        (&cli, "vc", "192.0.2.2/24", "2001:db8:1::2/64"),
+    ] {
+        run(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
+        run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    run(&["ip", "netns", "exec", &srv, "sh", &format!("{root}/contrib/firewall/iptables.sh")]);
+    // Something to connect to: a dual-stack listener on port 25.
+    guard.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &srv, "python3", "-c"])
+            .arg("import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\ns.bind(('::', 25))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.close()")
+            .spawn()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fw.ron");
+    std::fs::write(
+        &cfg,
+        format!("Pipeline(include: [(file: \"{root}/pipelines/mail.ron\")], inputs: [Stdin], sink: Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\"),\n policy: (bantime: \"3s\", ignore: [\"127.0.0.0/8\", \"::1\"]))"),
+    )
+    .unwrap();
+    let mut mp = Command::new("ip")
+        .args(["netns", "exec", &srv, env!("CARGO_BIN_EXE_mailpipe"), "run", "-c"])
+        .arg(&cfg)
+        .env("TZ", "UTC")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = mp.stdin.take().unwrap();
+    let (tx, banned) = mpsc::channel();
+    let err = mp.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    guard.children.push(mp);
+    let wait_ban = |what: &str| loop {
+        let line = banned.recv_timeout(Duration::from_secs(30)).expect("the ban is reported");
+        assert!(!line.contains("error"), "{line}");
+        if line.contains(&format!("banned {what}")) {
+            return;
+        }
+    };
+
+    for (addr, client, key) in [
+        ("192.0.2.1", "192.0.2.2", "192.0.2.2/32"),
+        ("2001:db8:1::1", "2001:db8:1::2", "2001:db8:1::/64"),
+    ] {
+        assert!(until_connects(&cli, addr, true, 20), "{addr}: connects before the ban");
+        for _ in 0..5 {
+            stdin.write_all(failure_line(client).as_bytes()).unwrap();
+        }
+        stdin.flush().unwrap();
+        wait_ban(key);
+        assert!(!connects(&cli, addr), "{addr}: dropped while {client} is banned");
+        // The kernel expires the entry after the 3 s ban, mailpipe or not.
+        assert!(
+            until_connects(&cli, addr, true, 15),
+            "{addr}: connects again once the ban has expired"
+        );
+    }
+    drop(stdin);
+}
