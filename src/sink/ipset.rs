@@ -67,6 +67,8 @@ pub struct Ipset {
     v6: Session<HashNet>,
     /// When each entry we added expires (Unix seconds): a re-ban only ever lengthens a ban.
     until: HashMap<(IpAddr, u8), i64>,
+    /// Size of `until` at which expired entries are next dropped.
+    sweep_at: usize,
 }
 
 impl std::fmt::Debug for Ipset {
@@ -105,6 +107,7 @@ impl Ipset {
             v4,
             v6,
             until: HashMap::new(),
+            sweep_at: 1024,
         })
     }
 
@@ -131,7 +134,11 @@ impl Ipset {
             reason: clean(&e),
         })?;
         self.until.insert(key, until);
-        self.until.retain(|_, &mut u| u > now);
+        // Forget expired entries now and then, not on every ban.
+        if self.until.len() >= self.sweep_at {
+            self.until.retain(|_, &mut u| u > now);
+            self.sweep_at = (self.until.len() * 2).max(1024);
+        }
         Ok(())
     }
 }
@@ -152,7 +159,7 @@ fn adopt(set: &str, created: Result<bool, ipset::types::Error>) -> Result<(), Ip
 fn clean(e: &ipset::types::Error) -> String {
     let s = e.to_string();
     let s = s.trim_start_matches("Cmd:['").trim_start_matches("DataSet:['");
-    s.split("\n").next().unwrap_or(&s).trim().trim_end_matches(['\'', ',']).to_string()
+    s.split("\n").next().unwrap_or(s).trim().trim_end_matches(['\'', ',']).to_string()
 }
 
 /// `ipset add -exist` with a new timeout: libipset refuses to add what is there, so delete first.

@@ -36,7 +36,7 @@ pub enum SinkConfig {
     },
 }
 
-/// Decisions waiting for the sink thread, at most; beyond, they are dropped and counted.
+/// Decisions waiting for the sink thread, at most; beyond, the pipeline waits.
 const QUEUE: usize = 65_536;
 
 /// Counters of the sink thread.
@@ -46,8 +46,10 @@ pub struct SinkStats {
     pub applied: AtomicU64,
     /// Attempts that failed (each is retried).
     pub errors: AtomicU64,
-    /// Decisions dropped because the queue was full, or given up after every retry.
+    /// Decisions given up after every retry.
     pub dropped: AtomicU64,
+    /// Times the pipeline waited for room in the queue (a ban burst faster than the firewall).
+    pub waited: AtomicU64,
 }
 
 /// The pipeline's end of the sink thread.
@@ -61,11 +63,15 @@ pub struct SinkHandle {
 
 impl SinkHandle {
     /// Queues a decision; never waits.
+    ///
+    /// Only a full queue makes it wait (counted): a ban is never dropped for lack of room. A
+    /// failing firewall does not fill the queue, since the sink thread keeps taking decisions
+    /// while it retries the failed ones.
     pub fn send(&self, d: Decision) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send(d).is_err() {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let Some(tx) = &self.tx else { return };
+        if let Err(mpsc::TrySendError::Full(d)) = tx.try_send(d) {
+            self.stats.waited.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(d);
         }
     }
 

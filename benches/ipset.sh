@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Kernel-side figures of the ipset sink, inside a throwaway network namespace (root needed):
+# bans applied per second, and ban latency from a line's arrival to its kernel entry.
+#
+#   benches/ipset.sh [ATTACKERS]        (default 100000; each sends 5 SASL failures)
+set -euo pipefail
+N=${1:-100000}
+(( N <= 131072 )) || { echo "at most 131072 attackers (198.18.0.0/15)"; exit 2; }
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+(cd "$ROOT" && cargo build --release -q)
+NS=mpbench$$
+ip netns add "$NS"
+trap 'ip netns del "$NS"' EXIT
+W=$(mktemp -d)
+cat > "$W/p.ron" <<RON
+Pipeline(include: [(file: "$ROOT/pipelines/mail.ron")], inputs: [Stdin], sink: Ipset(set4: "mpb4", set6: "mpb6"))
+RON
+python3 - "$N" > "$W/lines" <<'PY'
+import sys, time
+n = int(sys.argv[1])
+t = time.strftime("%b %e %H:%M:%S", time.gmtime())
+for i in range(n):
+    ip = f"198.{18 + i // 65536}.{i // 256 % 256}.{i % 256}"   # RFC 2544 range, inside the namespace only
+    for _ in range(5):
+        print(f"{t} mx1 postfix/smtpd[7]: warning: unknown[{ip}]: SASL LOGIN authentication failed: x")
+PY
+start=$(date +%s%N)
+TZ=UTC ip netns exec "$NS" "$ROOT/target/release/mailpipe" run -c "$W/p.ron" < "$W/lines" 2> "$W/err"
+end=$(date +%s%N)
+entries=$(ip netns exec "$NS" ipset list -t mpb4 | awk '/Number of entries/ {print $4}')
+secs=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.3f", (b-a)/1e9}')
+echo "attackers $N, lines $((N * 5)), kernel entries $entries, wall $secs s, $(awk -v n="$entries" -v s="$secs" 'BEGIN{printf "%.0f", n/s}') bans/s end to end"
+rm -rf "$W"
