@@ -99,6 +99,9 @@ pub struct PipelineFile {
     /// Where decisions go.
     #[serde(default)]
     pub sink: Option<SinkConfig>,
+    /// The control socket (`mailpipe status`, `ban`, `unban`); none: no control.
+    #[serde(default)]
+    pub control: Option<String>,
     /// Parse settings.
     #[serde(default)]
     pub parse: Option<ParseConfig>,
@@ -123,6 +126,8 @@ pub struct Config {
     pub inputs: Vec<InputConfig>,
     /// Where decisions go.
     pub sink: SinkConfig,
+    /// The control socket path, if any.
+    pub control: Option<String>,
     /// Parse settings.
     pub parse: ParseConfig,
     /// Matcher engine settings.
@@ -235,6 +240,7 @@ impl Config {
         Ok(Config {
             inputs: f.inputs.unwrap_or_else(|| vec![InputConfig::Stdin]),
             sink: f.sink.unwrap_or_default(),
+            control: f.control,
             parse: f.parse.unwrap_or_default(),
             matcher: f.matcher.unwrap_or_default(),
             window: f.window.unwrap_or_default(),
@@ -284,7 +290,7 @@ impl Acc {
                 ..file.clone()
             };
         } else {
-            take!(inputs, sink, parse, matcher, window, policy);
+            take!(inputs, sink, control, parse, matcher, window, policy);
         }
         for inc in &file.include {
             let path = dir.join(&inc.file);

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::input::net::{self, Allow, InputStats, TcpLimits};
 use crate::input::{InputConfig, LineSplitter, Msg};
 use crate::pipeline::{Event, Pipeline};
-use crate::sink::{self, SinkConfig};
+use crate::sink::{self, SinkCmd, SinkConfig};
 
 /// Queue slots between the inputs and the pipeline (each slot up to 256 messages or 256 KiB).
 const QUEUE: usize = 1024;
@@ -92,6 +92,7 @@ fn parse_addr(input: &str, listen: &str) -> Result<SocketAddr, DaemonError> {
 pub fn run<W: Write + Send + 'static>(
     inputs: &[InputConfig],
     sink: &SinkConfig,
+    control: Option<&std::path::Path>,
     mut pipeline: Pipeline,
     max_line: usize,
     out: W,
@@ -112,7 +113,7 @@ pub fn run<W: Write + Send + 'static>(
             let apply = |p: &mut Pipeline, line: &[u8], now: i64| {
                 p.process(line, now, |e| {
                     if let Event::Decision(d) = e {
-                        sink.send(d.clone());
+                        sink.send(SinkCmd::Ban(d.clone()));
                     }
                 });
             };
@@ -122,20 +123,15 @@ pub fn run<W: Write + Send + 'static>(
                 match msg {
                     Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, now)),
                     Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, now)),
+                    Msg::Control(req, reply) => {
+                        let _ = reply.send(crate::control::handle(&mut pipeline, &sink, req, now));
+                    }
                     Msg::Stop => break,
                 }
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock()));
             let st = sink.finish();
-            let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-            if n(&st.errors) + n(&st.dropped) > 0 {
-                eprintln!(
-                    "mailpipe: sink: {} applied, {} failed attempts, {} dropped",
-                    n(&st.applied),
-                    n(&st.errors),
-                    n(&st.dropped)
-                );
-            }
+            eprintln!("mailpipe: sink: {}", st.summary());
             Ok(())
         })
         .map_err(DaemonError::Runtime)?;
@@ -216,6 +212,14 @@ pub fn run<W: Write + Send + 'static>(
                 }
             };
             stats.push((name, st));
+        }
+        if let Some(path) = control {
+            let listener = crate::control::bind(path).map_err(|error| DaemonError::Input {
+                input: format!("control {}", path.display()),
+                error,
+            })?;
+            eprintln!("mailpipe: listening on control {}", path.display());
+            tokio::spawn(crate::control::serve(listener, tx.clone(), stats.clone(), stop.clone()));
         }
         let stdin_done = async {
             match (stdin_only, eof_rx.await) {

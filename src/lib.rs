@@ -10,6 +10,7 @@
 //! # Layout
 //!
 //! - [`input`]: bytes in: stdin, UDP, TCP (RFC 6587 framing), Unix sockets; bounded lines.
+//! - [`control`]: the daemon's control socket (`status`, `list`, `ban`, `unban`).
 //! - [`daemon`]: `run`: inputs → bounded queue → pipeline thread → sink; graceful shutdown.
 //! - [`parse`]: syslog header → [`parse::Record`] (time, program, message).
 //! - [`prefilter`]: Aho-Corasick over literals derived from the rules.
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod input;
 pub mod matcher;

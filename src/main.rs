@@ -69,6 +69,56 @@ enum Command {
         #[arg(long)]
         literals: bool,
     },
+    /// Counters of the running daemon: per jail (failing, banned, total), inputs, sink.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Active bans of the running daemon.
+    List {
+        /// The daemon's control socket.
+        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Only this jail.
+        #[arg(long)]
+        jail: Option<String>,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address now. Addresses in policy.ignore are refused unless --force.
+    Ban {
+        /// The address (IPv6 is banned as its network).
+        ip: std::net::IpAddr,
+        /// Jail name to record.
+        #[arg(long)]
+        jail: Option<String>,
+        /// How long (`90m`, `2h`, `1d`; default: the policy's bantime).
+        #[arg(long = "for", value_parser = parse_duration)]
+        for_s: Option<u64>,
+        /// Ban even an address in policy.ignore.
+        #[arg(long)]
+        force: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Lift a ban, or every ban with --all.
+    Unban {
+        /// The address.
+        #[arg(required_unless_present = "all")]
+        ip: Option<std::net::IpAddr>,
+        /// Lift every ban.
+        #[arg(long, conflicts_with = "ip")]
+        all: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Show what each stage makes of one line.
     Explain {
         /// Pipeline file (default: the built-in pipelines/mail.ron).
@@ -86,6 +136,21 @@ fn parse_time(s: &str) -> Result<i64, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp())
         .map_err(|e| format!("{e} (write e.g. 2005-08-14T10:00:00+02:00)"))
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{e} (write e.g. 90m, 2h, 1d)"))
+}
+
+/// Sends a control request; an answer with `ok: false` is an error (exit 1).
+fn ask(socket: &std::path::Path, req: &mailpipe::control::Request) -> anyhow::Result<serde_json::Value> {
+    let v = mailpipe::control::request(socket, req).with_context(|| format!("cannot reach the daemon at {}", socket.display()))?;
+    if v["ok"] != true {
+        anyhow::bail!("{}", v["error"].as_str().unwrap_or("refused"));
+    }
+    Ok(v)
 }
 
 fn wall_clock() -> i64 {
@@ -172,17 +237,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 cfg.sink.clone()
             };
-            let report = mailpipe::daemon::run(&cfg.inputs, &sink, pipeline, cfg.parse.max_line, std::io::stdout(), signals()).map_err(
-                |e| match e {
-                    DaemonError::Config { .. } => Failure::Config(ConfigError {
-                        file: config_name(&config),
-                        line: 1,
-                        col: 1,
-                        reason: e.to_string(),
-                    }),
-                    e => Failure::Runtime(e.into()),
-                },
-            )?;
+            let report = mailpipe::daemon::run(
+                &cfg.inputs,
+                &sink,
+                cfg.control.as_deref().map(std::path::Path::new),
+                pipeline,
+                cfg.parse.max_line,
+                std::io::stdout(),
+                signals(),
+            )
+            .map_err(|e| match e {
+                DaemonError::Config { .. } => Failure::Config(ConfigError {
+                    file: config_name(&config),
+                    line: 1,
+                    col: 1,
+                    reason: e.to_string(),
+                }),
+                e => Failure::Runtime(e.into()),
+            })?;
             for (name, stats) in report {
                 eprintln!("mailpipe: input {name}: {}", stats.summary());
             }
@@ -241,6 +313,70 @@ fn run(cli: Cli) -> Result<(), Failure> {
             for (jail, rule, ignore) in pipeline.unliteral_rules() {
                 let what = if ignore { "ignore rule" } else { "rule" };
                 println!("note: jail {jail} {what} {rule} has no literal the prefilter can use: every line is parsed for it");
+            }
+            Ok(())
+        }
+        Command::Status { socket, json } => {
+            let v = ask(&socket, &mailpipe::control::Request::Status)?;
+            if json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!(
+                "lines {}, matched {}, bans {} ({} active), {} addresses counting",
+                v["lines"], v["matched"], v["bans"], v["currently_banned"], v["tracked"]
+            );
+            for j in v["jails"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<22} failing {:>6}  banned {:>6}  total banned {:>8}",
+                    j["name"].as_str().unwrap_or(""),
+                    j["currently_failing"],
+                    j["currently_banned"],
+                    j["total_banned"]
+                );
+            }
+            for i in v["inputs"].as_array().into_iter().flatten() {
+                println!(
+                    "  input {}: {}",
+                    i["name"].as_str().unwrap_or(""),
+                    i["summary"].as_str().unwrap_or("")
+                );
+            }
+            println!("  sink: {}", v["sink"]);
+            Ok(())
+        }
+        Command::List { socket, jail, json } => {
+            let v = ask(&socket, &mailpipe::control::Request::List { jail })?;
+            if json {
+                println!("{v}");
+                return Ok(());
+            }
+            for b in v["bans"].as_array().into_iter().flatten() {
+                let net = format!("{}/{}", b["ip"].as_str().unwrap_or(""), b["prefix"]);
+                println!(
+                    "{net:<24} {:<20} until {} ({} s left)",
+                    b["jail"].as_str().unwrap_or(""),
+                    b["until"].as_str().unwrap_or(""),
+                    b["left_s"]
+                );
+            }
+            Ok(())
+        }
+        Command::Ban {
+            ip,
+            jail,
+            for_s,
+            force,
+            socket,
+        } => {
+            let v = ask(&socket, &mailpipe::control::Request::Ban { ip, jail, for_s, force })?;
+            println!("banned {}/{} for {} s", v["ip"].as_str().unwrap_or(""), v["prefix"], v["ban_for_s"]);
+            Ok(())
+        }
+        Command::Unban { ip, all, socket } => {
+            let v = ask(&socket, &mailpipe::control::Request::Unban { ip, all })?;
+            for u in v["unbanned"].as_array().into_iter().flatten() {
+                println!("unbanned {}", u.as_str().unwrap_or(""));
             }
             Ok(())
         }

@@ -179,6 +179,43 @@ impl Pipeline {
         self.parser.last_time()
     }
 
+    /// An operator's ban (`mailpipe ban`); `ban_for` defaults to the policy's bantime.
+    pub fn manual_ban(
+        &mut self,
+        ip: std::net::IpAddr,
+        jail: &str,
+        ban_for: Option<u64>,
+        now: i64,
+        force: bool,
+    ) -> Result<Decision, String> {
+        let d = self
+            .policy
+            .manual_ban(ip, jail, ban_for.unwrap_or_else(|| self.policy.bantime()), now, force)?;
+        for j in 0..self.stats.jails.len() as JailId {
+            self.window.forget(j, d.ip);
+        }
+        Ok(d)
+    }
+
+    /// Lifts a ban: (address or network, prefix) if there was one.
+    pub fn unban(&mut self, ip: std::net::IpAddr) -> Option<(std::net::IpAddr, u8)> {
+        self.policy.unban(ip)
+    }
+
+    /// Active bans at `now`: (address or network, prefix, jail, until).
+    pub fn bans(&self, now: i64) -> Vec<(std::net::IpAddr, u8, std::sync::Arc<str>, i64)> {
+        self.policy
+            .bans(now)
+            .into_iter()
+            .map(|(ip, p, b)| (ip, p, b.jail.clone(), b.until))
+            .collect()
+    }
+
+    /// Addresses currently counting failures, per jail.
+    pub fn failing_per_jail(&self) -> Vec<usize> {
+        self.window.per_jail(self.stats.jails.len())
+    }
+
     /// (jail, address) pairs in the windows, and how many were evicted by the cap.
     pub fn tracked(&self) -> (usize, u64) {
         (self.window.tracked(), self.window.evicted())

@@ -74,6 +74,17 @@ pub enum Reason {
     Threshold,
     /// The recidive rule.
     Recidive,
+    /// An operator's `mailpipe ban`.
+    Manual,
+}
+
+/// An active ban as the policy remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    /// When it ends (Unix seconds).
+    pub until: i64,
+    /// The jail that made it.
+    pub jail: Arc<str>,
 }
 
 /// A ban to apply.
@@ -124,7 +135,7 @@ pub struct Policy {
     jails: Vec<(Arc<str>, u64)>,
     recidive_name: Arc<str>,
     history: HashMap<IpAddr, History, foldhash::fast::RandomState>,
-    banned: HashMap<IpAddr, i64, foldhash::fast::RandomState>,
+    banned: HashMap<IpAddr, Ban, foldhash::fast::RandomState>,
     next_sweep: i64,
 }
 
@@ -171,9 +182,14 @@ impl Policy {
         }
         let key = self.key(ip);
         match self.banned.get(&key) {
-            Some(&until) if until > time => Admit::Banned,
+            Some(b) if b.until > time => Admit::Banned,
             _ => Admit::Count(key),
         }
+    }
+
+    /// The first ban time.
+    pub fn bantime(&self) -> u64 {
+        self.cfg.bantime.secs()
     }
 
     /// Whether `ip` is in `ignore`.
@@ -240,18 +256,62 @@ impl Policy {
                 };
             }
         }
-        self.banned.insert(key, time.saturating_add(decision.ban_for as i64));
+        let ban = Ban {
+            until: time.saturating_add(decision.ban_for as i64),
+            jail: decision.jail.clone(),
+        };
+        self.banned.insert(key, ban);
         out.push(decision);
     }
 
-    /// Records a ban made outside the jails (`mailpipe ban`), so escalation and `admit` know it.
-    pub fn note_ban(&mut self, key: IpAddr, until: i64) {
-        self.banned.insert(self.key(key), until);
+    /// An operator's ban of `ip` (its IPv6 network) for `ban_for` seconds; refused for an
+    /// address in `ignore` unless `force`.
+    pub fn manual_ban(&mut self, ip: IpAddr, jail: &str, ban_for: u64, now: i64, force: bool) -> Result<Decision, String> {
+        if self.is_ignored(ip) && !force {
+            return Err(format!("{ip} is in policy.ignore: never banned (use --force to ban it anyway)"));
+        }
+        let key = self.key(ip);
+        let prefix = self.prefix(key);
+        let h = self.history.entry(key).or_default();
+        h.offences += 1;
+        h.last = now;
+        let offence = h.offences;
+        let jail: Arc<str> = Arc::from(jail);
+        self.banned.insert(
+            key,
+            Ban {
+                until: now.saturating_add(ban_for as i64),
+                jail: jail.clone(),
+            },
+        );
+        Ok(Decision {
+            ip: key,
+            prefix,
+            jail,
+            failures: 0,
+            ban_for,
+            offence,
+            time: now,
+            reason: Reason::Manual,
+        })
     }
 
-    /// Addresses currently banned at `now`.
-    pub fn banned_at(&self, now: i64) -> usize {
-        self.banned.values().filter(|&&u| u > now).count()
+    /// Lifts the ban on `ip` (its IPv6 network); the key and prefix if there was one.
+    pub fn unban(&mut self, ip: IpAddr) -> Option<(IpAddr, u8)> {
+        let key = self.key(ip);
+        self.banned.remove(&key).map(|_| (key, self.prefix(key)))
+    }
+
+    /// Active bans at `now`: (address or network, prefix, ban).
+    pub fn bans(&self, now: i64) -> Vec<(IpAddr, u8, &Ban)> {
+        let mut v: Vec<_> = self
+            .banned
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(&ip, b)| (ip, self.prefix(ip), b))
+            .collect();
+        v.sort_by_key(|(ip, _, b)| (b.until, *ip));
+        v
     }
 
     /// Drops expired bans and forgotten histories; at most every hour of log time.
@@ -261,7 +321,7 @@ impl Policy {
         }
         self.next_sweep = now.saturating_add(3600);
         let forget = self.cfg.forget.secs() as i64;
-        self.banned.retain(|_, &mut until| until > now);
+        self.banned.retain(|_, b| b.until > now);
         self.history.retain(|_, h| now - h.last <= forget);
     }
 }
@@ -319,6 +379,19 @@ mod tests {
         p.decide(0, ip("198.51.100.1"), 5, 100, &mut out);
         assert_eq!(p.admit(ip("198.51.100.1"), 200), Admit::Banned);
         assert_eq!(p.admit(ip("198.51.100.1"), 100 + 3600), Admit::Count(ip("198.51.100.1")));
+    }
+
+    #[test]
+    fn manual_ban_respects_ignore_and_unban_lifts() {
+        let mut p = policy(PolicyConfig::default());
+        assert!(p.manual_ban(ip("127.0.0.1"), "manual", 60, 0, false).is_err());
+        assert!(p.manual_ban(ip("127.0.0.1"), "manual", 60, 0, true).is_ok());
+        let d = p.manual_ban(ip("2001:db8::7"), "manual", 60, 0, false).unwrap();
+        assert_eq!((d.ip, d.prefix, d.reason), (ip("2001:db8::"), 64, Reason::Manual));
+        assert_eq!(p.admit(ip("2001:db8::9"), 10), Admit::Banned);
+        assert_eq!(p.bans(10).len(), 2);
+        assert_eq!(p.unban(ip("2001:db8::1")), Some((ip("2001:db8::"), 64)));
+        assert_eq!(p.admit(ip("2001:db8::9"), 10), Admit::Count(ip("2001:db8::")));
     }
 
     #[test]

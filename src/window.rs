@@ -101,6 +101,15 @@ impl Window {
         self.entries.len()
     }
 
+    /// Addresses tracked per jail, for `status`.
+    pub fn per_jail(&self, jails: usize) -> Vec<usize> {
+        let mut v = vec![0; jails];
+        for (j, _) in self.entries.keys() {
+            v[*j as usize] += 1;
+        }
+        v
+    }
+
     /// Pairs evicted by the cap so far.
     pub fn evicted(&self) -> u64 {
         self.evicted

@@ -78,6 +78,8 @@ pub enum Msg {
     Stream(Vec<u8>),
     /// Whole messages (one datagram or frame each).
     Frames(Vec<BytesMut>),
+    /// A control request, answered on the pipeline thread.
+    Control(crate::control::Request, tokio::sync::oneshot::Sender<serde_json::Value>),
     /// Stop after everything queued before this.
     Stop,
 }

@@ -143,6 +143,22 @@ impl Ipset {
     }
 }
 
+impl Ipset {
+    /// Deletes an entry (absent is fine: the kernel may have expired it).
+    pub fn remove(&mut self, ip: IpAddr, prefix: u8) -> Result<(), IpsetError> {
+        self.until.remove(&(ip, prefix));
+        let (set, res) = match ip {
+            IpAddr::V4(_) => (&self.cfg.set4, self.v4.del(ip)),
+            IpAddr::V6(_) => (&self.cfg.set6, self.v6.del(NetDataType::new(ip, prefix))),
+        };
+        res.map(|_| ()).map_err(|e| IpsetError::Add {
+            set: set.clone(),
+            ip,
+            reason: clean(&e),
+        })
+    }
+}
+
 /// A set that already exists is adopted (the firewall script may have created it first).
 fn adopt(set: &str, created: Result<bool, ipset::types::Error>) -> Result<(), IpsetError> {
     match created {

@@ -52,10 +52,32 @@ pub struct SinkStats {
     pub waited: AtomicU64,
 }
 
+/// What the sink thread is asked to do.
+#[derive(Debug)]
+pub enum SinkCmd {
+    /// Apply a ban.
+    Ban(Decision),
+    /// Lift a ban (`mailpipe unban`).
+    Unban {
+        /// Address or network.
+        ip: std::net::IpAddr,
+        /// Its prefix length.
+        prefix: u8,
+    },
+}
+
+impl SinkStats {
+    /// The counters as JSON, for `status`.
+    pub fn summary(&self) -> serde_json::Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({"applied": n(&self.applied), "errors": n(&self.errors), "given_up": n(&self.dropped), "waited": n(&self.waited)})
+    }
+}
+
 /// The pipeline's end of the sink thread.
 #[derive(Debug)]
 pub struct SinkHandle {
-    tx: Option<mpsc::SyncSender<Decision>>,
+    tx: Option<mpsc::SyncSender<SinkCmd>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Counters.
     pub stats: Arc<SinkStats>,
@@ -67,11 +89,11 @@ impl SinkHandle {
     /// Only a full queue makes it wait (counted): a ban is never dropped for lack of room. A
     /// failing firewall does not fill the queue, since the sink thread keeps taking decisions
     /// while it retries the failed ones.
-    pub fn send(&self, d: Decision) {
+    pub fn send(&self, cmd: SinkCmd) {
         let Some(tx) = &self.tx else { return };
-        if let Err(mpsc::TrySendError::Full(d)) = tx.try_send(d) {
+        if let Err(mpsc::TrySendError::Full(cmd)) = tx.try_send(cmd) {
             self.stats.waited.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(d);
+            let _ = tx.send(cmd);
         }
     }
 
@@ -99,7 +121,7 @@ pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W) -> Result<Sink
         }
     };
     let stats = Arc::new(SinkStats::default());
-    let (tx, rx) = mpsc::sync_channel::<Decision>(QUEUE);
+    let (tx, rx) = mpsc::sync_channel::<SinkCmd>(QUEUE);
     let st = stats.clone();
     let thread = std::thread::Builder::new()
         .name("sink".into())
@@ -115,7 +137,7 @@ pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W) -> Result<Sink
 /// Retries: 0.1 s doubling to 30 s, at most this many attempts before a decision is given up.
 const ATTEMPTS: u32 = 12;
 
-fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<Decision>, stats: &SinkStats) {
+fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkStats) {
     let mut retry: VecDeque<(Decision, u32, Instant)> = VecDeque::new();
     loop {
         let next = match retry.front() {
@@ -125,7 +147,16 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<Decision>, stats: &Sink
             None => rx.recv().map_err(|_| true),
         };
         let (d, tries) = match next {
-            Ok(d) => (d, 0),
+            Ok(SinkCmd::Ban(d)) => (d, 0),
+            Ok(SinkCmd::Unban { ip, prefix }) => {
+                // An unban whose address is waiting for a retry: drop the retry too.
+                retry.retain(|(d, _, _)| d.ip != ip);
+                if let Err(e) = sink.remove(ip, prefix) {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("mailpipe: error: unban {ip}/{prefix}: {e}");
+                }
+                continue;
+            }
             Err(false) => {
                 let (d, tries, _) = retry.pop_front().expect("a retry was due");
                 (d, tries)
@@ -169,7 +200,7 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
         "failures": d.failures,
         "ban_for_s": d.ban_for,
         "offence": d.offence,
-        "reason": match d.reason { Reason::Threshold => "threshold", Reason::Recidive => "recidive" },
+        "reason": match d.reason { Reason::Threshold => "threshold", Reason::Recidive => "recidive", Reason::Manual => "manual" },
         "time": crate::parse::rfc3339(d.time),
     })
 }
@@ -195,6 +226,26 @@ pub enum ApplyError {
 }
 
 impl<W: Write> Sink<W> {
+    /// Lifts a ban.
+    pub fn remove(&mut self, ip: std::net::IpAddr, prefix: u8) -> Result<(), ApplyError> {
+        match self {
+            Sink::DryRun(w) => {
+                serde_json::to_writer(
+                    &mut *w,
+                    &serde_json::json!({"kind": "unban", "ip": ip.to_string(), "prefix": prefix}),
+                )
+                .map_err(std::io::Error::from)?;
+                w.write_all(b"\n")?;
+                w.flush()?;
+            }
+            Sink::Ipset(s) => {
+                s.remove(ip, prefix)?;
+                eprintln!("mailpipe: unbanned {ip}/{prefix}");
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one decision. Dry-run lines are flushed so a reader sees bans as they happen;
     /// kernel bans are logged on stderr.
     pub fn apply(&mut self, d: &Decision) -> Result<(), ApplyError> {

@@ -1,0 +1,192 @@
+//! Control of a running daemon over a Unix socket (mode 0600): one JSON object per line each
+//! way. `mailpipe status|list|ban|unban` are its clients.
+//!
+//! Requests are answered on the pipeline thread, in order with the lines, so a `ban` and the
+//! failures around it see one consistent state.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::input::Msg;
+use crate::input::net::InputStats;
+use crate::parse::rfc3339;
+use crate::pipeline::Pipeline;
+use crate::sink::{SinkCmd, SinkHandle};
+
+/// Where `mailpipe status` and friends look by default.
+pub const DEFAULT_SOCKET: &str = "/run/mailpipe/control.sock";
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Counters per jail, per input, of the sink.
+    Status,
+    /// Active bans, optionally of one jail.
+    List {
+        /// Only this jail.
+        #[serde(default)]
+        jail: Option<String>,
+    },
+    /// Ban an address now.
+    Ban {
+        /// The address (IPv6 is banned as its network).
+        ip: IpAddr,
+        /// Jail name to record (default `manual`).
+        #[serde(default)]
+        jail: Option<String>,
+        /// Seconds (default: the policy's bantime).
+        #[serde(default)]
+        for_s: Option<u64>,
+        /// Ban even an address in `policy.ignore`.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The address; `None` with `all`.
+        #[serde(default)]
+        ip: Option<IpAddr>,
+        /// Lift every ban.
+        #[serde(default)]
+        all: bool,
+    },
+}
+
+/// Answers `req` on the pipeline thread.
+pub fn handle(p: &mut Pipeline, sink: &SinkHandle, req: Request, now: i64) -> Value {
+    match req {
+        Request::Status => {
+            let names = p.jail_names().to_vec();
+            let st = p.stats();
+            let bans = p.bans(now);
+            let failing = p.failing_per_jail();
+            let jails: Vec<Value> = names
+                .iter()
+                .enumerate()
+                .map(|(j, n)| {
+                    json!({
+                        "name": n,
+                        "currently_failing": failing[j],
+                        "currently_banned": bans.iter().filter(|b| &*b.2 == n.as_str()).count(),
+                        "total_banned": st.jails[j].bans,
+                        "failures": st.jails[j].rules.iter().sum::<u64>(),
+                    })
+                })
+                .collect();
+            let (tracked, evicted) = p.tracked();
+            json!({"ok": true, "lines": st.lines, "parsed": st.parsed, "matched": st.matched_lines, "bans": st.bans,
+                   "currently_banned": bans.len(), "tracked": tracked, "evicted": evicted, "jails": jails,
+                   "sink": sink.stats.summary()})
+        }
+        Request::List { jail } => {
+            let bans: Vec<Value> = p
+                .bans(now)
+                .into_iter()
+                .filter(|b| jail.as_deref().is_none_or(|j| j == &*b.2))
+                .map(|(ip, prefix, jail, until)| json!({"ip": ip.to_string(), "prefix": prefix, "jail": &*jail, "until": rfc3339(until), "left_s": until - now}))
+                .collect();
+            json!({"ok": true, "bans": bans})
+        }
+        Request::Ban { ip, jail, for_s, force } => match p.manual_ban(ip, jail.as_deref().unwrap_or("manual"), for_s, now, force) {
+            Ok(d) => {
+                let v = json!({"ok": true, "ip": d.ip.to_string(), "prefix": d.prefix, "ban_for_s": d.ban_for});
+                sink.send(SinkCmd::Ban(d));
+                v
+            }
+            Err(e) => json!({"ok": false, "error": e}),
+        },
+        Request::Unban { ip, all } => {
+            let targets: Vec<IpAddr> = match (ip, all) {
+                (Some(ip), false) => vec![ip],
+                (None, true) => p.bans(now).into_iter().map(|b| b.0).collect(),
+                _ => return json!({"ok": false, "error": "give an address or all"}),
+            };
+            let mut lifted = Vec::new();
+            for ip in targets {
+                if let Some((key, prefix)) = p.unban(ip) {
+                    sink.send(SinkCmd::Unban { ip: key, prefix });
+                    lifted.push(format!("{key}/{prefix}"));
+                }
+            }
+            if ip.is_some() && lifted.is_empty() {
+                return json!({"ok": false, "error": format!("{} is not banned", ip.unwrap_or(IpAddr::from([0, 0, 0, 0])))});
+            }
+            json!({"ok": true, "unbanned": lifted})
+        }
+    }
+}
+
+/// Binds the control socket, mode 0600 (root only, as the daemon runs).
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves control connections until `stop`: each request goes to the pipeline thread in the
+/// line queue; `status` is completed with the inputs' counters.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    tx: mpsc::Sender<Msg>,
+    inputs: Vec<(String, std::sync::Arc<InputStats>)>,
+    stop: CancellationToken,
+) {
+    let inputs = std::sync::Arc::new(inputs);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        let (tx, inputs, stop) = (tx.clone(), inputs.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(r).lines();
+            loop {
+                let line = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    l = lines.next_line() => match l { Ok(Some(l)) => l, _ => return },
+                };
+                let reply = match serde_json::from_str::<Request>(&line) {
+                    Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+                    Ok(req) => {
+                        let status = req == Request::Status;
+                        let (rtx, rrx) = oneshot::channel();
+                        if tx.send(Msg::Control(req, rtx)).await.is_err() {
+                            return;
+                        }
+                        let mut v = rrx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));
+                        if status {
+                            v["inputs"] = inputs.iter().map(|(n, s)| json!({"name": n, "summary": s.summary()})).collect();
+                        }
+                        v
+                    }
+                };
+                if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Sends one request to the daemon at `socket` and returns its answer.
+pub fn request(socket: &Path, req: &Request) -> std::io::Result<Value> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.write_all(format!("{}\n", serde_json::to_string(req)?).as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
+}

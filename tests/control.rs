@@ -1,0 +1,78 @@
+//! The control socket of a running daemon, through the CLI as an operator uses it: `ban`,
+//! `list`, `status`, `unban`; ignored addresses refused without `--force`; the socket is 0600.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::Mailpipe;
+
+fn cli(socket: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn operator_bans_lists_and_unbans() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/control.sock");
+    let cfg = dir.path().join("ctl.ron");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], inputs: [Udp(listen: \"127.0.0.1:0\")], control: \"{}\")",
+            env!("CARGO_MANIFEST_DIR"),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mp = Mailpipe::start(&cfg, 2);
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let (ok, out, _) = cli(&socket, &["ban", "203.0.113.9", "--for", "2h"]);
+    assert!(ok && out.contains("banned 203.0.113.9/32 for 7200 s"), "{out}");
+    let ban = mp.next_ban();
+    assert_eq!(
+        (ban["ip"].as_str(), ban["reason"].as_str(), ban["ban_for_s"].as_u64()),
+        (Some("203.0.113.9"), Some("manual"), Some(7200))
+    );
+
+    let (ok, _, err) = cli(&socket, &["ban", "127.0.0.1"]);
+    assert!(!ok && err.contains("policy.ignore"), "{err}");
+    let (ok, _, _) = cli(&socket, &["ban", "127.0.0.1", "--force", "--for", "1m"]);
+    assert!(ok);
+    mp.next_ban();
+
+    let (ok, out, _) = cli(&socket, &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ips: Vec<&str> = v["bans"].as_array().unwrap().iter().map(|b| b["ip"].as_str().unwrap()).collect();
+    assert!(ok && ips.contains(&"203.0.113.9") && ips.contains(&"127.0.0.1"), "{out}");
+
+    let (ok, out, _) = cli(&socket, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        ok && v["currently_banned"] == 2 && v["jails"].as_array().unwrap().len() == 2,
+        "{out}"
+    );
+    assert!(v["inputs"][0]["name"].as_str().unwrap().starts_with("udp"), "{out}");
+
+    let (ok, out, _) = cli(&socket, &["unban", "203.0.113.9"]);
+    assert!(ok && out.contains("unbanned 203.0.113.9/32"), "{out}");
+    let (ok, _, err) = cli(&socket, &["unban", "203.0.113.9"]);
+    assert!(!ok && err.contains("not banned"), "{err}");
+    let (ok, out, _) = cli(&socket, &["unban", "--all"]);
+    assert!(ok && out.contains("127.0.0.1/32"), "{out}");
+    let (_, out, _) = cli(&socket, &["list"]);
+    assert!(out.trim().is_empty(), "{out}");
+    mp.stop();
+}
