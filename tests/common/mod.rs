@@ -1,5 +1,7 @@
 //! Shared by the integration tests that run the daemon: start `mailpipe run` on a pipeline file,
 //! learn its ports from its stderr, read its bans from stdout, stop it with SIGTERM.
+// Each test crate uses a part of this module.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
