@@ -102,6 +102,9 @@ pub struct PipelineFile {
     /// The control socket (`mailpipe status`, `ban`, `unban`); none: no control.
     #[serde(default)]
     pub control: Option<String>,
+    /// The state file (active bans, ban history); none: state lives in memory only.
+    #[serde(default)]
+    pub state: Option<String>,
     /// Parse settings.
     #[serde(default)]
     pub parse: Option<ParseConfig>,
@@ -128,6 +131,8 @@ pub struct Config {
     pub sink: SinkConfig,
     /// The control socket path, if any.
     pub control: Option<String>,
+    /// The state file, if any.
+    pub state: Option<String>,
     /// Parse settings.
     pub parse: ParseConfig,
     /// Matcher engine settings.
@@ -241,6 +246,7 @@ impl Config {
             inputs: f.inputs.unwrap_or_else(|| vec![InputConfig::Stdin]),
             sink: f.sink.unwrap_or_default(),
             control: f.control,
+            state: f.state,
             parse: f.parse.unwrap_or_default(),
             matcher: f.matcher.unwrap_or_default(),
             window: f.window.unwrap_or_default(),
@@ -290,7 +296,7 @@ impl Acc {
                 ..file.clone()
             };
         } else {
-            take!(inputs, sink, control, parse, matcher, window, policy);
+            take!(inputs, sink, control, state, parse, matcher, window, policy);
         }
         for inc in &file.include {
             let path = dir.join(&inc.file);

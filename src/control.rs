@@ -18,7 +18,7 @@ use crate::input::Msg;
 use crate::input::net::InputStats;
 use crate::parse::rfc3339;
 use crate::pipeline::Pipeline;
-use crate::sink::{SinkCmd, SinkHandle};
+use crate::sink::SinkHandle;
 
 /// Where `mailpipe status` and friends look by default.
 pub const DEFAULT_SOCKET: &str = "/run/mailpipe/control.sock";
@@ -98,7 +98,7 @@ pub fn handle(p: &mut Pipeline, sink: &SinkHandle, req: Request, now: i64) -> Va
         Request::Ban { ip, jail, for_s, force } => match p.manual_ban(ip, jail.as_deref().unwrap_or("manual"), for_s, now, force) {
             Ok(d) => {
                 let v = json!({"ok": true, "ip": d.ip.to_string(), "prefix": d.prefix, "ban_for_s": d.ban_for});
-                sink.send(SinkCmd::Ban(d));
+                sink.ban(vec![d]);
                 v
             }
             Err(e) => json!({"ok": false, "error": e}),
@@ -112,7 +112,7 @@ pub fn handle(p: &mut Pipeline, sink: &SinkHandle, req: Request, now: i64) -> Va
             let mut lifted = Vec::new();
             for ip in targets {
                 if let Some((key, prefix)) = p.unban(ip) {
-                    sink.send(SinkCmd::Unban { ip: key, prefix });
+                    sink.unban(key, prefix);
                     lifted.push(format!("{key}/{prefix}"));
                 }
             }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::input::net::{self, Allow, InputStats, TcpLimits};
 use crate::input::{InputConfig, LineSplitter, Msg};
 use crate::pipeline::{Event, Pipeline};
-use crate::sink::{self, SinkCmd, SinkConfig};
+use crate::sink::{self, SinkConfig};
 
 /// Queue slots between the inputs and the pipeline (each slot up to 256 messages or 256 KiB).
 const QUEUE: usize = 1024;
@@ -51,6 +51,9 @@ pub enum DaemonError {
     /// The sink could not be opened.
     #[error(transparent)]
     Sink(#[from] crate::sink::ipset::IpsetError),
+    /// The state file could not be opened or read.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// The runtime could not start.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
@@ -93,12 +96,27 @@ pub fn run<W: Write + Send + 'static>(
     inputs: &[InputConfig],
     sink: &SinkConfig,
     control: Option<&std::path::Path>,
+    state: Option<&std::path::Path>,
     mut pipeline: Pipeline,
     max_line: usize,
     out: W,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
-    let sink = sink::spawn(sink, out)?;
+    let store = state.map(crate::state::Store::open).transpose()?;
+    // Bans still active after a restart go back to the policy and, in one batch, to the sink.
+    let restored = match &store {
+        Some(s) => {
+            let t0 = std::time::Instant::now();
+            let (bans, history) = s.load(wall_clock(), pipeline.forget_after())?;
+            pipeline.restore(&bans, &history);
+            eprintln!("mailpipe: restored {} bans and {} histories in {} ms", bans.len(), history.len(), t0.elapsed().as_millis());
+            bans
+        }
+        None => Vec::new(),
+    };
+    let sink = sink::spawn(sink, out, store)?;
+    let now = wall_clock();
+    sink.reapply(restored.into_iter().map(|b| restored_decision(b, now)).collect());
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,10 +128,12 @@ pub fn run<W: Write + Send + 'static>(
         .name("pipeline".into())
         .spawn(move || -> Result<(), DaemonError> {
             let mut splitter = LineSplitter::new(max_line);
-            let apply = |p: &mut Pipeline, line: &[u8], now: i64| {
+            // A batch's decisions are saved in one transaction, then applied.
+            let mut decided = Vec::new();
+            let apply = |p: &mut Pipeline, line: &[u8], now: i64, decided: &mut Vec<crate::policy::Decision>| {
                 p.process(line, now, |e| {
                     if let Event::Decision(d) = e {
-                        sink.send(SinkCmd::Ban(d.clone()));
+                        decided.push(d.clone());
                     }
                 });
             };
@@ -121,15 +141,17 @@ pub fn run<W: Write + Send + 'static>(
                 // One clock read per batch: arrival time only matters for lines without a time.
                 let now = wall_clock();
                 match msg {
-                    Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, now)),
-                    Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, now)),
+                    Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, now, &mut decided)),
+                    Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, now, &mut decided)),
                     Msg::Control(req, reply) => {
                         let _ = reply.send(crate::control::handle(&mut pipeline, &sink, req, now));
                     }
                     Msg::Stop => break,
                 }
+                sink.ban(std::mem::take(&mut decided));
             }
-            splitter.finish(|l| apply(&mut pipeline, l, wall_clock()));
+            splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
+            sink.ban(std::mem::take(&mut decided));
             let st = sink.finish();
             eprintln!("mailpipe: sink: {}", st.summary());
             Ok(())
@@ -243,6 +265,20 @@ pub fn run<W: Write + Send + 'static>(
         .join()
         .map_err(|_| DaemonError::Runtime(std::io::Error::other("pipeline thread panicked")))??;
     Ok(stats)
+}
+
+/// A saved ban as a decision for the sink, with the time it has left.
+fn restored_decision(b: crate::state::StoredBan, now: i64) -> crate::policy::Decision {
+    crate::policy::Decision {
+        ip: b.ip,
+        prefix: b.prefix,
+        jail: std::sync::Arc::from(b.jail.as_str()),
+        failures: 0,
+        ban_for: (b.until - now).max(1) as u64,
+        offence: 0,
+        time: now,
+        reason: crate::policy::Reason::Threshold,
+    }
 }
 
 /// Each TCP connection is a descriptor: lift the soft limit (often 1024) to the hard one.

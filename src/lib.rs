@@ -18,6 +18,7 @@
 //! - [`window`]: failures per (jail, address) within findtime.
 //! - [`policy`]: ignore lists, IPv6 aggregation, escalation, recidive → [`policy::Decision`].
 //! - [`sink`]: where decisions go.
+//! - [`state`]: bans and ban history that survive restarts (redb).
 //! - [`pipeline`]: wires the stages; [`config`] reads pipeline files.
 //! - [`replay`]: the `test` command (fail2ban-regex's job) and its report.
 #![deny(missing_docs)]
@@ -33,4 +34,5 @@ pub mod policy;
 pub mod prefilter;
 pub mod replay;
 pub mod sink;
+pub mod state;
 pub mod window;

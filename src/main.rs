@@ -241,6 +241,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 &cfg.inputs,
                 &sink,
                 cfg.control.as_deref().map(std::path::Path::new),
+                cfg.state.as_deref().map(std::path::Path::new),
                 pipeline,
                 cfg.parse.max_line,
                 std::io::stdout(),

@@ -197,6 +197,16 @@ impl Pipeline {
         Ok(d)
     }
 
+    /// Takes back bans and history saved before a restart.
+    pub fn restore(&mut self, bans: &[crate::state::StoredBan], history: &[(std::net::IpAddr, u32, i64)]) {
+        self.policy.restore(bans, history);
+    }
+
+    /// The policy's history retention, in seconds.
+    pub fn forget_after(&self) -> i64 {
+        self.policy.forget_after()
+    }
+
     /// Lifts a ban: (address or network, prefix) if there was one.
     pub fn unban(&mut self, ip: std::net::IpAddr) -> Option<(std::net::IpAddr, u8)> {
         self.policy.unban(ip)

@@ -187,6 +187,11 @@ impl Policy {
         }
     }
 
+    /// How long ban history is kept, in seconds.
+    pub fn forget_after(&self) -> i64 {
+        self.cfg.forget.secs() as i64
+    }
+
     /// The first ban time.
     pub fn bantime(&self) -> u64 {
         self.cfg.bantime.secs()
@@ -300,6 +305,18 @@ impl Policy {
     pub fn unban(&mut self, ip: IpAddr) -> Option<(IpAddr, u8)> {
         let key = self.key(ip);
         self.banned.remove(&key).map(|_| (key, self.prefix(key)))
+    }
+
+    /// Takes back bans and ban history saved before a restart.
+    pub fn restore(&mut self, bans: &[crate::state::StoredBan], history: &[(IpAddr, u32, i64)]) {
+        for b in bans {
+            self.banned.insert(b.ip, Ban { until: b.until, jail: Arc::from(b.jail.as_str()) });
+        }
+        for &(ip, offences, last) in history {
+            let h = self.history.entry(ip).or_default();
+            h.offences = h.offences.max(offences);
+            h.last = h.last.max(last);
+        }
     }
 
     /// Active bans at `now`: (address or network, prefix, ban).

@@ -78,6 +78,8 @@ impl SinkStats {
 #[derive(Debug)]
 pub struct SinkHandle {
     tx: Option<mpsc::SyncSender<SinkCmd>>,
+    /// Bans are written here before they are applied.
+    store: Option<crate::state::Store>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Counters.
     pub stats: Arc<SinkStats>,
@@ -89,12 +91,42 @@ impl SinkHandle {
     /// Only a full queue makes it wait (counted): a ban is never dropped for lack of room. A
     /// failing firewall does not fill the queue, since the sink thread keeps taking decisions
     /// while it retries the failed ones.
-    pub fn send(&self, cmd: SinkCmd) {
+    fn send(&self, cmd: SinkCmd) {
         let Some(tx) = &self.tx else { return };
         if let Err(mpsc::TrySendError::Full(cmd)) = tx.try_send(cmd) {
             self.stats.waited.fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(cmd);
         }
+    }
+
+    /// Records `bans` in the state file (one transaction), then queues them for the firewall.
+    pub fn ban(&self, bans: Vec<Decision>) {
+        if bans.is_empty() {
+            return;
+        }
+        if let Some(Err(e)) = self.store.as_ref().map(|s| s.save(&bans)) {
+            // Banning matters more than remembering: apply anyway, and say so.
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("mailpipe: error: {e}");
+        }
+        for d in bans {
+            self.send(SinkCmd::Ban(d));
+        }
+    }
+
+    /// Re-applies bans read back from the state file, without writing them again.
+    pub fn reapply(&self, bans: Vec<Decision>) {
+        for d in bans {
+            self.send(SinkCmd::Ban(d));
+        }
+    }
+
+    /// Forgets a ban in the state file and lifts it in the firewall.
+    pub fn unban(&self, ip: std::net::IpAddr, prefix: u8) {
+        if let Some(Err(e)) = self.store.as_ref().map(|s| s.remove(ip)) {
+            eprintln!("mailpipe: error: {e}");
+        }
+        self.send(SinkCmd::Unban { ip, prefix });
     }
 
     /// Lets the sink apply what is queued, then stops it.
@@ -108,7 +140,7 @@ impl SinkHandle {
 }
 
 /// Opens the sink (creating ipsets, which may fail with a clear reason) and starts its thread.
-pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W) -> Result<SinkHandle, ipset::IpsetError> {
+pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W, store: Option<crate::state::Store>) -> Result<SinkHandle, ipset::IpsetError> {
     let mut sink = match cfg {
         SinkConfig::DryRun => Sink::DryRun(out),
         SinkConfig::Ipset { set4, set6, maxelem } => {
@@ -129,6 +161,7 @@ pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W) -> Result<Sink
         .expect("spawning the sink thread");
     Ok(SinkHandle {
         tx: Some(tx),
+        store,
         thread: Some(thread),
         stats,
     })
