@@ -109,7 +109,12 @@ pub fn run<W: Write + Send + 'static>(
             let t0 = std::time::Instant::now();
             let (bans, history) = s.load(wall_clock(), pipeline.forget_after())?;
             pipeline.restore(&bans, &history);
-            eprintln!("mailpipe: restored {} bans and {} histories in {} ms", bans.len(), history.len(), t0.elapsed().as_millis());
+            eprintln!(
+                "mailpipe: restored {} bans and {} histories in {} ms",
+                bans.len(),
+                history.len(),
+                t0.elapsed().as_millis()
+            );
             bans
         }
         None => Vec::new(),

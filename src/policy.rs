@@ -310,7 +310,13 @@ impl Policy {
     /// Takes back bans and ban history saved before a restart.
     pub fn restore(&mut self, bans: &[crate::state::StoredBan], history: &[(IpAddr, u32, i64)]) {
         for b in bans {
-            self.banned.insert(b.ip, Ban { until: b.until, jail: Arc::from(b.jail.as_str()) });
+            self.banned.insert(
+                b.ip,
+                Ban {
+                    until: b.until,
+                    jail: Arc::from(b.jail.as_str()),
+                },
+            );
         }
         for &(ip, offences, last) in history {
             let h = self.history.entry(ip).or_default();

@@ -72,12 +72,18 @@ impl Store {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let db = Database::create(path).map_err(|e| StateError { path: p.clone(), reason: e.to_string() })?;
+        let db = Database::create(path).map_err(|e| StateError {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(Store { db, path: p })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
-        StateError { path: self.path.clone(), reason: e.to_string() }
+        StateError {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
     }
 
     /// Records bans (and their offence counts) in one durable transaction.
@@ -88,7 +94,8 @@ impl Store {
             let mut h = w.open_table(HISTORY).map_err(|e| self.err(e))?;
             for d in bans {
                 let k = key(d.ip);
-                b.insert(k.as_slice(), (d.time.saturating_add(d.ban_for as i64), d.prefix, &*d.jail)).map_err(|e| self.err(e))?;
+                b.insert(k.as_slice(), (d.time.saturating_add(d.ban_for as i64), d.prefix, &*d.jail))
+                    .map_err(|e| self.err(e))?;
                 h.insert(k.as_slice(), (d.offence, d.time)).map_err(|e| self.err(e))?;
             }
         }
@@ -118,7 +125,12 @@ impl Store {
                 let (k, v) = e.map_err(|e| self.err(e))?;
                 let (until, prefix, jail) = v.value();
                 match ip_of(k.value()) {
-                    Some(ip) if until > now => bans.push(StoredBan { ip, prefix, jail: jail.to_string(), until }),
+                    Some(ip) if until > now => bans.push(StoredBan {
+                        ip,
+                        prefix,
+                        jail: jail.to_string(),
+                        until,
+                    }),
                     _ => expired.push(k.value().to_vec()),
                 }
             }
@@ -167,7 +179,15 @@ mod tests {
         drop(s);
         let s = Store::open(&dir.path().join("s.redb")).unwrap();
         let (bans, history) = s.load(200, 86_400).unwrap();
-        assert_eq!(bans, vec![StoredBan { ip: "192.0.2.1".parse().unwrap(), prefix: 32, jail: "j".into(), until: 3700 }]);
+        assert_eq!(
+            bans,
+            vec![StoredBan {
+                ip: "192.0.2.1".parse().unwrap(),
+                prefix: 32,
+                jail: "j".into(),
+                until: 3700
+            }]
+        );
         assert_eq!(history.len(), 2);
         s.remove("192.0.2.1".parse().unwrap()).unwrap();
         assert!(s.load(200, 86_400).unwrap().0.is_empty());

@@ -140,7 +140,11 @@ impl SinkHandle {
 }
 
 /// Opens the sink (creating ipsets, which may fail with a clear reason) and starts its thread.
-pub fn spawn<W: Write + Send + 'static>(cfg: &SinkConfig, out: W, store: Option<crate::state::Store>) -> Result<SinkHandle, ipset::IpsetError> {
+pub fn spawn<W: Write + Send + 'static>(
+    cfg: &SinkConfig,
+    out: W,
+    store: Option<crate::state::Store>,
+) -> Result<SinkHandle, ipset::IpsetError> {
     let mut sink = match cfg {
         SinkConfig::DryRun => Sink::DryRun(out),
         SinkConfig::Ipset { set4, set6, maxelem } => {

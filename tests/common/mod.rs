@@ -25,11 +25,21 @@ pub struct Mailpipe {
 impl Mailpipe {
     /// Starts the daemon on `cfg` and waits until it has announced `sockets` sockets.
     pub fn start(cfg: &Path, sockets: usize) -> Mailpipe {
+        Self::spawn(cfg, sockets, Stdio::null()).0
+    }
+
+    /// Like `start`, with a pipe to its standard input.
+    pub fn start_piped(cfg: &Path, sockets: usize) -> (Mailpipe, std::process::ChildStdin) {
+        let (mp, stdin) = Self::spawn(cfg, sockets, Stdio::piped());
+        (mp, stdin.expect("piped stdin"))
+    }
+
+    fn spawn(cfg: &Path, sockets: usize, stdin: Stdio) -> (Mailpipe, Option<std::process::ChildStdin>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
             .env("TZ", "UTC")
             .args(["run", "-c"])
             .arg(cfg)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -48,6 +58,7 @@ impl Mailpipe {
             }
             log
         });
+        let input = child.stdin.take();
         let ports = (0..sockets)
             .map(|_| port_rx.recv_timeout(LIMIT).expect("the daemon announces its sockets"))
             .collect();
@@ -58,12 +69,21 @@ impl Mailpipe {
                 let _ = tx.send(serde_json::from_str::<serde_json::Value>(&l).unwrap());
             }
         });
-        Mailpipe {
-            child,
-            ports,
-            bans,
-            stderr,
-        }
+        (
+            Mailpipe {
+                child,
+                ports,
+                bans,
+                stderr,
+            },
+            input,
+        )
+    }
+
+    /// SIGKILL: no drain, no flush, as in a crash.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// The port of the `nth` socket of `kind`.
