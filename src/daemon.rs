@@ -90,19 +90,24 @@ fn parse_addr(input: &str, listen: &str) -> Result<SocketAddr, DaemonError> {
     })
 }
 
-/// Runs `pipeline` on `inputs` until `shutdown` resolves (or stdin ends, when it is the only
-/// input); decisions are written to `out`. Returns the inputs' counters.
+/// Runs `pipeline` on `cfg`'s inputs until `shutdown` resolves (or stdin ends, when it is the
+/// only input); decisions go to `cfg`'s sink (or, with `dry_run`, as JSON lines to `out`).
+/// Returns the inputs' counters.
 pub fn run<W: Write + Send + 'static>(
-    inputs: &[InputConfig],
-    sink: &SinkConfig,
-    control: Option<&std::path::Path>,
-    state: Option<&std::path::Path>,
+    cfg: &crate::config::Config,
+    dry_run: bool,
     mut pipeline: Pipeline,
-    max_line: usize,
     out: W,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
-    let store = state.map(crate::state::Store::open).transpose()?;
+    let (inputs, max_line) = (cfg.inputs.as_slice(), cfg.parse.max_line);
+    let sink = if dry_run { &SinkConfig::DryRun } else { &cfg.sink };
+    let control = cfg.control.as_deref().map(std::path::Path::new);
+    let store = cfg
+        .state
+        .as_deref()
+        .map(|p| crate::state::Store::open(std::path::Path::new(p)))
+        .transpose()?;
     // Bans still active after a restart go back to the policy and, in one batch, to the sink.
     let restored = match &store {
         Some(s) => {

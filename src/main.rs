@@ -232,22 +232,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run { config, dry_run } => {
             let cfg = load(&config)?;
             let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
-            let sink = if dry_run {
-                mailpipe::sink::SinkConfig::DryRun
-            } else {
-                cfg.sink.clone()
-            };
-            let report = mailpipe::daemon::run(
-                &cfg.inputs,
-                &sink,
-                cfg.control.as_deref().map(std::path::Path::new),
-                cfg.state.as_deref().map(std::path::Path::new),
-                pipeline,
-                cfg.parse.max_line,
-                std::io::stdout(),
-                signals(),
-            )
-            .map_err(|e| match e {
+            let report = mailpipe::daemon::run(&cfg, dry_run, pipeline, std::io::stdout(), signals()).map_err(|e| match e {
                 DaemonError::Config { .. } => Failure::Config(ConfigError {
                     file: config_name(&config),
                     line: 1,

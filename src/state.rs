@@ -38,6 +38,9 @@ pub struct StoredBan {
     pub until: i64,
 }
 
+/// Ban history of an address: (address or network, offences, last ban time).
+pub type History = (IpAddr, u32, i64);
+
 /// The open state file.
 pub struct Store {
     db: Database,
@@ -114,7 +117,7 @@ impl Store {
 
     /// Active bans and the history younger than `forget` seconds; everything older is purged,
     /// so the file does not grow without bound.
-    pub fn load(&self, now: i64, forget: i64) -> Result<(Vec<StoredBan>, Vec<(IpAddr, u32, i64)>), StateError> {
+    pub fn load(&self, now: i64, forget: i64) -> Result<(Vec<StoredBan>, Vec<History>), StateError> {
         let w = self.db.begin_write().map_err(|e| self.err(e))?;
         let mut bans = Vec::new();
         let mut history = Vec::new();
