@@ -29,5 +29,15 @@ TZ=UTC ip netns exec "$NS" "$ROOT/target/release/mailpipe" run -c "$W/p.ron" < "
 end=$(date +%s%N)
 entries=$(ip netns exec "$NS" ipset list -t mpb4 | awk '/Number of entries/ {print $4}')
 secs=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.3f", (b-a)/1e9}')
-echo "attackers $N, lines $((N * 5)), kernel entries $entries, wall $secs s, $(awk -v n="$entries" -v s="$secs" 'BEGIN{printf "%.0f", n/s}') bans/s end to end"
+echo "flood: attackers $N, lines $((N * 5)), kernel entries $entries, wall $secs s, $(awk -v n="$entries" -v s="$secs" 'BEGIN{printf "%.0f", n/s}') bans/s end to end"
+grep 'sink:' "$W/err"
+# Paced: 1,000 attackers over about 5 s, so each ban meets an idle firewall (latency without queueing).
+ip netns exec "$NS" ipset flush mpb4
+head -5000 "$W/lines" | sed 's/198\.18\./198.19./' | python3 -c '
+import sys, time
+for i, line in enumerate(sys.stdin):
+    sys.stdout.write(line); sys.stdout.flush()
+    if i % 5 == 4: time.sleep(0.005)
+' | TZ=UTC ip netns exec "$NS" "$ROOT/target/release/mailpipe" run -c "$W/p.ron" 2> "$W/err2"
+echo "paced: $(grep 'sink:' "$W/err2")"
 rm -rf "$W"

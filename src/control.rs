@@ -98,7 +98,7 @@ pub fn handle(p: &mut Pipeline, sink: &SinkHandle, req: Request, now: i64) -> Va
         Request::Ban { ip, jail, for_s, force } => match p.manual_ban(ip, jail.as_deref().unwrap_or("manual"), for_s, now, force) {
             Ok(d) => {
                 let v = json!({"ok": true, "ip": d.ip.to_string(), "prefix": d.prefix, "ban_for_s": d.ban_for});
-                sink.ban(vec![d]);
+                sink.ban(vec![d], std::time::Instant::now());
                 v
             }
             Err(e) => json!({"ok": false, "error": e}),

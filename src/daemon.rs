@@ -148,6 +148,7 @@ pub fn run<W: Write + Send + 'static>(
                 });
             };
             while let Some(msg) = rx.blocking_recv() {
+                let arrived = std::time::Instant::now();
                 // One clock read per batch: arrival time only matters for lines without a time.
                 let now = wall_clock();
                 match msg {
@@ -158,10 +159,10 @@ pub fn run<W: Write + Send + 'static>(
                     }
                     Msg::Stop => break,
                 }
-                sink.ban(std::mem::take(&mut decided));
+                sink.ban(std::mem::take(&mut decided), arrived);
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
-            sink.ban(std::mem::take(&mut decided));
+            sink.ban(std::mem::take(&mut decided), std::time::Instant::now());
             let st = sink.finish();
             eprintln!("mailpipe: sink: {}", st.summary());
             Ok(())

@@ -50,13 +50,34 @@ pub struct SinkStats {
     pub dropped: AtomicU64,
     /// Times the pipeline waited for room in the queue (a ban burst faster than the firewall).
     pub waited: AtomicU64,
+    /// Line arrival to ban applied, for first attempts.
+    pub latency: std::sync::Mutex<Latency>,
+}
+
+/// A bounded sample of latencies (the first 100,000), in microseconds.
+#[derive(Debug, Default)]
+pub struct Latency(Vec<u32>);
+
+impl Latency {
+    fn record(&mut self, d: Duration) {
+        if self.0.len() < 100_000 {
+            self.0.push(d.as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+    }
+
+    /// The `q` quantile (0..=1) in microseconds, if any were recorded.
+    pub fn quantile(&self, q: f64) -> Option<u32> {
+        let mut v = self.0.clone();
+        v.sort_unstable();
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied()
+    }
 }
 
 /// What the sink thread is asked to do.
 #[derive(Debug)]
 pub enum SinkCmd {
-    /// Apply a ban.
-    Ban(Decision),
+    /// Apply a ban; the instant its line arrived, for the ban-latency figures.
+    Ban(Decision, Instant),
     /// Lift a ban (`mailpipe unban`).
     Unban {
         /// Address or network.
@@ -70,7 +91,9 @@ impl SinkStats {
     /// The counters as JSON, for `status`.
     pub fn summary(&self) -> serde_json::Value {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({"applied": n(&self.applied), "errors": n(&self.errors), "given_up": n(&self.dropped), "waited": n(&self.waited)})
+        let lat = self.latency.lock().expect("not poisoned");
+        serde_json::json!({"applied": n(&self.applied), "errors": n(&self.errors), "given_up": n(&self.dropped), "waited": n(&self.waited),
+                           "latency_us_p50": lat.quantile(0.5), "latency_us_p99": lat.quantile(0.99)})
     }
 }
 
@@ -99,8 +122,9 @@ impl SinkHandle {
         }
     }
 
-    /// Records `bans` in the state file (one transaction), then queues them for the firewall.
-    pub fn ban(&self, bans: Vec<Decision>) {
+    /// Records `bans` in the state file (one transaction), then queues them for the firewall;
+    /// `arrived` is when their lines came in.
+    pub fn ban(&self, bans: Vec<Decision>, arrived: Instant) {
         if bans.is_empty() {
             return;
         }
@@ -110,14 +134,15 @@ impl SinkHandle {
             eprintln!("mailpipe: error: {e}");
         }
         for d in bans {
-            self.send(SinkCmd::Ban(d));
+            self.send(SinkCmd::Ban(d, arrived));
         }
     }
 
     /// Re-applies bans read back from the state file, without writing them again.
     pub fn reapply(&self, bans: Vec<Decision>) {
+        let now = Instant::now();
         for d in bans {
-            self.send(SinkCmd::Ban(d));
+            self.send(SinkCmd::Ban(d, now));
         }
     }
 
@@ -176,6 +201,7 @@ const ATTEMPTS: u32 = 12;
 
 fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkStats) {
     let mut retry: VecDeque<(Decision, u32, Instant)> = VecDeque::new();
+    let mut arrived = Instant::now();
     loop {
         let next = match retry.front() {
             Some((_, _, due)) => rx
@@ -184,7 +210,10 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
             None => rx.recv().map_err(|_| true),
         };
         let (d, tries) = match next {
-            Ok(SinkCmd::Ban(d)) => (d, 0),
+            Ok(SinkCmd::Ban(d, at)) => {
+                arrived = at;
+                (d, 0)
+            }
             Ok(SinkCmd::Unban { ip, prefix }) => {
                 // An unban whose address is waiting for a retry: drop the retry too.
                 retry.retain(|(d, _, _)| d.ip != ip);
@@ -211,6 +240,9 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
         match sink.apply(&d) {
             Ok(()) => {
                 stats.applied.fetch_add(1, Ordering::Relaxed);
+                if tries == 0 {
+                    stats.latency.lock().expect("not poisoned").record(arrived.elapsed());
+                }
             }
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
