@@ -15,6 +15,7 @@ done
 command -v ipset >/dev/null || [ -x /usr/sbin/ipset ] || need+=(ipset)
 command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need+=(iptables)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 if ((${#need[@]})); then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq

@@ -1,5 +1,6 @@
 //! Bans that reach the kernel, with real packets: two network namespaces joined by a veth pair,
-//! mailpipe in the server one with the ipset sink and the shipped iptables rules, a client that
+//! mailpipe in the server one with a kernel sink and the shipped firewall rules (ipset +
+//! iptables, and nftables), a client that
 //! brute-forces SMTP AUTH. Its TCP connections to port 25 must succeed before the ban, time out
 //! during it, and succeed again once the kernel has expired the entry; for IPv4 and for IPv6
 //! (banned as its /64). Needs root, ip, ipset, iptables and python3; skips, saying why, without.
@@ -85,13 +86,37 @@ fn failure_line(ip: &str) -> String {
 }
 
 #[test]
-fn bans_drop_packets_and_expire_in_the_kernel() {
+fn ipset_and_iptables_drop_packets_while_banned() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    bans_drop_packets_and_expire(
+        "i",
+        &["sh", &format!("{root}/contrib/firewall/iptables.sh")],
+        "Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\")",
+    );
+}
+
+#[test]
+fn nftables_drops_packets_while_banned() {
+    if !ok(&["sh", "-c", "command -v nft"]) {
+        eprintln!("SKIPPED: nft is not installed (contrib/deps.sh installs it)");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    bans_drop_packets_and_expire(
+        "n",
+        &["nft", "-f", &format!("{root}/contrib/firewall/mailpipe.nft")],
+        "Nftables(table: \"mailpipe\")",
+    );
+}
+
+/// The scenario, for one firewall: `setup` runs in the server namespace, `sink` is the pipeline's.
+fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
     if let Some(why) = skip_reason() {
         eprintln!("SKIPPED: {why}");
         return;
     }
     let id = std::process::id();
-    let (srv, cli) = (format!("mpsrv{id}"), format!("mpcli{id}"));
+    let (srv, cli) = (format!("mps{tag}{id}"), format!("mpc{tag}{id}"));
     let mut guard = Cleanup {
         namespaces: Vec::new(),
         children: Vec::new(),
@@ -113,7 +138,9 @@ fn bans_drop_packets_and_expire_in_the_kernel() {
         run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
     let root = env!("CARGO_MANIFEST_DIR");
-    run(&["ip", "netns", "exec", &srv, "sh", &format!("{root}/contrib/firewall/iptables.sh")]);
+    let mut cmd = vec!["ip", "netns", "exec", &srv];
+    cmd.extend_from_slice(setup);
+    run(&cmd);
     // Something to connect to: a dual-stack listener on port 25.
     guard.children.push(
         Command::new("ip")
@@ -126,7 +153,7 @@ fn bans_drop_packets_and_expire_in_the_kernel() {
     let cfg = dir.path().join("fw.ron");
     std::fs::write(
         &cfg,
-        format!("Pipeline(include: [(file: \"{root}/pipelines/mail.ron\")], inputs: [Stdin], sink: Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\"),\n policy: (bantime: \"3s\", ignore: [\"127.0.0.0/8\", \"::1\"]))"),
+        format!("Pipeline(include: [(file: \"{root}/pipelines/mail.ron\")], inputs: [Stdin], sink: {sink},\n policy: (bantime: \"3s\", ignore: [\"127.0.0.0/8\", \"::1\"]))"),
     )
     .unwrap();
     let mut mp = Command::new("ip")

@@ -4,6 +4,7 @@
 //! firewall: a ban that cannot be applied is retried with backoff, logged and counted there.
 
 pub mod ipset;
+pub mod nft;
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -34,6 +35,28 @@ pub enum SinkConfig {
         #[serde(default = "ipset::default_maxelem")]
         maxelem: u32,
     },
+    /// Add bans to nftables sets with per-element timeouts (`nft -f -`).
+    Nftables {
+        /// `inet` table.
+        #[serde(default = "default_nft_table")]
+        table: String,
+        /// IPv4 set.
+        #[serde(default = "default_nft_set4")]
+        set4: String,
+        /// IPv6 set (networks).
+        #[serde(default = "default_nft_set6")]
+        set6: String,
+    },
+}
+
+fn default_nft_table() -> String {
+    "mailpipe".into()
+}
+fn default_nft_set4() -> String {
+    "banned4".into()
+}
+fn default_nft_set6() -> String {
+    "banned6".into()
 }
 
 /// Decisions waiting for the sink thread, at most; beyond, the pipeline waits.
@@ -180,6 +203,17 @@ pub fn spawn<W: Write + Send + 'static>(
             };
             Sink::Ipset(Box::new(ipset::Ipset::open(&c)?))
         }
+        SinkConfig::Nftables { table, set4, set6 } => {
+            let c = nft::NftConfig {
+                table: table.clone(),
+                set4: set4.clone(),
+                set6: set6.clone(),
+            };
+            Sink::Nft(nft::Nft::open(&c).map_err(|e| ipset::IpsetError::Create {
+                set: table.clone(),
+                reason: e.0,
+            })?)
+        }
     };
     let stats = Arc::new(SinkStats::default());
     let (tx, rx) = mpsc::sync_channel::<SinkCmd>(QUEUE);
@@ -281,6 +315,8 @@ pub enum Sink<W: Write> {
     DryRun(W),
     /// Decisions added to ipsets.
     Ipset(Box<ipset::Ipset>),
+    /// Decisions added to nftables sets.
+    Nft(nft::Nft),
 }
 
 /// Why a decision could not be applied.
@@ -292,6 +328,9 @@ pub enum ApplyError {
     /// The kernel refused the entry.
     #[error(transparent)]
     Ipset(#[from] ipset::IpsetError),
+    /// nft refused the element.
+    #[error(transparent)]
+    Nft(#[from] nft::NftError),
 }
 
 impl<W: Write> Sink<W> {
@@ -311,6 +350,10 @@ impl<W: Write> Sink<W> {
                 s.remove(ip, prefix)?;
                 eprintln!("mailpipe: unbanned {ip}/{prefix}");
             }
+            Sink::Nft(s) => {
+                s.remove(ip, prefix)?;
+                eprintln!("mailpipe: unbanned {ip}/{prefix}");
+            }
         }
         Ok(())
     }
@@ -324,11 +367,15 @@ impl<W: Write> Sink<W> {
                 w.write_all(b"\n")?;
                 w.flush()?;
             }
-            Sink::Ipset(s) => {
+            kernel => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |t| t.as_secs() as i64);
-                s.apply(d, now)?;
+                match kernel {
+                    Sink::Ipset(s) => s.apply(d, now)?,
+                    Sink::Nft(s) => s.apply(d, now)?,
+                    Sink::DryRun(_) => unreachable!("matched above"),
+                }
                 eprintln!(
                     "mailpipe: banned {}/{} for {} s (jail {}, offence {})",
                     d.ip, d.prefix, d.ban_for, d.jail, d.offence
