@@ -49,6 +49,8 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Re-read the pipeline file; the running pipeline stays if the file is bad.
+    Reload,
     /// Lift a ban.
     Unban {
         /// The address; `None` with `all`.
@@ -60,9 +62,21 @@ pub enum Request {
     },
 }
 
+/// Builds a new pipeline from the (re-read) pipeline file.
+pub type Reloader = Box<dyn Fn() -> Result<Pipeline, String> + Send>;
+
 /// Answers `req` on the pipeline thread.
-pub fn handle(p: &mut Pipeline, sink: &SinkHandle, req: Request, now: i64) -> Value {
+pub fn handle(p: &mut Pipeline, sink: &SinkHandle, reload: Option<&Reloader>, req: Request, now: i64) -> Value {
     match req {
+        Request::Reload => match reload.map(|r| r()) {
+            None => json!({"ok": false, "error": "this daemon has no pipeline file to reload"}),
+            Some(Err(e)) => json!({"ok": false, "error": e}),
+            Some(Ok(mut next)) => {
+                std::mem::swap(p, &mut next);
+                next.carry_over(p);
+                json!({"ok": true, "jails": p.jail_names()})
+            }
+        },
         Request::Status => {
             let names = p.jail_names().to_vec();
             let st = p.stats();

@@ -97,6 +97,7 @@ pub fn run<W: Write + Send + 'static>(
     cfg: &crate::config::Config,
     dry_run: bool,
     mut pipeline: Pipeline,
+    reload: Option<crate::control::Reloader>,
     out: W,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
@@ -155,7 +156,7 @@ pub fn run<W: Write + Send + 'static>(
                     Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, now, &mut decided)),
                     Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, now, &mut decided)),
                     Msg::Control(req, reply) => {
-                        let _ = reply.send(crate::control::handle(&mut pipeline, &sink, req, now));
+                        let _ = reply.send(crate::control::handle(&mut pipeline, &sink, reload.as_ref(), req, now));
                     }
                     Msg::Stop => break,
                 }
@@ -253,6 +254,30 @@ pub fn run<W: Write + Send + 'static>(
             })?;
             eprintln!("mailpipe: listening on control {}", path.display());
             tokio::spawn(crate::control::serve(listener, tx.clone(), stats.clone(), stop.clone()));
+        }
+        // SIGHUP: reload, as `mailpipe reload` does; the answer goes to the log.
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        s = hup.recv() => if s.is_none() { return },
+                    }
+                    let (rtx, rrx) = tokio::sync::oneshot::channel();
+                    if tx.send(Msg::Control(crate::control::Request::Reload, rtx)).await.is_err() {
+                        return;
+                    }
+                    match rrx.await {
+                        Ok(v) if v["ok"] == true => eprintln!("mailpipe: reloaded: jails {}", v["jails"]),
+                        Ok(v) => eprintln!(
+                            "mailpipe: error: reload refused, the running pipeline stays: {}",
+                            v["error"].as_str().unwrap_or("")
+                        ),
+                        Err(_) => return,
+                    }
+                }
+            });
         }
         let stdin_done = async {
             match (stdin_only, eof_rx.await) {

@@ -107,6 +107,13 @@ enum Command {
         #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Re-read the daemon's pipeline file (as SIGHUP does), keeping bans, counts and counters;
+    /// a bad file is refused and the running pipeline stays.
+    Reload {
+        /// The daemon's control socket.
+        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Lift a ban, or every ban with --all.
     Unban {
         /// The address.
@@ -232,7 +239,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run { config, dry_run } => {
             let cfg = load(&config)?;
             let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
-            let report = mailpipe::daemon::run(&cfg, dry_run, pipeline, std::io::stdout(), signals()).map_err(|e| match e {
+            // `mailpipe reload` and SIGHUP re-read the same file.
+            let reload = config.clone().map(|path| -> mailpipe::control::Reloader {
+                Box::new(move || {
+                    let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+                    Pipeline::new(&cfg, YearMode::Live).map_err(|e| e.to_string())
+                })
+            });
+            let report = mailpipe::daemon::run(&cfg, dry_run, pipeline, reload, std::io::stdout(), signals()).map_err(|e| match e {
                 DaemonError::Config { .. } => Failure::Config(ConfigError {
                     file: config_name(&config),
                     line: 1,
@@ -357,6 +371,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let v = ask(&socket, &mailpipe::control::Request::Ban { ip, jail, for_s, force })?;
             println!("banned {}/{} for {} s", v["ip"].as_str().unwrap_or(""), v["prefix"], v["ban_for_s"]);
+            Ok(())
+        }
+        Command::Reload { socket } => {
+            let v = ask(&socket, &mailpipe::control::Request::Reload)?;
+            println!("reloaded: jails {}", v["jails"]);
             Ok(())
         }
         Command::Unban { ip, all, socket } => {

@@ -197,6 +197,43 @@ impl Pipeline {
         Ok(d)
     }
 
+    /// Hands this pipeline's state to `next` (a reload): bans, ban history, the failures counted
+    /// so far and the counters, matched by jail name; jails that are gone take theirs with them.
+    pub fn carry_over(self, next: &mut Pipeline) {
+        next.policy.restore(&self.policy.all_bans(), &self.policy.histories());
+        let old = self.matcher.jail_names();
+        let new_id = |j: JailId| {
+            next.matcher
+                .jail_names()
+                .iter()
+                .position(|n| *n == old[j as usize])
+                .map(|i| i as JailId)
+        };
+        for (j, ip, times) in self.window.export() {
+            if let Some(k) = new_id(j) {
+                next.window.import(k, ip, &times);
+            }
+        }
+        let jails = std::mem::take(&mut next.stats.jails);
+        next.stats = Stats {
+            jails,
+            ..self.stats.clone()
+        };
+        for (j, js) in self.stats.jails.iter().enumerate() {
+            if let Some(k) = new_id(j as JailId) {
+                let mine = &mut next.stats.jails[k as usize];
+                // Rule counts are per rule text position; keep totals that still fit.
+                mine.bans = js.bans;
+                mine.ignored_ip = js.ignored_ip;
+                mine.already_banned = js.already_banned;
+                mine.bad_host = js.bad_host;
+                if mine.rules.len() == js.rules.len() {
+                    mine.rules.clone_from(&js.rules);
+                }
+            }
+        }
+    }
+
     /// Takes back bans and history saved before a restart.
     pub fn restore(&mut self, bans: &[crate::state::StoredBan], history: &[(std::net::IpAddr, u32, i64)]) {
         self.policy.restore(bans, history);

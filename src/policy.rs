@@ -325,6 +325,24 @@ impl Policy {
         }
     }
 
+    /// Every remembered ban history, for a reload: (address, offences, last ban).
+    pub fn histories(&self) -> Vec<crate::state::History> {
+        self.history.iter().map(|(&ip, h)| (ip, h.offences, h.last)).collect()
+    }
+
+    /// Every ban, expired or not, for a reload.
+    pub fn all_bans(&self) -> Vec<crate::state::StoredBan> {
+        self.banned
+            .iter()
+            .map(|(&ip, b)| crate::state::StoredBan {
+                ip,
+                prefix: self.prefix(ip),
+                jail: b.jail.to_string(),
+                until: b.until,
+            })
+            .collect()
+    }
+
     /// Active bans at `now`: (address or network, prefix, ban).
     pub fn bans(&self, now: i64) -> Vec<(IpAddr, u8, &Ban)> {
         let mut v: Vec<_> = self

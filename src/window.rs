@@ -101,6 +101,23 @@ impl Window {
         self.entries.len()
     }
 
+    /// Every tracked (jail, key) and its failure times, for a reload.
+    pub fn export(&self) -> Vec<(JailId, IpAddr, Vec<i64>)> {
+        self.entries.iter().map(|((j, ip), e)| (*j, *ip, e.times.to_vec())).collect()
+    }
+
+    /// Takes back failure times (a reload), unless the jail's threshold is already reached.
+    pub fn import(&mut self, jail: JailId, key: IpAddr, times: &[i64]) {
+        if times.len() < self.thresholds[jail as usize].maxretry as usize {
+            self.entries.insert(
+                (jail, key),
+                Entry {
+                    times: times.iter().copied().collect(),
+                },
+            );
+        }
+    }
+
     /// Addresses tracked per jail, for `status`.
     pub fn per_jail(&self, jails: usize) -> Vec<usize> {
         let mut v = vec![0; jails];

@@ -76,3 +76,74 @@ fn operator_bans_lists_and_unbans() {
     assert!(out.trim().is_empty(), "{out}");
     mp.stop();
 }
+
+#[test]
+fn reload_keeps_counts_and_refuses_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let cfg = dir.path().join("r.ron");
+    let write = |jails: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "Pipeline(include: [{jails}], inputs: [Udp(listen: \"127.0.0.1:0\")], control: \"{}\")",
+                socket.display()
+            ),
+        )
+        .unwrap()
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    write(&format!("(file: \"{root}/pipelines/mail.ron\")"));
+    let mp = Mailpipe::start(&cfg, 2);
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let send = |n: usize| {
+        for _ in 0..n {
+            let line = format!(
+                "{} mx1 postfix/smtpd[7]: warning: unknown[198.51.100.77]: SASL LOGIN authentication failed: x",
+                chrono::Utc::now().format("%b %e %H:%M:%S")
+            );
+            u.send_to(line.as_bytes(), ("127.0.0.1", mp.port("udp", 0))).unwrap();
+        }
+    };
+    send(3);
+    // A status round trip is answered after the datagrams already queued: they are counted.
+    let status = |s: &std::path::Path| -> serde_json::Value { serde_json::from_str(&cli(s, &["status", "--json"]).1).unwrap() };
+    assert_eq!(status(&socket)["jails"][0]["currently_failing"], 1);
+
+    // A new jail comes in; postfix-sasl keeps its three failures.
+    write(&format!(
+        "(file: \"{root}/pipelines/mail.ron\"), (file: \"{root}/pipelines/postfix.ron\", jails: [\"postfix-rbl\"])"
+    ));
+    let (ok, out, err) = cli(&socket, &["reload"]);
+    assert!(ok && out.contains("postfix-rbl"), "{out}{err}");
+    let v = status(&socket);
+    assert_eq!(
+        (v["jails"].as_array().unwrap().len(), &v["jails"][0]["currently_failing"]),
+        (3, &serde_json::json!(1)),
+        "{v}"
+    );
+
+    // A bad file is refused with its position; the running pipeline stays.
+    std::fs::write(&cfg, "Pipeline(\n  jails: [Jail(name: 3)],\n)").unwrap();
+    let (ok, _, err) = cli(&socket, &["reload"]);
+    assert!(!ok && err.contains("r.ron:2:"), "{err}");
+    send(2);
+    let ban = mp.next_ban();
+    assert_eq!((ban["ip"].as_str(), ban["failures"].as_u64()), (Some("198.51.100.77"), Some(5)));
+
+    // SIGHUP reloads too: back to two jails (each status is a round trip through the queue).
+    write(&format!("(file: \"{root}/pipelines/mail.ron\")"));
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &mp.pid().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        (0..500).any(|_| status(&socket)["jails"].as_array().unwrap().len() == 2),
+        "SIGHUP reloaded the file"
+    );
+    let log = mp.stop();
+    assert!(log.contains("mailpipe: reloaded"), "{log}");
+}

@@ -80,6 +80,11 @@ impl Mailpipe {
         )
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no drain, no flush, as in a crash.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
