@@ -96,7 +96,10 @@ pub fn handle(p: &mut Pipeline, sink: &SinkHandle, reload: Option<&Reloader>, re
                 })
                 .collect();
             let (tracked, evicted) = p.tracked();
-            json!({"ok": true, "lines": st.lines, "parsed": st.parsed, "matched": st.matched_lines, "bans": st.bans,
+            let up = p.uptime().max(1e-9);
+            json!({"ok": true, "uptime_s": up.round(), "lines": st.lines, "lines_per_s": (st.lines as f64 / up).round(),
+                   "bans_per_hour": (st.bans as f64 * 3600.0 / up).round(),
+                   "parsed": st.parsed, "matched": st.matched_lines, "bans": st.bans,
                    "currently_banned": bans.len(), "tracked": tracked, "evicted": evicted, "jails": jails,
                    "sink": sink.stats.summary()})
         }

@@ -81,6 +81,8 @@ pub struct Pipeline {
     lossy: String,
     /// Each jail's (rules, ignore rules) as written, for reports.
     texts: Vec<(Vec<String>, Vec<String>)>,
+    /// When this pipeline started (kept across reloads), for rates.
+    started: std::time::Instant,
 }
 
 /// A pipeline that cannot be built.
@@ -130,12 +132,18 @@ impl Pipeline {
             decisions: Vec::new(),
             lossy: String::new(),
             texts: cfg.jails.iter().map(|j| (j.rules.clone(), j.ignore.clone())).collect(),
+            started: std::time::Instant::now(),
         })
     }
 
     /// Whether matches report `<USER>` (for reports; banning needs only the host).
     pub fn set_want_user(&mut self, on: bool) {
         self.matcher.set_want_user(on);
+    }
+
+    /// Seconds since the daemon's pipeline started (reloads included).
+    pub fn uptime(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 
     /// Counters so far.
@@ -214,6 +222,7 @@ impl Pipeline {
                 next.window.import(k, ip, &times);
             }
         }
+        next.started = self.started;
         let jails = std::mem::take(&mut next.stats.jails);
         next.stats = Stats {
             jails,

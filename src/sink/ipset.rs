@@ -60,13 +60,75 @@ pub enum IpsetError {
     },
 }
 
-/// Open sessions on both sets.
-pub struct Ipset {
-    cfg: IpsetConfig,
+/// One pair of sets (IPv4 addresses, IPv6 networks) and their sessions.
+struct Sets {
+    n4: String,
+    n6: String,
     v4: Session<HashIp>,
     v6: Session<HashNet>,
+}
+
+impl Sets {
+    fn open(n4: &str, n6: &str, maxelem: u32) -> Result<Sets, IpsetError> {
+        for name in [n4, n6] {
+            // Session::new panics on a NUL byte; the kernel takes at most 31 bytes.
+            if name.is_empty() || name.len() > 31 || name.contains('\0') {
+                return Err(IpsetError::Create {
+                    set: name.into(),
+                    reason: "a set name is 1 to 31 bytes, no NUL".into(),
+                });
+            }
+        }
+        let mut v4: Session<HashIp> = Session::new(n4.into());
+        adopt(
+            n4,
+            v4.create(|b| b.with_ipv6(false)?.with_timeout(3600)?.with_max_elem(maxelem)?.build()),
+        )?;
+        let mut v6: Session<HashNet> = Session::new(n6.into());
+        adopt(
+            n6,
+            v6.create(|b| b.with_ipv6(true)?.with_timeout(3600)?.with_max_elem(maxelem)?.build()),
+        )?;
+        Ok(Sets {
+            n4: n4.into(),
+            n6: n6.into(),
+            v4,
+            v6,
+        })
+    }
+
+    fn add(&mut self, ip: IpAddr, prefix: u8, timeout: u32) -> Result<(), IpsetError> {
+        let opts = [AddOption::Timeout(timeout)];
+        let (set, res) = match ip {
+            IpAddr::V4(_) => (&self.n4, add_or_replace(&mut self.v4, || ip, &opts)),
+            IpAddr::V6(_) => (&self.n6, add_or_replace(&mut self.v6, || NetDataType::new(ip, prefix), &opts)),
+        };
+        res.map_err(|e| IpsetError::Add {
+            set: set.clone(),
+            ip,
+            reason: clean(&e),
+        })
+    }
+
+    fn del(&mut self, ip: IpAddr, prefix: u8) -> Result<(), IpsetError> {
+        let (set, res) = match ip {
+            IpAddr::V4(_) => (&self.n4, self.v4.del(ip)),
+            IpAddr::V6(_) => (&self.n6, self.v6.del(NetDataType::new(ip, prefix))),
+        };
+        res.map(|_| ()).map_err(|e| IpsetError::Add {
+            set: set.clone(),
+            ip,
+            reason: clean(&e),
+        })
+    }
+}
+
+/// Open sessions on the mail-port sets and on the all-ports sets (`<name>-all`, for recidive).
+pub struct Ipset {
+    mail: Sets,
+    all: Sets,
     /// When each entry we added expires (Unix seconds): a re-ban only ever lengthens a ban.
-    until: HashMap<(IpAddr, u8), i64>,
+    until: HashMap<(IpAddr, u8, bool), i64>,
     /// Size of `until` at which expired entries are next dropped.
     sweep_at: usize,
 }
@@ -74,65 +136,40 @@ pub struct Ipset {
 impl std::fmt::Debug for Ipset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ipset")
-            .field("cfg", &self.cfg)
+            .field("set4", &self.mail.n4)
+            .field("set6", &self.mail.n6)
             .field("entries", &self.until.len())
             .finish()
     }
 }
 
 impl Ipset {
-    /// Creates both sets with timeouts, or adopts them if they exist.
+    /// Creates the sets with timeouts, or adopts them if they exist: `set4`/`set6` for bans on
+    /// the mail ports, `set4-all`/`set6-all` for recidive bans on every port.
     pub fn open(cfg: &IpsetConfig) -> Result<Ipset, IpsetError> {
-        for name in [&cfg.set4, &cfg.set6] {
-            // Session::new panics on a NUL byte; the kernel takes at most 31 bytes.
-            if name.is_empty() || name.len() > 31 || name.contains('\0') {
-                return Err(IpsetError::Create {
-                    set: name.clone(),
-                    reason: "a set name is 1 to 31 bytes, no NUL".into(),
-                });
-            }
-        }
-        let mut v4: Session<HashIp> = Session::new(cfg.set4.clone());
-        adopt(
-            &cfg.set4,
-            v4.create(|b| b.with_ipv6(false)?.with_timeout(3600)?.with_max_elem(cfg.maxelem)?.build()),
-        )?;
-        let mut v6: Session<HashNet> = Session::new(cfg.set6.clone());
-        adopt(
-            &cfg.set6,
-            v6.create(|b| b.with_ipv6(true)?.with_timeout(3600)?.with_max_elem(cfg.maxelem)?.build()),
-        )?;
+        let mail = Sets::open(&cfg.set4, &cfg.set6, cfg.maxelem)?;
+        let all = Sets::open(&format!("{}-all", cfg.set4), &format!("{}-all", cfg.set6), cfg.maxelem)?;
         Ok(Ipset {
-            cfg: cfg.clone(),
-            v4,
-            v6,
+            mail,
+            all,
             until: HashMap::new(),
             sweep_at: 1024,
         })
     }
 
     /// Adds the decision's address (or network) with its ban time as the entry's timeout; an
-    /// entry already there is replaced only when the new ban ends later.
+    /// entry already there is replaced only when the new ban ends later. Recidive bans go to the
+    /// all-ports sets.
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), IpsetError> {
         let timeout = d.ban_for.clamp(1, MAX_TIMEOUT) as u32;
         let until = now + i64::from(timeout);
-        let key = (d.ip, d.prefix);
+        let every_port = d.reason == crate::policy::Reason::Recidive;
+        let key = (d.ip, d.prefix, every_port);
         if self.until.get(&key).is_some_and(|&u| u >= until) {
             return Ok(());
         }
-        let opts = [AddOption::Timeout(timeout)];
-        let (set, res) = match d.ip {
-            IpAddr::V4(_) => (&self.cfg.set4, add_or_replace(&mut self.v4, || d.ip, &opts)),
-            IpAddr::V6(_) => (
-                &self.cfg.set6,
-                add_or_replace(&mut self.v6, || NetDataType::new(d.ip, d.prefix), &opts),
-            ),
-        };
-        res.map_err(|e| IpsetError::Add {
-            set: set.clone(),
-            ip: d.ip,
-            reason: clean(&e),
-        })?;
+        let sets = if every_port { &mut self.all } else { &mut self.mail };
+        sets.add(d.ip, d.prefix, timeout)?;
         self.until.insert(key, until);
         // Forget expired entries now and then, not on every ban.
         if self.until.len() >= self.sweep_at {
@@ -141,21 +178,13 @@ impl Ipset {
         }
         Ok(())
     }
-}
 
-impl Ipset {
-    /// Deletes an entry (absent is fine: the kernel may have expired it).
+    /// Deletes the entry from both kinds of sets (absent is fine: the kernel may have expired it).
     pub fn remove(&mut self, ip: IpAddr, prefix: u8) -> Result<(), IpsetError> {
-        self.until.remove(&(ip, prefix));
-        let (set, res) = match ip {
-            IpAddr::V4(_) => (&self.cfg.set4, self.v4.del(ip)),
-            IpAddr::V6(_) => (&self.cfg.set6, self.v6.del(NetDataType::new(ip, prefix))),
-        };
-        res.map(|_| ()).map_err(|e| IpsetError::Add {
-            set: set.clone(),
-            ip,
-            reason: clean(&e),
-        })
+        self.until.remove(&(ip, prefix, false));
+        self.until.remove(&(ip, prefix, true));
+        self.mail.del(ip, prefix)?;
+        self.all.del(ip, prefix)
     }
 }
 

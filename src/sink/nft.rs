@@ -28,7 +28,7 @@ pub struct NftError(pub String);
 #[derive(Debug)]
 pub struct Nft {
     cfg: NftConfig,
-    until: HashMap<(IpAddr, u8), i64>,
+    until: HashMap<(IpAddr, u8, bool), i64>,
 }
 
 /// Names go into nft's grammar: keep them to identifier characters.
@@ -68,8 +68,9 @@ impl Nft {
                 return Err(NftError(format!("{n:?}: names are letters, digits, _ and -")));
             }
         }
+        // `<set>_all`: recidive bans, dropped on every port.
         run(&format!(
-            "table inet {t} {{\n set {s4} {{ type ipv4_addr; flags timeout; }}\n set {s6} {{ type ipv6_addr; flags interval, timeout; }}\n}}\n",
+            "table inet {t} {{\n set {s4} {{ type ipv4_addr; flags timeout; }}\n set {s6} {{ type ipv6_addr; flags interval, timeout; }}\n set {s4}_all {{ type ipv4_addr; flags timeout; }}\n set {s6}_all {{ type ipv6_addr; flags interval, timeout; }}\n}}\n",
             t = cfg.table,
             s4 = cfg.set4,
             s6 = cfg.set6
@@ -80,10 +81,11 @@ impl Nft {
         })
     }
 
-    fn element(&self, ip: IpAddr, prefix: u8) -> (String, String) {
+    fn element(&self, ip: IpAddr, prefix: u8, every_port: bool) -> (String, String) {
+        let suffix = if every_port { "_all" } else { "" };
         match ip {
-            IpAddr::V4(_) => (self.cfg.set4.clone(), ip.to_string()),
-            IpAddr::V6(_) => (self.cfg.set6.clone(), format!("{ip}/{prefix}")),
+            IpAddr::V4(_) => (format!("{}{suffix}", self.cfg.set4), ip.to_string()),
+            IpAddr::V6(_) => (format!("{}{suffix}", self.cfg.set6), format!("{ip}/{prefix}")),
         }
     }
 
@@ -91,12 +93,13 @@ impl Nft {
     /// by a longer ban.
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), NftError> {
         let until = now + d.ban_for as i64;
-        let key = (d.ip, d.prefix);
+        let every_port = d.reason == crate::policy::Reason::Recidive;
+        let key = (d.ip, d.prefix, every_port);
         let known = self.until.get(&key).copied();
         if known.is_some_and(|u| u >= until) {
             return Ok(());
         }
-        let (set, elem) = self.element(d.ip, d.prefix);
+        let (set, elem) = self.element(d.ip, d.prefix, every_port);
         let t = &self.cfg.table;
         let mut script = String::new();
         if known.is_some_and(|u| u > now) {
@@ -111,14 +114,17 @@ impl Nft {
         Ok(())
     }
 
-    /// Deletes the element (absent is fine: it may have expired).
+    /// Deletes the element from both kinds of sets (absent is fine: it may have expired).
     pub fn remove(&mut self, ip: IpAddr, prefix: u8) -> Result<(), NftError> {
-        self.until.remove(&(ip, prefix));
-        let (set, elem) = self.element(ip, prefix);
-        // `destroy` would not fail on a missing element, but needs nft >= 1.0.8; ignore instead.
-        match run(&format!("delete element inet {} {set} {{ {elem} }}\n", self.cfg.table)) {
-            Err(e) if e.0.contains("No such file") => Ok(()),
-            r => r,
+        for every_port in [false, true] {
+            self.until.remove(&(ip, prefix, every_port));
+            let (set, elem) = self.element(ip, prefix, every_port);
+            // `destroy` would not fail on a missing element, but needs nft >= 1.0.8; ignore instead.
+            match run(&format!("delete element inet {} {set} {{ {elem} }}\n", self.cfg.table)) {
+                Err(e) if e.0.contains("No such file") => {}
+                r => r?,
+            }
         }
+        Ok(())
     }
 }
