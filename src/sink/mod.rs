@@ -410,4 +410,49 @@ mod tests {
             "{\"kind\":\"ban\",\"ip\":\"2001:db8:1::\",\"prefix\":64,\"jail\":\"dovecot-auth\",\"failures\":7,\"ban_for_s\":3600,\"offence\":1,\"reason\":\"threshold\",\"time\":\"1970-01-01T00:00:00Z\"}\n"
         );
     }
+
+    /// Fails its first `n` writes, like a firewall that refuses for a while.
+    struct Flaky {
+        n: usize,
+        out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.n > 0 {
+                self.n -= 1;
+                return Err(std::io::Error::other("refused"));
+            }
+            self.out.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_refused_ban_is_retried_and_counted() {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = spawn(&SinkConfig::DryRun, Flaky { n: 2, out: out.clone() }, None).unwrap();
+        let d = Decision {
+            ip: "192.0.2.1".parse().unwrap(),
+            prefix: 32,
+            jail: "j".into(),
+            failures: 5,
+            ban_for: 60,
+            offence: 1,
+            time: 0,
+            reason: Reason::Threshold,
+        };
+        h.ban(vec![d], Instant::now());
+        // The retries come 0.1 s and 0.2 s later; wait for the outcome, with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.stats.applied.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let st = h.finish();
+        assert_eq!((st.applied.load(Ordering::Relaxed), st.errors.load(Ordering::Relaxed)), (1, 2));
+        assert!(String::from_utf8(out.lock().unwrap().clone()).unwrap().contains("192.0.2.1"));
+    }
 }
