@@ -105,6 +105,9 @@ pub struct PipelineFile {
     /// The state file (active bans, ban history); none: state lives in memory only.
     #[serde(default)]
     pub state: Option<String>,
+    /// `ADDR:PORT` serving Prometheus metrics at `/metrics`; none: no metrics.
+    #[serde(default)]
+    pub metrics: Option<String>,
     /// Parse settings.
     #[serde(default)]
     pub parse: Option<ParseConfig>,
@@ -133,6 +136,8 @@ pub struct Config {
     pub control: Option<String>,
     /// The state file, if any.
     pub state: Option<String>,
+    /// The metrics listener, if any.
+    pub metrics: Option<String>,
     /// Parse settings.
     pub parse: ParseConfig,
     /// Matcher engine settings.
@@ -247,6 +252,7 @@ impl Config {
             sink: f.sink.unwrap_or_default(),
             control: f.control,
             state: f.state,
+            metrics: f.metrics,
             parse: f.parse.unwrap_or_default(),
             matcher: f.matcher.unwrap_or_default(),
             window: f.window.unwrap_or_default(),
@@ -296,7 +302,7 @@ impl Acc {
                 ..file.clone()
             };
         } else {
-            take!(inputs, sink, control, state, parse, matcher, window, policy);
+            take!(inputs, sink, control, state, metrics, parse, matcher, window, policy);
         }
         for inc in &file.include {
             let path = dir.join(&inc.file);

@@ -125,7 +125,17 @@ pub fn run<W: Write + Send + 'static>(
         }
         None => Vec::new(),
     };
+    if let Some(addr) = &cfg.metrics {
+        let addr = parse_addr("metrics", addr)?;
+        crate::telemetry::serve(addr).map_err(|reason| DaemonError::Config {
+            input: "metrics".into(),
+            reason,
+        })?;
+        eprintln!("mailpipe: listening on metrics {addr}");
+    }
+    let with_metrics = cfg.metrics.is_some();
     let sink = sink::spawn(sink, out, store)?;
+    let sink_stats = sink.stats.clone();
     let now = wall_clock();
     sink.reapply(restored.into_iter().map(|b| restored_decision(b, now)).collect());
     raise_fd_limit();
@@ -141,6 +151,12 @@ pub fn run<W: Write + Send + 'static>(
             let mut splitter = LineSplitter::new(max_line);
             // A batch's decisions are saved in one transaction, then applied.
             let mut decided = Vec::new();
+            let register = |p: &Pipeline| {
+                let rules: Vec<usize> = (0..p.jail_names().len()).map(|j| p.rule_texts(j).0.len()).collect();
+                crate::telemetry::PipelineMetrics::register(p.jail_names(), &rules)
+            };
+            let mut metrics = with_metrics.then(|| register(&pipeline));
+            let mut published = std::time::Instant::now();
             let apply = |p: &mut Pipeline, line: &[u8], now: i64, decided: &mut Vec<crate::policy::Decision>| {
                 p.process(line, now, |e| {
                     if let Event::Decision(d) = e {
@@ -157,10 +173,28 @@ pub fn run<W: Write + Send + 'static>(
                     Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, now, &mut decided)),
                     Msg::Control(req, reply) => {
                         let _ = reply.send(crate::control::handle(&mut pipeline, &sink, reload.as_ref(), req, now));
+                        // A reload may have changed the jails.
+                        if metrics.is_some() {
+                            metrics = Some(register(&pipeline));
+                        }
                     }
                     Msg::Stop => break,
                 }
                 sink.ban(std::mem::take(&mut decided), arrived);
+                // Counters reach the exporter at most ten times a second.
+                if let Some(m) = &metrics {
+                    if published.elapsed() >= std::time::Duration::from_millis(100) || rx.is_empty() {
+                        published = std::time::Instant::now();
+                        let (tracked, evicted) = pipeline.tracked();
+                        let bans = pipeline.bans(now);
+                        let banned: Vec<usize> = pipeline
+                            .jail_names()
+                            .iter()
+                            .map(|n| bans.iter().filter(|b| &*b.2 == n.as_str()).count())
+                            .collect();
+                        m.publish(pipeline.stats(), tracked, evicted, &banned, arrived.elapsed().as_secs_f64());
+                    }
+                }
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
             sink.ban(std::mem::take(&mut decided), std::time::Instant::now());
@@ -254,6 +288,18 @@ pub fn run<W: Write + Send + 'static>(
             })?;
             eprintln!("mailpipe: listening on control {}", path.display());
             tokio::spawn(crate::control::serve(listener, tx.clone(), stats.clone(), stop.clone()));
+        }
+        if with_metrics {
+            let (inputs, stop) = (stats.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => crate::telemetry::publish_edges(&inputs, &sink_stats),
+                    }
+                }
+            });
         }
         // SIGHUP: reload, as `mailpipe reload` does; the answer goes to the log.
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

@@ -18,6 +18,7 @@
 //! - [`window`]: failures per (jail, address) within findtime.
 //! - [`policy`]: ignore lists, IPv6 aggregation, escalation, recidive → [`policy::Decision`].
 //! - [`sink`]: where decisions go.
+//! - [`telemetry`]: Prometheus metrics, handles registered once, copied per batch.
 //! - [`state`]: bans and ban history that survive restarts (redb).
 //! - [`pipeline`]: wires the stages; [`config`] reads pipeline files.
 //! - [`replay`]: the `test` command (fail2ban-regex's job) and its report.
@@ -35,4 +36,5 @@ pub mod prefilter;
 pub mod replay;
 pub mod sink;
 pub mod state;
+pub mod telemetry;
 pub mod window;

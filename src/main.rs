@@ -32,6 +32,9 @@ enum Command {
         /// Print decisions as JSON lines instead of applying them (whatever the pipeline's sink).
         #[arg(long)]
         dry_run: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (overrides the pipeline's `metrics`).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Replay log files at full speed and report matches, misses and bans (like fail2ban-regex).
     Test {
@@ -236,8 +239,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Run { config, dry_run } => {
-            let cfg = load(&config)?;
+        Command::Run { config, dry_run, metrics } => {
+            let mut cfg = load(&config)?;
+            if metrics.is_some() {
+                cfg.metrics = metrics;
+            }
             let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
             // `mailpipe reload` and SIGHUP re-read the same file.
             let reload = config.clone().map(|path| -> mailpipe::control::Reloader {

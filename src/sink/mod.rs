@@ -236,6 +236,8 @@ const ATTEMPTS: u32 = 12;
 fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkStats) {
     let mut retry: VecDeque<(Decision, u32, Instant)> = VecDeque::new();
     let mut arrived = Instant::now();
+    // Registered once; a no-op when no metrics exporter is installed.
+    let ban_latency = metrics::histogram!("mailpipe_ban_latency_seconds");
     loop {
         let next = match retry.front() {
             Some((_, _, due)) => rx
@@ -275,7 +277,9 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
             Ok(()) => {
                 stats.applied.fetch_add(1, Ordering::Relaxed);
                 if tries == 0 {
-                    stats.latency.lock().expect("not poisoned").record(arrived.elapsed());
+                    let took = arrived.elapsed();
+                    ban_latency.record(took.as_secs_f64());
+                    stats.latency.lock().expect("not poisoned").record(took);
                 }
             }
             Err(e) => {
