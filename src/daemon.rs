@@ -182,18 +182,18 @@ pub fn run<W: Write + Send + 'static>(
                 }
                 sink.ban(std::mem::take(&mut decided), arrived);
                 // Counters reach the exporter at most ten times a second.
-                if let Some(m) = &metrics {
-                    if published.elapsed() >= std::time::Duration::from_millis(100) || rx.is_empty() {
-                        published = std::time::Instant::now();
-                        let (tracked, evicted) = pipeline.tracked();
-                        let bans = pipeline.bans(now);
-                        let banned: Vec<usize> = pipeline
-                            .jail_names()
-                            .iter()
-                            .map(|n| bans.iter().filter(|b| &*b.2 == n.as_str()).count())
-                            .collect();
-                        m.publish(pipeline.stats(), tracked, evicted, &banned, arrived.elapsed().as_secs_f64());
-                    }
+                if let Some(m) = &metrics
+                    && (published.elapsed() >= std::time::Duration::from_millis(100) || rx.is_empty())
+                {
+                    published = std::time::Instant::now();
+                    let (tracked, evicted) = pipeline.tracked();
+                    let bans = pipeline.bans(now);
+                    let banned: Vec<usize> = pipeline
+                        .jail_names()
+                        .iter()
+                        .map(|n| bans.iter().filter(|b| &*b.2 == n.as_str()).count())
+                        .collect();
+                    m.publish(pipeline.stats(), tracked, evicted, &banned, arrived.elapsed().as_secs_f64());
                 }
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
