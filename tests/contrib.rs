@@ -22,3 +22,47 @@ fn systemd_unit_verifies() {
         .collect();
     assert!(ours.is_empty(), "{err}");
 }
+
+#[test]
+fn prometheus_alerts_check() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: promtool is not installed (Debian package prometheus)");
+        return;
+    }
+    let out = Command::new("promtool")
+        .args([
+            "check",
+            "rules",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus/alerts.yml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn grafana_dashboard_is_json_with_panels() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/mailpipe.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let titles: Vec<&str> = v["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for want in [
+        "Lines/s",
+        "Matches/s per jail",
+        "Bans per hour per jail",
+        "Active bans",
+        "Drops per input",
+        "Ban latency (line to firewall)",
+    ] {
+        assert!(titles.contains(&want), "{titles:?}");
+    }
+}

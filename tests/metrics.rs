@@ -75,5 +75,24 @@ fn counters_equal_what_was_sent() {
     // Histograms have buckets (not summaries), and the build is identified.
     assert!(body.contains("mailpipe_ban_latency_seconds_bucket{le=\"0.001\"}"), "{body}");
     assert!(body.contains("mailpipe_build_info{version=\""), "{body}");
+
+    // The dashboard and the alerts ask only for metrics this binary really exports.
+    for file in ["contrib/grafana/mailpipe.json", "contrib/prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let names: std::collections::BTreeSet<&str> = text
+            .match_indices("mailpipe_")
+            .map(|(i, _)| {
+                &text[i..i + text[i..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(text.len() - i)]
+            })
+            .collect();
+        for name in names {
+            assert!(
+                body.lines().any(|l| l.starts_with(name)),
+                "{file} uses {name}, which /metrics does not have"
+            );
+        }
+    }
     mp.stop();
 }
