@@ -280,12 +280,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut pipeline = Pipeline::new(&cfg, YearMode::Replay)?;
             let mut sources = Vec::new();
             for name in logs {
-                let reader: Box<dyn Read + Send> = if name == "-" {
-                    Box::new(std::io::stdin())
+                let (reader, len): (Box<dyn Read + Send>, _) = if name == "-" {
+                    (Box::new(std::io::stdin()), None)
                 } else {
-                    Box::new(std::fs::File::open(&name).with_context(|| format!("cannot open {name}"))?)
+                    let f = std::fs::File::open(&name).with_context(|| format!("cannot open {name}"))?;
+                    let len = f.metadata().ok().map(|m| m.len());
+                    (Box::new(f), len)
                 };
-                sources.push(replay::Source { name, reader });
+                sources.push(replay::Source { name, reader, len });
             }
             let opts = replay::Options {
                 json,
