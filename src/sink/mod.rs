@@ -253,6 +253,7 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
             Ok(SinkCmd::Unban { ip, prefix }) => {
                 // An unban whose address is waiting for a retry: drop the retry too.
                 retry.retain(|(d, _, _)| d.ip != ip);
+                metrics::counter!("mailpipe_unbans_total").increment(1);
                 if let Err(e) = sink.remove(ip, prefix) {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     eprintln!("mailpipe: error: unban {ip}/{prefix}: {e}");
@@ -276,6 +277,9 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
         match sink.apply(&d) {
             Ok(()) => {
                 stats.applied.fetch_add(1, Ordering::Relaxed);
+                // Per (jail, reason): bans are rare, so this lookup is off the hot path.
+                metrics::counter!("mailpipe_bans_applied_total", "jail" => d.jail.to_string(), "reason" => reason_name(d.reason))
+                    .increment(1);
                 if tries == 0 {
                     let took = arrived.elapsed();
                     ban_latency.record(took.as_secs_f64());
@@ -297,6 +301,15 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
     }
 }
 
+/// `threshold`, `recidive` or `manual`.
+pub fn reason_name(r: Reason) -> &'static str {
+    match r {
+        Reason::Threshold => "threshold",
+        Reason::Recidive => "recidive",
+        Reason::Manual => "manual",
+    }
+}
+
 /// A decision as the JSON object scripts read (`kind: "ban"`).
 pub fn decision_json(d: &Decision) -> serde_json::Value {
     serde_json::json!({
@@ -307,7 +320,7 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
         "failures": d.failures,
         "ban_for_s": d.ban_for,
         "offence": d.offence,
-        "reason": match d.reason { Reason::Threshold => "threshold", Reason::Recidive => "recidive", Reason::Manual => "manual" },
+        "reason": reason_name(d.reason),
         "time": crate::parse::rfc3339(d.time),
     })
 }
