@@ -61,18 +61,15 @@ fn skip_reason() -> Option<String> {
     (!usable).then(|| "the kernel has no ip_set support".into())
 }
 
-/// Whether the client namespace can open a TCP connection to `addr` port 25 within a second.
+/// Whether the client namespace can open a TCP connection to `addr`, port 25, within a second.
 fn connects(cli: &str, addr: &str) -> bool {
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        cli,
-        "python3",
-        "-c",
-        "import socket,sys; socket.create_connection((sys.argv[1], 25), timeout=1).close()",
-        addr,
-    ])
+    connects_port(cli, addr, 25)
+}
+
+/// The same on any port.
+fn connects_port(cli: &str, addr: &str, port: u16) -> bool {
+    let code = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()";
+    ok(&["ip", "netns", "exec", cli, "python3", "-c", code, addr, &port.to_string()])
 }
 
 /// Polls `connects` until it answers `want`, at most `tries` one-second attempts.
@@ -145,7 +142,7 @@ fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
     guard.children.push(
         Command::new("ip")
             .args(["netns", "exec", &srv, "python3", "-c"])
-            .arg("import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\ns.bind(('::', 25))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.close()")
+            .arg("import socket, threading\ndef serve(port):\n    s = socket.socket(socket.AF_INET6)\n    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n    s.bind(('::', port))\n    s.listen(64)\n    while True:\n        c, _ = s.accept()\n        c.close()\nthreading.Thread(target=serve, args=(8080,), daemon=True).start()\nserve(25)")
             .spawn()
             .unwrap(),
     );
@@ -153,7 +150,7 @@ fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
     let cfg = dir.path().join("fw.ron");
     std::fs::write(
         &cfg,
-        format!("Pipeline(include: [(file: \"{root}/pipelines/mail.ron\")], inputs: [Stdin], sink: {sink},\n policy: (bantime: \"3s\", ignore: [\"127.0.0.0/8\", \"::1\"]))"),
+        format!("Pipeline(include: [(file: \"{root}/pipelines/mail.ron\")], inputs: [Stdin], sink: {sink},\n policy: (bantime: \"3s\", recidive: Some((bans: 2, findtime: \"1h\", bantime: \"4s\")), ignore: [\"127.0.0.0/8\", \"::1\"]))"),
     )
     .unwrap();
     let mut mp = Command::new("ip")
@@ -199,5 +196,19 @@ fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
             "{addr}: connects again once the ban has expired"
         );
     }
+    // A second ban of the IPv4 client within the hour is recidive: every port is closed to it,
+    // not only the mail ports, until the recidive ban expires.
+    assert!(connects_port(&cli, "192.0.2.1", 8080), "a non-mail port is open before");
+    for _ in 0..5 {
+        stdin.write_all(failure_line("192.0.2.2").as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    wait_ban("192.0.2.2/32");
+    wait_ban("192.0.2.2/32");
+    assert!(!connects_port(&cli, "192.0.2.1", 8080), "recidive closes every port");
+    assert!(
+        (0..15).any(|_| connects_port(&cli, "192.0.2.1", 8080)),
+        "open again once the recidive ban expired"
+    );
     drop(stdin);
 }
