@@ -407,18 +407,22 @@ impl<W: Write> Sink<W> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn dry_run_prints_json_lines() {
-        let d = Decision {
-            ip: "2001:db8:1::".parse().unwrap(),
-            prefix: 64,
-            jail: "dovecot-auth".into(),
-            failures: 7,
-            ban_for: 3600,
+    fn decision(ip: &str, prefix: u8, jail: &str, failures: u32, ban_for: u64) -> Decision {
+        Decision {
+            ip: ip.parse().unwrap(),
+            prefix,
+            jail: jail.into(),
+            failures,
+            ban_for,
             offence: 1,
             time: 0,
             reason: Reason::Threshold,
-        };
+        }
+    }
+
+    #[test]
+    fn dry_run_prints_json_lines() {
+        let d = decision("2001:db8:1::", 64, "dovecot-auth", 7, 3600);
         let mut s = Sink::DryRun(Vec::new());
         s.apply(&d).unwrap();
         let Sink::DryRun(out) = s else { unreachable!() };
@@ -452,17 +456,7 @@ mod tests {
     fn a_refused_ban_is_retried_and_counted() {
         let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let h = spawn(&SinkConfig::DryRun, Flaky { n: 2, out: out.clone() }, None).unwrap();
-        let d = Decision {
-            ip: "192.0.2.1".parse().unwrap(),
-            prefix: 32,
-            jail: "j".into(),
-            failures: 5,
-            ban_for: 60,
-            offence: 1,
-            time: 0,
-            reason: Reason::Threshold,
-        };
-        h.ban(vec![d], Instant::now());
+        h.ban(vec![decision("192.0.2.1", 32, "j", 5, 60)], Instant::now());
         // The retries come 0.1 s and 0.2 s later; wait for the outcome, with a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
         while h.stats.applied.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
