@@ -172,9 +172,10 @@ pub fn run<W: Write + Send + 'static>(
                     Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, now, &mut decided)),
                     Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, now, &mut decided)),
                     Msg::Control(req, reply) => {
+                        let reloading = req == crate::control::Request::Reload;
                         let _ = reply.send(crate::control::handle(&mut pipeline, &sink, reload.as_ref(), req, now));
-                        // A reload may have changed the jails.
-                        if metrics.is_some() {
+                        // A reload may have changed the jails, and so the handles' labels.
+                        if reloading && metrics.is_some() {
                             metrics = Some(register(&pipeline));
                         }
                     }

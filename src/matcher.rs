@@ -618,6 +618,14 @@ mod tests {
         (0..m.rules.len() as u32).collect()
     }
 
+    /// What every rule of `m` finds in one message.
+    fn found<'a>(m: &mut Matcher, program: &'a str, msg: &'a str) -> Vec<Match<'a>> {
+        let mut out = Vec::new();
+        let all = every(m);
+        m.find(&rec(program, msg), &all, &mut out);
+        out
+    }
+
     const SASL: &str = r"warning: [^\[\s]*\[<HOST>\](?::\d+)?: SASL (?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5) authentication failed:";
 
     #[test]
@@ -628,14 +636,10 @@ mod tests {
             &[SASL],
             &[r"\S+ SASL \S+ authentication failed: Connection lost"],
         )]);
-        let mut out = Vec::new();
-        m.find(
-            &rec(
-                "postfix/submission/smtpd",
-                "warning: unknown[192.0.2.1]:25: SASL login authentication failed: x",
-            ),
-            &every(&m),
-            &mut out,
+        let out = found(
+            &mut m,
+            "postfix/submission/smtpd",
+            "warning: unknown[192.0.2.1]:25: SASL login authentication failed: x",
         );
         assert_eq!(
             out,
@@ -648,23 +652,24 @@ mod tests {
                 }
             }]
         );
-        out.clear();
-        m.find(
-            &rec("postfix/smtp", "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: x"),
-            &every(&m),
-            &mut out,
+        assert!(
+            found(
+                &mut m,
+                "postfix/smtp",
+                "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: x"
+            )
+            .is_empty()
         );
-        assert!(out.is_empty());
     }
 
     #[test]
     fn mapped_ipv6_becomes_ipv4_and_v6_works() {
         let mut m = matcher(&[jail("d", &[], &[r"x rip=<HOST>,"], &[])]);
-        let mut out = Vec::new();
-        m.find(&rec("", "x rip=::ffff:192.0.2.7, lip"), &every(&m), &mut out);
-        m.find(&rec("", "x rip=2001:db8::1, lip"), &every(&m), &mut out);
-        m.find(&rec("", "x rip=999.1.1.1, lip"), &every(&m), &mut out);
-        let ips: Vec<_> = out.iter().map(|m| m.found).collect();
+        let ips: Vec<_> = ["x rip=::ffff:192.0.2.7, lip", "x rip=2001:db8::1, lip", "x rip=999.1.1.1, lip"]
+            .into_iter()
+            .flat_map(|msg| found(&mut m, "", msg))
+            .map(|m| m.found)
+            .collect();
         assert_eq!(
             ips,
             vec![
@@ -684,16 +689,14 @@ mod tests {
     #[test]
     fn anchored_so_attacker_text_cannot_plant_a_host() {
         let mut m = matcher(&[jail("sasl", &[], &[SASL], &[])]);
-        let mut out = Vec::new();
-        m.find(
-            &rec(
+        assert!(
+            found(
+                &mut m,
                 "postfix/smtpd",
-                "NOQUEUE: helo=<warning: x[6.6.6.6]: SASL LOGIN authentication failed:>",
-            ),
-            &every(&m),
-            &mut out,
+                "NOQUEUE: helo=<warning: x[6.6.6.6]: SASL LOGIN authentication failed:>"
+            )
+            .is_empty()
         );
-        assert!(out.is_empty());
     }
 
     #[test]
@@ -704,14 +707,10 @@ mod tests {
             &[SASL],
             &[r"warning: \S+: SASL \S+ authentication failed: Connection lost"],
         )]);
-        let mut out = Vec::new();
-        m.find(
-            &rec(
-                "p",
-                "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: Connection lost to authentication server",
-            ),
-            &every(&m),
-            &mut out,
+        let out = found(
+            &mut m,
+            "p",
+            "warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: Connection lost to authentication server",
         );
         assert_eq!(
             out,

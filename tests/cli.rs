@@ -128,13 +128,23 @@ fn explain_shows_every_stage() {
     assert!(s.contains("ignored: the address is in policy.ignore"), "{s}");
 }
 
-fn run_with_stdin(input: &[u8]) -> (String, Option<i32>) {
-    let mut child = mailpipe()
+/// `mailpipe run --dry-run` with pipes to its stdin and stdout.
+fn spawn_dry_run() -> std::process::Child {
+    mailpipe()
         .args(["run", "--dry-run"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Five SASL failures from one address, a second apart.
+fn five_failures(end: &str) -> String {
+    (0..5).map(|i| SASL.replace("03:14:07", &format!("03:14:0{i}")) + end).collect()
+}
+
+fn run_with_stdin(input: &[u8]) -> (String, Option<i32>) {
+    let mut child = spawn_dry_run();
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
     (String::from_utf8(out.stdout).unwrap(), out.status.code())
@@ -142,7 +152,7 @@ fn run_with_stdin(input: &[u8]) -> (String, Option<i32>) {
 
 #[test]
 fn run_bans_from_stdin_and_exits_0_at_eof() {
-    let lines: String = (0..5).map(|i| SASL.replace("03:14:07", &format!("03:14:0{i}")) + "\n").collect();
+    let lines = five_failures("\n");
     let (out, code) = run_with_stdin(lines.as_bytes());
     assert_eq!(code, Some(0));
     let bans: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -158,10 +168,7 @@ fn run_survives_bad_input() {
     input.extend_from_slice(b"\xff\xfe\x00garbage\r\n\n\n");
     input.extend_from_slice(&vec![b'A'; 2 << 20]);
     input.push(b'\n');
-    for i in 0..5 {
-        input.extend_from_slice(SASL.replace("03:14:07", &format!("03:14:0{i}")).as_bytes());
-        input.extend_from_slice(b"\r\n");
-    }
+    input.extend_from_slice(five_failures("\r\n").as_bytes());
     input.truncate(input.len() - 2); // last line without LF
     let (out, code) = run_with_stdin(&input);
     assert_eq!(code, Some(0));
@@ -170,14 +177,9 @@ fn run_survives_bad_input() {
 
 #[test]
 fn sigterm_drains_and_exits_0() {
-    let mut child = mailpipe()
-        .args(["run", "--dry-run"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_dry_run();
     let mut stdin = child.stdin.take().unwrap();
-    let lines: String = (0..5).map(|i| SASL.replace("03:14:07", &format!("03:14:0{i}")) + "\n").collect();
+    let lines = five_failures("\n");
     stdin.write_all(lines.as_bytes()).unwrap();
     stdin.flush().unwrap();
     // Read the ban as it is printed: proof the lines went through before the signal.
