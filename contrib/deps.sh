@@ -1,26 +1,56 @@
 #!/usr/bin/env bash
-# Installs the system packages mailpipe's build and tests need on Debian/Ubuntu.
-# Idempotent: installs only what is missing. Needs root (or sudo).
+# The Debian/Ubuntu packages mailpipe needs, by purpose:
+#
+#   contrib/deps.sh build   to build it: a C compiler, libipset and libclang (the ipset crate's
+#                           bindings are generated at build time), pkg-config
+#   contrib/deps.sh test    to build it and run its tests: the real programs the tests drive
+#                           (rsyslog, ipset, iptables, nftables, iproute2, python3,
+#                           systemd-analyze, promtool)
+#   contrib/deps.sh run     to run the binary on a mail server: libipset, and the ipset and
+#                           iptables programs for the firewall rules (nftables users have nft)
+#
+# Several purposes may be given. Installs only what is missing; needs root (or sudo).
+# Nothing it installs is started: a policy-rc.d refuses every service start during the
+# installation, and the test-only Prometheus server (it comes with promtool) stays disabled.
 set -euo pipefail
-need=()
-command -v python3 >/dev/null || need+=(python3)   # tests run the shared log generator
-command -v cc >/dev/null || need+=(gcc)             # build scripts of some crates
-command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)   # the real syslog client in tests
-command -v logger >/dev/null || need+=(bsdutils)   # injects lines into rsyslog
-# The ipset sink builds against libipset through bindgen, which needs libclang.
-for pkg in libipset-dev libclang-dev pkg-config; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+
+build=(gcc libc6-dev pkg-config libipset-dev libclang-dev)
+test=("${build[@]}" python3 rsyslog bsdutils iproute2 ipset iptables nftables systemd prometheus)
+run=(libipset13 ipset iptables)
+# Packages the tests need only for a program: their service must never run on that account.
+declare -A quiet=([prometheus]=prometheus.service)
+
+[ $# -gt 0 ] || { echo "usage: $0 build|test|run ..." >&2; exit 2; }
+want=()
+for purpose in "$@"; do
+    case "$purpose" in
+        build) want+=("${build[@]}") ;;
+        test) want+=("${test[@]}") ;;
+        run) want+=("${run[@]}") ;;
+        *) echo "$0: unknown purpose '$purpose' (build, test or run)" >&2; exit 2 ;;
+    esac
 done
-# The firewall tests: sets, rules and network namespaces.
-command -v ipset >/dev/null || [ -x /usr/sbin/ipset ] || need+=(ipset)
-command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need+=(iptables)
-command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
-command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
-# The service files' checks: systemd-analyze (systemd) and promtool (prometheus).
-command -v systemd-analyze >/dev/null || need+=(systemd)
-command -v promtool >/dev/null || need+=(prometheus)
-if ((${#need[@]})); then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+
+need=()
+for pkg in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+[ ${#need[@]} -gt 0 ] || exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    # 101: "action not allowed"; invoke-rc.d and deb-systemd-invoke start nothing.
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    trap '$SUDO rm -f "$policy"' EXIT
 fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+for pkg in "${need[@]}"; do
+    unit=${quiet[$pkg]:-}
+    if [ -n "$unit" ] && command -v deb-systemd-helper >/dev/null; then
+        $SUDO deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
+    fi
+done

@@ -1,5 +1,7 @@
 //! The command line as scripts use it: exit codes, error positions, `explain`, and `run`.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -188,8 +190,7 @@ fn sigterm_drains_and_exits_0() {
     std::io::BufRead::read_line(&mut stdout, &mut ban).unwrap();
     assert!(ban.contains("46.38.145.252"), "{ban}");
     // stdin stays open: only the signal can end the run.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(common::signal(child.id(), libc::SIGTERM));
     let status = child.wait().unwrap();
     drop(stdin);
     assert_eq!(status.code(), Some(0));

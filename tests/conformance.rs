@@ -1,11 +1,11 @@
 //! The peer's test suite: fail2ban's annotated mail logs, replayed through the jail of the same
 //! mode; every `failJSON` must agree (match or not, host, time). The corpus is GPL data kept in
-//! `../shared/corpus/fail2ban`; without it this test says so and passes.
+//! `../shared/corpus/fail2ban`; without it this test fails under CI and skips, visibly, elsewhere.
 //!
 //! Deliberate disagreements (also in the README): TAI64N labels are read like daemontools'
 //! tai64nlocal (minus the 10 s TAI offset), so those times are 10 s earlier than fail2ban's.
 
-use std::path::PathBuf;
+mod common;
 
 use mailpipe::config::Config;
 use mailpipe::matcher::Found;
@@ -15,11 +15,6 @@ use serde_json::Value;
 
 /// fail2ban's tests run in Europe/Zurich with "now" at 2005-08-14 10:00:00 local.
 const NOW: i64 = 1_124_006_400;
-
-fn corpus() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/fail2ban");
-    dir.is_dir().then_some(dir)
-}
 
 /// The jail that plays fail2ban's filter `file` in `mode`.
 fn jail_for(file: &str, mode: &str) -> &'static str {
@@ -94,10 +89,10 @@ fn cases(dir: &std::path::Path, file: &'static str) -> Vec<Case> {
 
 #[test]
 fn fail2ban_corpus_agrees() {
-    let Some(dir) = corpus() else {
-        eprintln!("SKIPPED: fail2ban corpus not found at ../shared/corpus/fail2ban");
-        return;
-    };
+    if let Some(why) = common::missing(&[common::Need::Shared("corpus/fail2ban")]) {
+        return common::skip(&why);
+    }
+    let dir = common::shared("corpus/fail2ban");
     let mut cfg = Config::builtin_named("all.ron").unwrap();
     cfg.parse.timezone = Some("Europe/Zurich".into());
     cfg.policy.ignore.clear();

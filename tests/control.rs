@@ -4,23 +4,8 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
-use common::Mailpipe;
-
-fn cli(socket: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use common::{Mailpipe, cli};
 
 #[test]
 fn operator_bans_lists_and_unbans() {
@@ -133,13 +118,7 @@ fn reload_keeps_counts_and_refuses_a_bad_file() {
 
     // SIGHUP reloads too: back to two jails (each status is a round trip through the queue).
     write(&format!("(file: \"{root}/pipelines/mail.ron\")"));
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &mp.pid().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(common::signal(mp.pid(), libc::SIGHUP));
     assert!(
         (0..500).any(|_| status(&socket)["jails"].as_array().unwrap().len() == 2),
         "SIGHUP reloaded the file"

@@ -5,60 +5,17 @@
 //! during it, and succeed again once the kernel has expired the entry; for IPv4 and for IPv6
 //! (banned as its /64). Needs root, ip, ipset, iptables and python3; skips, saying why, without.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{Need, Netns, Reaper};
+
 fn ok(cmd: &[&str]) -> bool {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Deletes the namespaces (and what runs in them) however the test ends.
-struct Cleanup {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "ipset", "iptables", "ip6tables", "python3"] {
-        if !ok(&["sh", "-c", &format!("command -v {tool}")]) {
-            return Some(format!("{tool} is not installed (contrib/deps.sh installs it)"));
-        }
-    }
-    let probe = format!("mpprobe{}", std::process::id());
-    if !ok(&["ip", "netns", "add", &probe]) {
-        return Some("cannot create network namespaces here".into());
-    }
-    let usable = ok(&["ip", "netns", "exec", &probe, "ipset", "create", "probe", "hash:ip", "timeout", "1"]);
-    let _ = ok(&["ip", "netns", "del", &probe]);
-    (!usable).then(|| "the kernel has no ip_set support".into())
+    common::try_run(cmd).is_ok()
 }
 
 /// Whether the client namespace can open a TCP connection to `addr`, port 25, within a second.
@@ -94,9 +51,8 @@ fn ipset_and_iptables_drop_packets_while_banned() {
 
 #[test]
 fn nftables_drops_packets_while_banned() {
-    if !ok(&["sh", "-c", "command -v nft"]) {
-        eprintln!("SKIPPED: nft is not installed (contrib/deps.sh installs it)");
-        return;
+    if let Some(why) = common::missing(&[Need::Program("nft", "nftables")]) {
+        return common::skip(&why);
     }
     let root = env!("CARGO_MANIFEST_DIR");
     bans_drop_packets_and_expire(
@@ -108,44 +64,42 @@ fn nftables_drops_packets_while_banned() {
 
 /// The scenario, for one firewall: `setup` runs in the server namespace, `sink` is the pipeline's.
 fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED: {why}");
-        return;
+    let needs = [
+        Need::IpsetNetns,
+        Need::Program("iptables", "iptables"),
+        Need::Program("ip6tables", "iptables"),
+        Need::Program("python3", "python3"),
+    ];
+    if let Some(why) = common::missing(&needs) {
+        return common::skip(&why);
     }
-    let id = std::process::id();
-    let (srv, cli) = (format!("mps{tag}{id}"), format!("mpc{tag}{id}"));
-    let mut guard = Cleanup {
-        namespaces: Vec::new(),
-        children: Vec::new(),
-    };
-    for ns in [&srv, &cli] {
-        run(&["ip", "netns", "add", ns]);
-        guard.namespaces.push(ns.clone());
-    }
-    run(&[
+    // Declared first, dropped last: the children go before their namespaces.
+    let (srv_ns, cli_ns) = (Netns::create(&format!("s{tag}")), Netns::create(&format!("c{tag}")));
+    let (srv, cli) = (srv_ns.name.clone(), cli_ns.name.clone());
+    let mut children = Vec::new();
+    common::run(&[
         "ip", "-n", &srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &cli,
     ]);
     for (ns, dev, v4, v6) in [
         (&srv, "vs", "192.0.2.1/24", "2001:db8:1::1/64"),
         (&cli, "vc", "192.0.2.2/24", "2001:db8:1::2/64"),
     ] {
-        run(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
-        run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
-        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        common::run(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
+        common::run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
+        common::run(&["ip", "-n", ns, "link", "set", dev, "up"]);
     }
     let root = env!("CARGO_MANIFEST_DIR");
     let mut cmd = vec!["ip", "netns", "exec", &srv];
     cmd.extend_from_slice(setup);
-    run(&cmd);
+    common::run(&cmd);
     // Something to connect to: a dual-stack listener on port 25.
-    guard.children.push(
+    children.push(Reaper(
         Command::new("ip")
             .args(["netns", "exec", &srv, "python3", "-c"])
             .arg("import socket, threading\ndef serve(port):\n    s = socket.socket(socket.AF_INET6)\n    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n    s.bind(('::', port))\n    s.listen(64)\n    while True:\n        c, _ = s.accept()\n        c.close()\nthreading.Thread(target=serve, args=(8080,), daemon=True).start()\nserve(25)")
             .spawn()
             .unwrap(),
-    );
+    ));
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("fw.ron");
     std::fs::write(
@@ -170,7 +124,7 @@ fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
             let _ = tx.send(line);
         }
     });
-    guard.children.push(mp);
+    children.push(Reaper(mp));
     let wait_ban = |what: &str| loop {
         let line = banned.recv_timeout(Duration::from_secs(30)).expect("the ban is reported");
         assert!(!line.contains("error"), "{line}");

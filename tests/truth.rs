@@ -2,17 +2,13 @@
 //! which addresses attack; `mailpipe test --decisions` and `mailpipe run --dry-run` must ban
 //! exactly the addresses mail.ron's policy calls for, and never a legitimate one.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-
-fn generator() -> Option<PathBuf> {
-    let g = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/gen_maillog.py");
-    g.is_file().then_some(g)
-}
 
 /// mail.ron's jails as the truth file's failure kinds: (kinds, maxretry, findtime).
 const JAILS: &[(&[&str], usize, i64)] = &[(&["sasl"], 5, 900), (&["dovecot_login", "dovecot_auth"], 7, 900)];
@@ -39,10 +35,14 @@ fn banned_keys(decisions: &str) -> BTreeSet<String> {
 
 #[test]
 fn bans_exactly_the_attackers() {
-    let Some(gen_path) = generator() else {
-        eprintln!("SKIPPED: ../shared/bench/gen_maillog.py not found");
-        return;
-    };
+    let needs = [
+        common::Need::Shared("bench/gen_maillog.py"),
+        common::Need::Program("python3", "python3"),
+    ];
+    if let Some(why) = common::missing(&needs) {
+        return common::skip(&why);
+    }
+    let gen_path = common::shared("bench/gen_maillog.py");
     let dir = tempfile::tempdir().unwrap();
     let (log, truth) = (dir.path().join("maillog"), dir.path().join("truth.jsonl"));
     let st = Command::new("python3")
