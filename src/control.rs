@@ -65,8 +65,8 @@ pub enum Request {
 /// Builds a new pipeline from the (re-read) pipeline file.
 pub type Reloader = Box<dyn Fn() -> Result<Pipeline, String> + Send>;
 
-/// Answers `req` on the pipeline thread.
-pub fn handle(p: &mut Pipeline, sink: &SinkHandle, reload: Option<&Reloader>, req: Request, now: i64) -> Value {
+/// Answers `req` on the pipeline thread; `now` is the pipeline's clock.
+pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, reload: Option<&Reloader>, req: Request, now: i64) -> Value {
     match req {
         Request::Reload => match reload.map(|r| r()) {
             None => json!({"ok": false, "error": "this daemon has no pipeline file to reload"}),
@@ -80,7 +80,7 @@ pub fn handle(p: &mut Pipeline, sink: &SinkHandle, reload: Option<&Reloader>, re
         Request::Status => {
             let names = p.jail_names().to_vec();
             let st = p.stats();
-            let bans = p.bans(now);
+            let banned = p.banned_per_jail();
             let failing = p.failing_per_jail();
             let jails: Vec<Value> = names
                 .iter()
@@ -89,7 +89,7 @@ pub fn handle(p: &mut Pipeline, sink: &SinkHandle, reload: Option<&Reloader>, re
                     json!({
                         "name": n,
                         "currently_failing": failing[j],
-                        "currently_banned": bans.iter().filter(|b| &*b.2 == n.as_str()).count(),
+                        "currently_banned": banned[j],
                         "total_banned": st.jails[j].bans,
                         "failures": st.jails[j].rules.iter().sum::<u64>(),
                     })
@@ -97,24 +97,33 @@ pub fn handle(p: &mut Pipeline, sink: &SinkHandle, reload: Option<&Reloader>, re
                 .collect();
             let (tracked, evicted) = p.tracked();
             let up = p.uptime().max(1e-9);
+            let state = sink.store.as_ref().map(|s| {
+                let lag = s.lag();
+                json!({"pending": lag.pending, "dropped": lag.dropped, "error": lag.error})
+            });
             json!({"ok": true, "uptime_s": up.round(), "lines": st.lines, "lines_per_s": (st.lines as f64 / up).round(),
                    "bans_per_hour": (st.bans as f64 * 3600.0 / up).round(),
-                   "parsed": st.parsed, "matched": st.matched_lines, "bans": st.bans,
-                   "currently_banned": bans.len(), "tracked": tracked, "evicted": evicted, "jails": jails,
-                   "sink": sink.stats.summary()})
+                   "parsed": st.parsed, "matched": st.matched_lines, "time_clamped": st.time_clamped, "bans": st.bans,
+                   "currently_banned": p.bans().len(), "tracked": tracked, "evicted": evicted, "jails": jails,
+                   "sink": sink.stats.summary(), "state": state})
         }
         Request::List { jail } => {
             let bans: Vec<Value> = p
-                .bans(now)
+                .bans()
                 .into_iter()
-                .filter(|b| jail.as_deref().is_none_or(|j| j == &*b.2))
-                .map(|(ip, prefix, jail, until)| json!({"ip": ip.to_string(), "prefix": prefix, "jail": &*jail, "until": rfc3339(until), "left_s": until - now}))
+                .filter(|b| jail.as_deref().is_none_or(|j| j == &*b.jail))
+                .map(|b| {
+                    json!({"ip": b.net.addr().to_string(), "prefix": b.net.prefix_len(), "jail": &*b.jail,
+                           "reason": b.reason.name(), "offence": b.offence, "since": rfc3339(b.since),
+                           "until": rfc3339(b.until), "left_s": b.until - now})
+                })
                 .collect();
             json!({"ok": true, "bans": bans})
         }
         Request::Ban { ip, jail, for_s, force } => match p.manual_ban(ip, jail.as_deref().unwrap_or("manual"), for_s, now, force) {
             Ok(d) => {
-                let v = json!({"ok": true, "ip": d.ip.to_string(), "prefix": d.prefix, "ban_for_s": d.ban_for});
+                let v = json!({"ok": true, "ip": d.net.addr().to_string(), "prefix": d.net.prefix_len(), "ban_for_s": d.ban_for,
+                               "narrowed_from": d.narrowed_from});
                 sink.ban(vec![d], std::time::Instant::now());
                 v
             }
@@ -123,14 +132,14 @@ pub fn handle(p: &mut Pipeline, sink: &SinkHandle, reload: Option<&Reloader>, re
         Request::Unban { ip, all } => {
             let targets: Vec<IpAddr> = match (ip, all) {
                 (Some(ip), false) => vec![ip],
-                (None, true) => p.bans(now).into_iter().map(|b| b.0).collect(),
+                (None, true) => p.bans().into_iter().map(|b| b.net.addr()).collect(),
                 _ => return json!({"ok": false, "error": "give an address or all"}),
             };
             let mut lifted = Vec::new();
             for ip in targets {
-                if let Some((key, prefix)) = p.unban(ip) {
-                    sink.unban(key, prefix);
-                    lifted.push(format!("{key}/{prefix}"));
+                if let Some(net) = p.unban(ip) {
+                    sink.unban(net);
+                    lifted.push(net.to_string());
                 }
             }
             if ip.is_some() && lifted.is_empty() {

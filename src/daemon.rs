@@ -51,7 +51,7 @@ pub enum DaemonError {
     /// The sink could not be opened.
     #[error(transparent)]
     Sink(#[from] crate::sink::ipset::IpsetError),
-    /// The state file could not be opened or read.
+    /// The state file cannot be used at all (another process has it, or it is not a file).
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     /// The runtime could not start.
@@ -104,26 +104,23 @@ pub fn run<W: Write + Send + 'static>(
     let (inputs, max_line) = (cfg.inputs.as_slice(), cfg.parse.max_line);
     let sink = if dry_run { &SinkConfig::DryRun } else { &cfg.sink };
     let control = cfg.control.as_deref().map(std::path::Path::new);
-    let store = cfg
-        .state
-        .as_deref()
-        .map(|p| crate::state::Store::open(std::path::Path::new(p)))
-        .transpose()?;
     // Bans still active after a restart go back to the policy and, in one batch, to the sink.
-    let restored = match &store {
-        Some(s) => {
+    let mut restored = Vec::new();
+    let store = match cfg.state.as_deref() {
+        Some(p) => {
             let t0 = std::time::Instant::now();
-            let (bans, history) = s.load(wall_clock(), pipeline.forget_after())?;
-            pipeline.restore(&bans, &history);
+            let (store, loaded) = crate::state::Store::open(std::path::Path::new(p), wall_clock(), pipeline.forget_after())?;
+            pipeline.restore(&loaded.bans, &loaded.history);
             eprintln!(
                 "mailpipe: restored {} bans and {} histories in {} ms",
-                bans.len(),
-                history.len(),
+                loaded.bans.len(),
+                loaded.history.len(),
                 t0.elapsed().as_millis()
             );
-            bans
+            restored = loaded.bans;
+            Some(store)
         }
-        None => Vec::new(),
+        None => None,
     };
     if let Some(addr) = &cfg.metrics {
         let addr = parse_addr("metrics", addr)?;
@@ -134,10 +131,10 @@ pub fn run<W: Write + Send + 'static>(
         eprintln!("mailpipe: listening on metrics {addr}");
     }
     let with_metrics = cfg.metrics.is_some();
-    let sink = sink::spawn(sink, out, store)?;
+    let mut sink = sink::spawn(sink, out, store)?;
     let sink_stats = sink.stats.clone();
     let now = wall_clock();
-    sink.reapply(restored.into_iter().map(|b| restored_decision(b, now)).collect());
+    sink.reapply(restored.iter().map(|b| restored_decision(b, now)).collect());
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -164,16 +161,18 @@ pub fn run<W: Write + Send + 'static>(
                     }
                 });
             };
+            let mut flushed = std::time::Instant::now();
             while let Some(msg) = rx.blocking_recv() {
                 let arrived = std::time::Instant::now();
-                // One clock read per batch: arrival time only matters for lines without a time.
-                let now = wall_clock();
+                // One clock read per batch: the wall clock bounds the lines' own times.
+                let wall = wall_clock();
+                let now = pipeline.tick(wall);
                 match msg {
-                    Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, now, &mut decided)),
-                    Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, now, &mut decided)),
+                    Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, wall, &mut decided)),
+                    Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, wall, &mut decided)),
                     Msg::Control(req, reply) => {
                         let reloading = req == crate::control::Request::Reload;
-                        let _ = reply.send(crate::control::handle(&mut pipeline, &sink, reload.as_ref(), req, now));
+                        let _ = reply.send(crate::control::handle(&mut pipeline, &mut sink, reload.as_ref(), req, now));
                         // A reload may have changed the jails, and so the handles' labels.
                         if reloading && metrics.is_some() {
                             metrics = Some(register(&pipeline));
@@ -182,18 +181,17 @@ pub fn run<W: Write + Send + 'static>(
                     Msg::Stop => break,
                 }
                 sink.ban(std::mem::take(&mut decided), arrived);
+                if flushed.elapsed() >= std::time::Duration::from_secs(1) {
+                    flushed = std::time::Instant::now();
+                    sink.flush_state();
+                }
                 // Counters reach the exporter at most ten times a second.
                 if let Some(m) = &metrics
                     && (published.elapsed() >= std::time::Duration::from_millis(100) || rx.is_empty())
                 {
                     published = std::time::Instant::now();
                     let (tracked, evicted) = pipeline.tracked();
-                    let bans = pipeline.bans(now);
-                    let banned: Vec<usize> = pipeline
-                        .jail_names()
-                        .iter()
-                        .map(|n| bans.iter().filter(|b| &*b.2 == n.as_str()).count())
-                        .collect();
+                    let banned = pipeline.banned_per_jail();
                     m.publish(pipeline.stats(), tracked, evicted, &banned, arrived.elapsed().as_secs_f64());
                 }
             }
@@ -351,16 +349,17 @@ pub fn run<W: Write + Send + 'static>(
 }
 
 /// A saved ban as a decision for the sink, with the time it has left.
-fn restored_decision(b: crate::state::StoredBan, now: i64) -> crate::policy::Decision {
+fn restored_decision(b: &crate::policy::Ban, now: i64) -> crate::policy::Decision {
     crate::policy::Decision {
-        ip: b.ip,
-        prefix: b.prefix,
-        jail: std::sync::Arc::from(b.jail.as_str()),
+        net: b.net,
+        jail: b.jail.clone(),
         failures: 0,
         ban_for: (b.until - now).max(1) as u64,
-        offence: 0,
-        time: now,
-        reason: crate::policy::Reason::Threshold,
+        offence: b.offence,
+        time: b.since,
+        since: now,
+        reason: b.reason,
+        narrowed_from: None,
     }
 }
 

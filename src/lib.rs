@@ -24,6 +24,7 @@
 //! - [`replay`]: the `test` command (fail2ban-regex's job) and its report.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use mailpipe::clock::Mode;
 use mailpipe::config::{Config, ConfigError};
 use mailpipe::daemon::DaemonError;
-use mailpipe::parse::YearMode;
 use mailpipe::pipeline::Pipeline;
 use mailpipe::replay;
 
@@ -244,12 +244,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if metrics.is_some() {
                 cfg.metrics = metrics;
             }
-            let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
+            let pipeline = Pipeline::new(&cfg, Mode::Live)?;
             // `mailpipe reload` and SIGHUP re-read the same file.
             let reload = config.clone().map(|path| -> mailpipe::control::Reloader {
                 Box::new(move || {
                     let cfg = Config::load(&path).map_err(|e| e.to_string())?;
-                    Pipeline::new(&cfg, YearMode::Live).map_err(|e| e.to_string())
+                    Pipeline::new(&cfg, Mode::Live).map_err(|e| e.to_string())
                 })
             });
             let report = mailpipe::daemon::run(&cfg, dry_run, pipeline, reload, std::io::stdout(), signals()).map_err(|e| match e {
@@ -277,7 +277,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             logs,
         } => {
             let cfg = load(&config)?;
-            let mut pipeline = Pipeline::new(&cfg, YearMode::Replay)?;
+            let mut pipeline = Pipeline::new(&cfg, Mode::Replay)?;
             let mut sources = Vec::new();
             for name in logs {
                 let (reader, len): (Box<dyn Read + Send>, _) = if name == "-" {
@@ -304,7 +304,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Check { config, literals } => {
             let cfg = load(&config)?;
-            let pipeline = Pipeline::new(&cfg, YearMode::Live)?;
+            let pipeline = Pipeline::new(&cfg, Mode::Live)?;
             if literals {
                 for l in pipeline.literal_texts() {
                     println!("{l}");
@@ -395,7 +395,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Explain { config, now, line } => {
             let cfg = load(&config)?;
-            let mut pipeline = Pipeline::new(&cfg, YearMode::Live)?;
+            let mut pipeline = Pipeline::new(&cfg, Mode::Live)?;
             print!("{}", pipeline.explain(line.as_bytes(), now.unwrap_or_else(wall_clock)));
             Ok(())
         }

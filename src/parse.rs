@@ -21,6 +21,10 @@ pub struct ParseConfig {
     pub timezone: Option<String>,
     /// Longest line in bytes; longer lines are cut there and counted.
     pub max_line: usize,
+    /// How far ahead of the clock a line's own time is trusted (clocks of other servers drift).
+    pub future_skew: crate::config::Dur,
+    /// How far behind the clock a line's own time is trusted (a backlog delivered late).
+    pub backlog: crate::config::Dur,
 }
 
 impl Default for ParseConfig {
@@ -28,6 +32,8 @@ impl Default for ParseConfig {
         ParseConfig {
             timezone: None,
             max_line: 16384,
+            future_skew: crate::config::Dur(120),
+            backlog: crate::config::Dur(86_400),
         }
     }
 }
@@ -111,16 +117,6 @@ impl Zone {
     }
 }
 
-/// How year-less dates (RFC 3164) get their year.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum YearMode {
-    /// Live input: the latest year that does not put the line more than a day after its arrival.
-    Live,
-    /// Replay of a file: the first line as `Live` against the reference time, every later line
-    /// the year nearest the previous line's time, so a log running through New Year gets it right.
-    Replay,
-}
-
 /// One line, split. Borrows the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -134,15 +130,13 @@ pub struct Record<'a> {
     pub msg: &'a str,
 }
 
-/// The parse stage: owns the zone and the year-inference state of one stream.
+/// The parse stage: owns the zone. Year-less dates take their year from a reference the caller
+/// gives: live input, the latest year that does not put the line more than a day after the
+/// reference (the arrival time); a replayed file, the year nearest its own clock, so a log
+/// running through New Year gets it right.
 #[derive(Debug)]
 pub struct Parser {
     zone: Zone,
-    mode: YearMode,
-    /// Wall-clock time of the previous line (Replay): the reference for the next year-less date.
-    last_wall: Option<i64>,
-    /// Unix time of the previous line with a time.
-    last_unix: Option<i64>,
     /// The zone's offset for one local hour (DST changes on hour boundaries): (hour, offset).
     offset_cache: std::cell::Cell<(i64, i64)>,
 }
@@ -154,12 +148,9 @@ fn sentinel() -> FixedOffset {
 
 impl Parser {
     /// A parser for one stream.
-    pub fn new(zone: Zone, mode: YearMode) -> Parser {
+    pub fn new(zone: Zone) -> Parser {
         Parser {
             zone,
-            mode,
-            last_wall: None,
-            last_unix: None,
             offset_cache: std::cell::Cell::new((i64::MIN, 0)),
         }
     }
@@ -169,21 +160,18 @@ impl Parser {
         self.zone
     }
 
-    /// Splits `line`; `now` (Unix seconds) is the arrival time, the reference for year inference.
-    pub fn parse<'a>(&mut self, line: &'a str, now: i64) -> Record<'a> {
+    /// Splits `line`. A year-less date gets the year that puts it nearest `reference` (Unix
+    /// seconds) when `follow`, else the latest that puts it at most a day after `reference`.
+    pub fn parse<'a>(&self, line: &'a str, reference: i64, follow: bool) -> Record<'a> {
         let line = line.trim_start_matches([' ', '\t']);
-        let reference = match (self.mode, self.last_wall) {
-            (YearMode::Replay, Some(last)) => YearRef { at: last, follow: true },
-            _ => YearRef {
-                at: self.to_wall(now),
-                follow: false,
-            },
+        let reference = YearRef {
+            at: self.to_wall(reference),
+            follow,
         };
         if let Some(f) = fast_3164(line) {
             let (month, day, h, m, sec) = f.date;
             let wall = wall_secs(reference.year_for(f.date), month, day, h, m, sec);
             let time = self.wall_to_unix(wall);
-            self.remember(time);
             return Record {
                 time: Some(time),
                 host: Some(f.host),
@@ -224,9 +212,6 @@ impl Parser {
             (None, None) => ("", m.msg),
         };
         let host = m.appname.and(m.hostname);
-        if let Some(t) = time {
-            self.remember(t);
-        }
         Record { time, host, program, msg }
     }
 
@@ -258,18 +243,8 @@ impl Parser {
         self.zone.to_local(unix).and_utc().timestamp()
     }
 
-    /// Time of the latest line that had one.
-    pub fn last_time(&self) -> Option<i64> {
-        self.last_unix
-    }
-
-    fn remember(&mut self, t: i64) {
-        self.last_wall = Some(self.to_wall(t));
-        self.last_unix = Some(t);
-    }
-
     /// The formats syslog_loose does not know; `None` to hand the line on.
-    fn parse_special<'a>(&mut self, line: &'a str) -> Option<Record<'a>> {
+    fn parse_special<'a>(&self, line: &'a str) -> Option<Record<'a>> {
         let b = line.as_bytes();
         let (time, rest) = if b.first() == Some(&b'@') {
             tai64n(line)?
@@ -281,7 +256,6 @@ impl Parser {
         } else {
             return None;
         };
-        self.remember(time);
         Some(Record {
             time: Some(time),
             host: None,
@@ -352,10 +326,9 @@ impl YearRef {
         let y = year_of_wall(self.at);
         if self.follow {
             [y, y - 1, y + 1].into_iter().min_by_key(|&c| (at(c) - self.at).abs()).unwrap_or(y)
-        } else if at(y) > self.at + 86_400 {
-            y - 1
         } else {
-            y
+            // `Jan  1 00:00:04` seen at Dec 31 23:59:55 is the coming year.
+            [y + 1, y].into_iter().find(|&c| at(c) <= self.at + 86_400).unwrap_or(y - 1)
         }
     }
 }
@@ -496,62 +469,82 @@ mod tests {
 
     #[test]
     fn rfc3164_fields() {
-        let mut p = Parser::new(utc(), YearMode::Live);
-        let r = p.parse("Jun 17 03:14:07 mail postfix/smtpd[175371]: warning: x", at("2024-07-01T00:00:00"));
+        let p = Parser::new(utc());
+        let r = p.parse(
+            "Jun 17 03:14:07 mail postfix/smtpd[175371]: warning: x",
+            at("2024-07-01T00:00:00"),
+            false,
+        );
         assert_eq!(r.time, Some(at("2024-06-17T03:14:07")));
         assert_eq!((r.host, r.program, r.msg), (Some("mail"), "postfix/smtpd", "warning: x"));
     }
 
     #[test]
     fn year_form_is_not_shifted() {
-        let mut p = Parser::new(Zone::resolve(Some("+02:00")).unwrap(), YearMode::Live);
-        let r = p.parse("Jun 17 2024 03:14:07 mail postfix/smtpd[1]: x", 0);
+        let p = Parser::new(Zone::resolve(Some("+02:00")).unwrap());
+        let r = p.parse("Jun 17 2024 03:14:07 mail postfix/smtpd[1]: x", 0, false);
         assert_eq!(r.time, Some(at("2024-06-17T01:14:07")));
     }
 
     #[test]
     fn named_zone_follows_dst() {
-        let mut p = Parser::new(Zone::resolve(Some("Europe/Zurich")).unwrap(), YearMode::Live);
+        let p = Parser::new(Zone::resolve(Some("Europe/Zurich")).unwrap());
         let now = at("2005-08-14T10:00:00");
         assert_eq!(
-            p.parse("Feb 21 09:21:54 x postfix/smtpd[1]: m", now).time,
+            p.parse("Feb 21 09:21:54 x postfix/smtpd[1]: m", now, false).time,
             Some(at("2005-02-21T08:21:54"))
         );
         assert_eq!(
-            p.parse("Jul 21 09:21:54 x postfix/smtpd[1]: m", now).time,
+            p.parse("Jul 21 09:21:54 x postfix/smtpd[1]: m", now, false).time,
             Some(at("2005-07-21T07:21:54"))
         );
     }
 
     #[test]
     fn live_year_never_far_in_future() {
-        let mut p = Parser::new(utc(), YearMode::Live);
+        let p = Parser::new(utc());
         let now = at("2026-01-01T00:00:05");
-        assert_eq!(p.parse("Dec 31 23:59:59 h a: m", now).time, Some(at("2025-12-31T23:59:59")));
-        assert_eq!(p.parse("Jan  1 00:00:01 h a: m", now).time, Some(at("2026-01-01T00:00:01")));
+        assert_eq!(p.parse("Dec 31 23:59:59 h a: m", now, false).time, Some(at("2025-12-31T23:59:59")));
+        assert_eq!(p.parse("Jan  1 00:00:01 h a: m", now, false).time, Some(at("2026-01-01T00:00:01")));
+        // Seen a few seconds before midnight, a January line is the coming year's.
+        let before = at("2025-12-31T23:59:55");
+        assert_eq!(
+            p.parse("Jan  1 00:00:04 h a: m", before, false).time,
+            Some(at("2026-01-01T00:00:04"))
+        );
+        assert_eq!(
+            p.parse("Dec 31 23:59:50 h a: m", before, false).time,
+            Some(at("2025-12-31T23:59:50"))
+        );
+        assert_eq!(
+            p.parse("Jun 17 03:14:07 h a: m", before, false).time,
+            Some(at("2025-06-17T03:14:07"))
+        );
     }
 
     #[test]
-    fn replay_crosses_new_year() {
-        let mut p = Parser::new(utc(), YearMode::Replay);
-        // Replayed in late January 2027: the file starts in December 2025.
+    fn following_a_file_crosses_new_year() {
+        let p = Parser::new(utc());
+        // A file that runs through New Year: each line is placed near the file's clock.
+        let clock = at("2026-12-31T23:59:59");
+        assert_eq!(p.parse("Jan  1 00:00:01 h a: m", clock, true).time, Some(at("2027-01-01T00:00:01")));
+        assert_eq!(p.parse("Dec 31 23:59:58 h a: m", clock, true).time, Some(at("2026-12-31T23:59:58")));
+        // The first line of a file replayed in late January 2027 is December 2026's.
         let now = at("2027-01-20T00:00:00");
-        assert_eq!(p.parse("Dec 20 10:00:00 h a: m", now).time, Some(at("2026-12-20T10:00:00")));
-        assert_eq!(p.parse("Dec 31 23:59:59 h a: m", now).time, Some(at("2026-12-31T23:59:59")));
-        assert_eq!(p.parse("Jan  1 00:00:01 h a: m", now).time, Some(at("2027-01-01T00:00:01")));
-        assert_eq!(p.parse("Jan 25 00:00:01 h a: m", now).time, Some(at("2027-01-25T00:00:01")));
+        assert_eq!(p.parse("Dec 20 10:00:00 h a: m", now, false).time, Some(at("2026-12-20T10:00:00")));
     }
 
     #[test]
     fn local_socket_lines_without_host_keep_their_program() {
-        let mut p = Parser::new(utc(), YearMode::Live);
-        let r = p.parse("<13>Nov 23 14:46:51 postfix/smtpd[7]: warning: x", at("2026-11-24T00:00:00"));
+        let p = Parser::new(utc());
+        let r = p.parse("<13>Nov 23 14:46:51 postfix/smtpd[7]: warning: x", at("2026-11-24T00:00:00"), false);
         assert_eq!((r.program, r.msg), ("postfix/smtpd", "warning: x"));
-        let r = p.parse("Jan 29 09:33:58 pop3-login: Info: Aborted login", at("2026-11-24T00:00:00"));
+        let r = p.parse("Jan 29 09:33:58 pop3-login: Info: Aborted login", at("2026-11-24T00:00:00"), false);
         assert_eq!((r.program, r.msg), ("pop3-login", "Info: Aborted login"));
         let r = p.parse(
             "Aug 30 00:10:57 auth(i@example.org,192.0.2.110,sasl:login)<Cv>: Info: sql: Password mismatch",
             0,
+            false,
         );
         assert_eq!(r.program, "");
         assert!(r.msg.starts_with("auth(i@example.org,192.0.2.110"));
@@ -559,10 +552,11 @@ mod tests {
 
     #[test]
     fn headerless_dovecot_keeps_tag_in_message() {
-        let mut p = Parser::new(utc(), YearMode::Live);
+        let p = Parser::new(utc());
         let r = p.parse(
             "Jun 17 04:14:11 auth-worker(175697): Info: sql(a,192.0.2.1): unknown user",
             at("2024-07-01T00:00:00"),
+            false,
         );
         assert_eq!(
             (r.program, r.msg),
@@ -572,15 +566,15 @@ mod tests {
 
     #[test]
     fn special_formats() {
-        let mut p = Parser::new(utc(), YearMode::Live);
-        let r = p.parse("@400000004c91b044077a9e94 dovecot-auth: pam_unix(dovecot:auth): x", 0);
+        let p = Parser::new(utc());
+        let r = p.parse("@400000004c91b044077a9e94 dovecot-auth: pam_unix(dovecot:auth): x", 0, false);
         assert_eq!(
             (r.time, r.msg),
             (Some(at("2010-09-16T05:50:50")), "dovecot-auth: pam_unix(dovecot:auth): x")
         );
-        let r = p.parse("2013-08-11 03:56:40 auth-worker(default): Info: m", 0);
+        let r = p.parse("2013-08-11 03:56:40 auth-worker(default): Info: m", 0, false);
         assert_eq!((r.time, r.msg), (Some(at("2013-08-11T03:56:40")), "auth-worker(default): Info: m"));
-        let r = p.parse("[22-Jan-2013 22:28:21 +0200]: FAILED login for u from 192.0.2.1", 0);
+        let r = p.parse("[22-Jan-2013 22:28:21 +0200]: FAILED login for u from 192.0.2.1", 0, false);
         assert_eq!(
             (r.time, r.msg),
             (Some(at("2013-01-22T20:28:21")), "FAILED login for u from 192.0.2.1")
@@ -589,13 +583,17 @@ mod tests {
 
     #[test]
     fn rfc5424_and_iso() {
-        let mut p = Parser::new(utc(), YearMode::Live);
-        let r = p.parse("<20>1 2026-11-22T21:59:13.053111+00:00 vm postfix/smtpd 175371 - -  warning: m", 0);
+        let p = Parser::new(utc());
+        let r = p.parse(
+            "<20>1 2026-11-22T21:59:13.053111+00:00 vm postfix/smtpd 175371 - -  warning: m",
+            0,
+            false,
+        );
         assert_eq!(
             (r.time, r.program, r.msg),
             (Some(at("2026-11-22T21:59:13")), "postfix/smtpd", "warning: m")
         );
-        let r = p.parse("2024-06-17T03:14:07.123456+02:00 mail postfix/smtpd[1]: warning: m", 0);
+        let r = p.parse("2024-06-17T03:14:07.123456+02:00 mail postfix/smtpd[1]: warning: m", 0, false);
         assert_eq!((r.time, r.program), (Some(at("2024-06-17T01:14:07")), "postfix/smtpd"));
     }
 
@@ -611,8 +609,8 @@ mod tests {
             let fast = fast_3164(line).map(|f| (f.host, f.program, f.msg)).expect(line);
             let m = syslog_loose::parse_message_with_year_tz(line, |_| 2024, Some(sentinel()), syslog_loose::Variant::Either);
             assert_eq!(fast, (m.hostname.unwrap(), m.appname.unwrap(), m.msg), "{line}");
-            let mut p = Parser::new(utc(), YearMode::Live);
-            let t = p.parse(line, now).time.unwrap();
+            let p = Parser::new(utc());
+            let t = p.parse(line, now, false).time.unwrap();
             assert_eq!(t, m.timestamp.unwrap().naive_local().and_utc().timestamp(), "{line}");
         }
         for odd in [
@@ -649,10 +647,10 @@ mod tests {
 
     #[test]
     fn garbage_has_no_time() {
-        let mut p = Parser::new(utc(), YearMode::Live);
-        assert_eq!(p.parse("garbage line here", 0).time, None);
-        assert_eq!(p.parse("", 0).time, None);
-        assert_eq!(p.parse("@zz", 0).time, None);
-        assert_eq!(p.parse("[nope", 0).time, None);
+        let p = Parser::new(utc());
+        assert_eq!(p.parse("garbage line here", 0, false).time, None);
+        assert_eq!(p.parse("", 0, false).time, None);
+        assert_eq!(p.parse("@zz", 0, false).time, None);
+        assert_eq!(p.parse("[nope", 0, false).time, None);
     }
 }

@@ -6,10 +6,13 @@
 
 use std::fmt::Write as _;
 
+use ipnet::IpNet;
+
+use crate::clock::{Clock, Mode};
 use crate::config::Config;
 use crate::matcher::{Found, JailId, Match, Matcher};
-use crate::parse::{Parser, Record, YearMode, Zone};
-use crate::policy::{Admit, Decision, Policy};
+use crate::parse::{Parser, Record, Zone};
+use crate::policy::{Admit, Ban, Decision, History, Policy};
 use crate::prefilter::Prefilter;
 use crate::window::{Threshold, Window};
 
@@ -22,8 +25,10 @@ pub struct Stats {
     pub skipped: u64,
     /// Lines parsed (they passed the prefilter).
     pub parsed: u64,
-    /// Parsed lines without a usable time (arrival time used).
+    /// Parsed lines without a usable time (the clock's time used).
     pub time_unparsed: u64,
+    /// Parsed lines whose own time was too far from the clock (the clock's time used).
+    pub time_clamped: u64,
     /// Lines that were not valid UTF-8 (matched on a lossy copy).
     pub invalid_utf8: u64,
     /// Lines matched by at least one jail's failure rule.
@@ -60,7 +65,7 @@ pub enum Event<'a> {
     Match {
         /// The match.
         m: Match<'a>,
-        /// The time used for it (the line's, or arrival).
+        /// The time it counts at (the line's own, or the clock's when that is not trusted).
         time: i64,
     },
     /// A ban to apply.
@@ -72,6 +77,7 @@ pub enum Event<'a> {
 pub struct Pipeline {
     prefilter: Prefilter,
     parser: Parser,
+    clock: Clock,
     matcher: Matcher,
     window: Window,
     policy: Policy,
@@ -89,8 +95,9 @@ pub struct Pipeline {
 pub type BuildError = crate::config::ConfigError;
 
 impl Pipeline {
-    /// Compiles every stage of `cfg`.
-    pub fn new(cfg: &Config, mode: YearMode) -> Result<Pipeline, BuildError> {
+    /// Compiles every stage of `cfg`; `mode` says where the clock comes from (`Live` for `run`,
+    /// `Replay` for `test`).
+    pub fn new(cfg: &Config, mode: Mode) -> Result<Pipeline, BuildError> {
         let first = cfg.origins.first().cloned().unwrap_or(crate::config::Origin {
             file: "<none>".into(),
             text: "".into(),
@@ -123,7 +130,8 @@ impl Pipeline {
         };
         Ok(Pipeline {
             prefilter,
-            parser: Parser::new(zone, mode),
+            parser: Parser::new(zone),
+            clock: Clock::new(mode, cfg.parse.future_skew.secs(), cfg.parse.backlog.secs()),
             matcher,
             window,
             policy,
@@ -182,12 +190,16 @@ impl Pipeline {
         self.parser.zone()
     }
 
-    /// Time of the latest parsed line that had one: the arrival time to use in replays.
-    pub fn last_time(&self) -> Option<i64> {
-        self.parser.last_time()
+    /// The clock's time for a batch that arrived at `arrival` (the wall clock); ends the bans
+    /// whose time is up.
+    pub fn tick(&mut self, arrival: i64) -> i64 {
+        let now = self.clock.now(arrival);
+        self.policy.expire(now);
+        now
     }
 
-    /// An operator's ban (`mailpipe ban`); `ban_for` defaults to the policy's bantime.
+    /// An operator's ban (`mailpipe ban`) at clock `now`; `ban_for` defaults to the policy's
+    /// bantime.
     pub fn manual_ban(
         &mut self,
         ip: std::net::IpAddr,
@@ -200,7 +212,7 @@ impl Pipeline {
             .policy
             .manual_ban(ip, jail, ban_for.unwrap_or_else(|| self.policy.bantime()), now, force)?;
         for j in 0..self.stats.jails.len() as JailId {
-            self.window.forget(j, d.ip);
+            self.window.forget(j, d.net);
         }
         Ok(d)
     }
@@ -208,7 +220,9 @@ impl Pipeline {
     /// Hands this pipeline's state to `next` (a reload): bans, ban history, the failures counted
     /// so far and the counters, matched by jail name; jails that are gone take theirs with them.
     pub fn carry_over(self, next: &mut Pipeline) {
-        next.policy.restore(&self.policy.all_bans(), &self.policy.histories());
+        let bans: Vec<Ban> = self.policy.bans().into_iter().cloned().collect();
+        next.policy.restore(&bans, &self.policy.histories());
+        next.clock = self.clock.clone();
         let old = self.matcher.jail_names();
         let new_id = |j: JailId| {
             next.matcher
@@ -244,7 +258,7 @@ impl Pipeline {
     }
 
     /// Takes back bans and history saved before a restart.
-    pub fn restore(&mut self, bans: &[crate::state::StoredBan], history: &[(std::net::IpAddr, u32, i64)]) {
+    pub fn restore(&mut self, bans: &[Ban], history: &[History]) {
         self.policy.restore(bans, history);
     }
 
@@ -253,18 +267,19 @@ impl Pipeline {
         self.policy.forget_after()
     }
 
-    /// Lifts a ban: (address or network, prefix) if there was one.
-    pub fn unban(&mut self, ip: std::net::IpAddr) -> Option<(std::net::IpAddr, u8)> {
+    /// Lifts a ban: the address or network, if there was one.
+    pub fn unban(&mut self, ip: std::net::IpAddr) -> Option<IpNet> {
         self.policy.unban(ip)
     }
 
-    /// Active bans at `now`: (address or network, prefix, jail, until).
-    pub fn bans(&self, now: i64) -> Vec<(std::net::IpAddr, u8, std::sync::Arc<str>, i64)> {
-        self.policy
-            .bans(now)
-            .into_iter()
-            .map(|(ip, p, b)| (ip, p, b.jail.clone(), b.until))
-            .collect()
+    /// Active bans (as of the last `tick`), soonest end first.
+    pub fn bans(&self) -> Vec<&Ban> {
+        self.policy.bans()
+    }
+
+    /// Active bans per jail, in jail order (cheap: for metrics on every batch).
+    pub fn banned_per_jail(&self) -> Vec<usize> {
+        self.jail_names().iter().map(|n| self.policy.active(n)).collect()
     }
 
     /// Addresses currently counting failures, per jail.
@@ -277,10 +292,10 @@ impl Pipeline {
         (self.window.tracked(), self.window.evicted())
     }
 
-    /// Runs one line through every stage; `now` (Unix seconds) is its arrival time, used when
-    /// the line has none. Calls `on` for each match and decision. Returns whether some jail's
-    /// failure rule matched.
-    pub fn process(&mut self, line: &[u8], now: i64, mut on: impl FnMut(Event<'_>)) -> bool {
+    /// Runs one line through every stage; `arrival` (Unix seconds) is the wall clock when it
+    /// arrived (`run`) or the reference time (`test`). Calls `on` for each match and decision.
+    /// Returns whether some jail's failure rule matched.
+    pub fn process(&mut self, line: &[u8], arrival: i64, mut on: impl FnMut(Event<'_>)) -> bool {
         self.stats.lines += 1;
         let any = self.prefilter.is_candidate(line);
         if !any && !self.prefilter.has_unliteral() {
@@ -304,18 +319,18 @@ impl Pipeline {
                 &lossy
             }
         };
-        let rec = self.parser.parse(text, now);
-        let time = rec.time.unwrap_or_else(|| {
-            self.stats.time_unparsed += 1;
-            now
-        });
+        let (reference, follow) = self.clock.year_reference(arrival);
+        let rec = self.parser.parse(text, reference, follow);
+        self.stats.time_unparsed += u64::from(rec.time.is_none());
+        let placed = self.clock.place(rec.time, arrival);
+        self.stats.time_clamped += u64::from(placed.clamped);
         // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
         let mut matches: Vec<Match<'_>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
         self.matcher.find(&rec, self.prefilter.candidates(any), &mut matches);
         let mut matched = false;
         for m in &matches {
-            matched |= self.account(*m, time);
-            on(Event::Match { m: *m, time });
+            matched |= self.account(*m, placed.time, placed.now);
+            on(Event::Match { m: *m, time: placed.time });
         }
         let ignored = !matched && matches.iter().any(|m| m.found == Found::Ignored);
         self.stats.ignored_lines += u64::from(ignored);
@@ -330,8 +345,9 @@ impl Pipeline {
         matched
     }
 
-    /// Counts one match and runs it through policy and window; true for a failure.
-    fn account(&mut self, m: Match<'_>, time: i64) -> bool {
+    /// Counts one match at line time `time`, clock `now`, through policy and window; true for a
+    /// failure.
+    fn account(&mut self, m: Match<'_>, time: i64, now: i64) -> bool {
         let js = &mut self.stats.jails[m.jail as usize];
         let ip = match m.found {
             Found::Ignored => {
@@ -345,13 +361,13 @@ impl Pipeline {
             Found::Failure { ip, .. } => ip,
         };
         js.rules[m.rule] += 1;
-        match self.policy.admit(ip, time) {
+        match self.policy.admit(ip, now) {
             Admit::Ignored => js.ignored_ip += 1,
             Admit::Banned => js.already_banned += 1,
             Admit::Count(key) => {
-                if let Some(n) = self.window.record(m.jail, key, time) {
+                if let Some(n) = self.window.record(m.jail, key, time, now) {
                     let before = self.decisions.len();
-                    self.policy.decide(m.jail, key, n, time, &mut self.decisions);
+                    self.policy.decide(m.jail, key, n, time, now, &mut self.decisions);
                     js.bans += 1;
                     self.stats.bans += (self.decisions.len() - before) as u64;
                     for jail in 0..self.stats.jails.len() as JailId {
@@ -371,15 +387,25 @@ impl Pipeline {
         let any = self.prefilter.is_candidate(line);
         let candidates = self.prefilter.candidates(any).to_vec();
         let _ = writeln!(o, "line:      {text:?}");
-        let rec: Record<'_> = self.parser.parse(&text, now);
+        let (reference, follow) = self.clock.year_reference(now);
+        let rec: Record<'_> = self.parser.parse(&text, reference, follow);
+        let placed = self.clock.place(rec.time, now);
         let _ = writeln!(
             o,
             "parse:     time={} host={:?} program={:?}",
-            rec.time.map_or("none (arrival time used)".into(), |t| {
+            rec.time.map_or("none (the clock's time is used)".into(), |t| {
                 format!(
-                    "{} ({} local)",
+                    "{} ({} local){}",
                     crate::parse::rfc3339(t),
-                    crate::parse::local_iso(self.parser.zone(), t)
+                    crate::parse::local_iso(self.parser.zone(), t),
+                    if placed.clamped {
+                        format!(
+                            "; too far from the clock ({}): counted at the clock's time",
+                            crate::parse::rfc3339(placed.now)
+                        )
+                    } else {
+                        String::new()
+                    }
                 )
             }),
             rec.host.unwrap_or(""),
@@ -402,7 +428,6 @@ impl Pipeline {
         if matches.is_empty() {
             let _ = writeln!(o, "matcher:   no rule of any jail matches (rules are anchored at the start of msg)");
         }
-        let time = rec.time.unwrap_or(now);
         for m in &matches {
             let jail = &self.matcher.jail_names()[m.jail as usize];
             match m.found {
@@ -423,9 +448,12 @@ impl Pipeline {
                         m.rule,
                         user.map(|u| format!(", user {u:?}")).unwrap_or_default()
                     );
-                    let verdict = match self.policy.admit(ip, time) {
+                    let verdict = match self.policy.verdict(ip) {
                         Admit::Ignored => "ignored: the address is in policy.ignore, never banned".to_string(),
                         Admit::Banned => "already banned".to_string(),
+                        Admit::Count(key) if key.prefix_len() == key.max_prefix_len() => {
+                            format!("counted as {} toward maxretry", key.addr())
+                        }
                         Admit::Count(key) => format!("counted as {key} toward maxretry"),
                     };
                     let _ = writeln!(o, "policy:    {verdict}");
@@ -442,7 +470,7 @@ mod tests {
 
     #[test]
     fn five_sasl_failures_ban_once() {
-        let mut p = Pipeline::new(&Config::builtin(), YearMode::Live).unwrap();
+        let mut p = Pipeline::new(&Config::builtin(), Mode::Live).unwrap();
         let mut bans = Vec::new();
         for i in 0..6 {
             let line = format!(
@@ -456,7 +484,7 @@ mod tests {
         }
         assert_eq!(bans.len(), 1);
         assert_eq!(
-            (bans[0].ip.to_string().as_str(), &*bans[0].jail, bans[0].failures),
+            (bans[0].net.addr().to_string().as_str(), &*bans[0].jail, bans[0].failures),
             ("46.38.145.252", "postfix-sasl", 5)
         );
         assert_eq!(p.stats().jails[0].already_banned, 1);
@@ -464,7 +492,7 @@ mod tests {
 
     #[test]
     fn skipped_lines_are_counted() {
-        let mut p = Pipeline::new(&Config::builtin(), YearMode::Live).unwrap();
+        let mut p = Pipeline::new(&Config::builtin(), Mode::Live).unwrap();
         assert!(!p.process(b"Jun 17 03:14:07 mail postfix/smtpd[1]: connect from x[192.0.2.1]", 0, |_| {}));
         assert_eq!((p.stats().lines, p.stats().skipped), (1, 1));
     }

@@ -1,11 +1,17 @@
 //! Stage 5: who may be banned, for how long.
 //!
 //! Before counting: addresses in `ignore` are never banned, and IPv6 addresses are aggregated to
-//! their network (default /64: one host gets a whole /64 from its ISP). After a jail's threshold:
-//! the ban time grows for repeat offenders (`bantime * factor^(n-1)`, capped at `maxtime`, like
-//! fail2ban's bantime.increment), and `recidive` bans an address that keeps coming back.
+//! their network (default /64: one host gets a whole /64 from its ISP), narrowed as far as needed
+//! so that no ban ever covers an ignored address. After a jail's threshold: the ban time grows for
+//! repeat offenders (`bantime * factor^(n-1)`, capped at `maxtime`, like fail2ban's
+//! bantime.increment), and `recidive` bans an address that keeps coming back.
+//!
+//! Two times come in: a failure's own (placed) time, which windows count by, and the clock's
+//! `now` (the wall clock in `run`, the file's clock in `test`), which bans start, end and are
+//! checked at: a line's timestamp can never lift a ban or set when one ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -67,6 +73,10 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The longest ban anything may ask for (100 years): longer ones are refused, so ban ends
+/// never overflow.
+pub const MAX_BAN: u64 = 100 * 365 * 86_400;
+
 /// Why a ban is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -78,22 +88,46 @@ pub enum Reason {
     Manual,
 }
 
-/// An active ban as the policy remembers it.
+impl Reason {
+    /// `threshold`, `recidive` or `manual`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Threshold => "threshold",
+            Reason::Recidive => "recidive",
+            Reason::Manual => "manual",
+        }
+    }
+
+    /// The reason a name stands for.
+    pub fn from_name(name: &str) -> Option<Reason> {
+        [Reason::Threshold, Reason::Recidive, Reason::Manual]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+}
+
+/// A ban as the policy remembers it, and the state file stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
-    /// When it ends (Unix seconds).
-    pub until: i64,
-    /// The jail that made it.
+    /// The address (/32, /128) or network banned.
+    pub net: IpNet,
+    /// The jail that made it (`recidive`, or the operator's for a manual ban).
     pub jail: Arc<str>,
+    /// When it started, by the clock (Unix seconds).
+    pub since: i64,
+    /// When it ends, by the clock.
+    pub until: i64,
+    /// Why.
+    pub reason: Reason,
+    /// Which ban of this address it is (1 = first).
+    pub offence: u32,
 }
 
 /// A ban to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// The address, or for aggregated IPv6 the network address.
-    pub ip: IpAddr,
-    /// Prefix length (32 for IPv4, `ipv6_prefix` for IPv6).
-    pub prefix: u8,
+    /// The address (/32, /128) or network to ban.
+    pub net: IpNet,
     /// Jail name (`recidive` for the recidive rule).
     pub jail: Arc<str>,
     /// Failures that led to it (bans, for recidive).
@@ -104,26 +138,52 @@ pub struct Decision {
     pub offence: u32,
     /// Log time of the failure that triggered it (Unix seconds).
     pub time: i64,
+    /// When the ban starts, by the clock (Unix seconds).
+    pub since: i64,
     /// Why.
     pub reason: Reason,
+    /// The IPv6 prefix the ban would have had, when it was narrowed to spare an ignored address.
+    pub narrowed_from: Option<u8>,
+}
+
+impl Decision {
+    /// When the ban ends, by the clock.
+    pub fn until(&self) -> i64 {
+        self.since.saturating_add(self.ban_for as i64)
+    }
+
+    /// The ban the policy remembers for this decision.
+    pub fn ban(&self) -> Ban {
+        Ban {
+            net: self.net,
+            jail: self.jail.clone(),
+            since: self.since,
+            until: self.until(),
+            reason: self.reason,
+            offence: self.offence,
+        }
+    }
 }
 
 /// What the policy says of a failing address before counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
     /// Count it under this key (the address, or its IPv6 network).
-    Count(IpAddr),
+    Count(IpNet),
     /// In `ignore`: never banned.
     Ignored,
     /// Already banned until later: the failure needs no counting.
     Banned,
 }
 
+/// An address's (or network's) ban history: (key, offences, last ban by the clock).
+pub type History = (IpNet, u32, i64);
+
 #[derive(Debug, Default)]
-struct History {
-    offences: u32,
+struct Offences {
+    count: u32,
     last: i64,
-    /// Ban times within the recidive period.
+    /// Ban times (by the clock) within the recidive period.
     recent: VecDeque<i64>,
 }
 
@@ -134,9 +194,23 @@ pub struct Policy {
     ignore: Vec<IpNet>,
     jails: Vec<(Arc<str>, u64)>,
     recidive_name: Arc<str>,
-    history: HashMap<IpAddr, History, foldhash::fast::RandomState>,
-    banned: HashMap<IpAddr, Ban, foldhash::fast::RandomState>,
-    next_sweep: i64,
+    history: HashMap<IpNet, Offences, foldhash::fast::RandomState>,
+    banned: HashMap<IpNet, Ban, foldhash::fast::RandomState>,
+    /// Ban ends, soonest first; an entry whose ban was replaced or lifted is skipped when it
+    /// comes up. Expiring costs only the bans that end, never a scan of all of them.
+    ends: BinaryHeap<Reverse<(i64, IpNet)>>,
+    /// Active bans per jail name, kept as bans come and go (metrics read it every batch).
+    active: HashMap<Arc<str>, usize>,
+    /// The clock at the last history sweep.
+    swept: i64,
+}
+
+/// `net`'s address as bits, for prefix arithmetic (IPv4 in the top 32 bits, unused here).
+fn bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        IpAddr::V6(a) => u128::from(a),
+    }
 }
 
 impl Policy {
@@ -148,6 +222,11 @@ impl Policy {
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| match n.addr().to_canonical() {
+                        // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
+                        IpAddr::V4(v4) if n.addr().is_ipv6() => IpNet::new(v4.into(), n.prefix_len().saturating_sub(96)).unwrap_or(n),
+                        _ => n,
+                    })
                     .map(|n| n.trunc())
                     .map_err(|_| origin.error_at(&[&format!("\"{s}\"")], format!("ignore: {s:?} is not an address or CIDR network")))
             })
@@ -160,6 +239,17 @@ impl Policy {
         {
             return Err(origin.error_at(&["factor"], "increment factor must be a number >= 1"));
         }
+        let lengths = [("bantime", Some(cfg.bantime)), ("maxtime", cfg.increment.map(|i| i.maxtime))]
+            .into_iter()
+            .chain(cfg.recidive.iter().map(|r| ("bantime", Some(r.bantime))))
+            .chain(jails.iter().map(|(_, b)| ("bantime", *b)));
+        for (field, d) in lengths {
+            if let Some(d) = d
+                && !(1..=MAX_BAN).contains(&d.secs())
+            {
+                return Err(origin.error_at(&[field], format!("{field}: a ban lasts from 1 s to 100 years (got {} s)", d.secs())));
+            }
+        }
         let jails = jails
             .iter()
             .map(|(n, b)| (Arc::from(n.as_str()), b.unwrap_or(cfg.bantime).secs()))
@@ -171,19 +261,29 @@ impl Policy {
             recidive_name: Arc::from("recidive"),
             history: HashMap::default(),
             banned: HashMap::default(),
-            next_sweep: i64::MIN,
+            ends: BinaryHeap::new(),
+            active: HashMap::new(),
+            swept: i64::MIN,
         })
     }
 
-    /// Ignore check and aggregation, before a failure is counted.
-    pub fn admit(&self, ip: IpAddr, time: i64) -> Admit {
-        if self.ignore.iter().any(|n| n.contains(&ip)) {
+    /// Ignore check and aggregation, before a failure is counted; `now` is the clock.
+    pub fn admit(&mut self, ip: IpAddr, now: i64) -> Admit {
+        self.expire(now);
+        self.verdict(ip)
+    }
+
+    /// `admit` without expiring anything (for `explain`).
+    pub fn verdict(&self, ip: IpAddr) -> Admit {
+        let ip = ip.to_canonical();
+        if self.is_ignored(ip) {
             return Admit::Ignored;
         }
-        let key = self.key(ip);
-        match self.banned.get(&key) {
-            Some(b) if b.until > time => Admit::Banned,
-            _ => Admit::Count(key),
+        let key = self.key(ip).0;
+        if self.banned.contains_key(&key) {
+            Admit::Banned
+        } else {
+            Admit::Count(key)
         }
     }
 
@@ -199,53 +299,62 @@ impl Policy {
 
     /// Whether `ip` is in `ignore`.
     pub fn is_ignored(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.ignore.iter().any(|n| n.contains(&ip))
     }
 
-    fn key(&self, ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(_) => IpNet::new(ip, self.cfg.ipv6_prefix).map_or(ip, |n| n.network()),
+    /// The key an address is counted and banned under: itself for IPv4; for IPv6 its network
+    /// of `ipv6_prefix` bits, or a longer one if that would hold an ignored address or
+    /// network (then also the prefix it was narrowed from).
+    fn key(&self, ip: IpAddr) -> (IpNet, Option<u8>) {
+        let IpAddr::V6(_) = ip else {
+            return (IpNet::from(ip), None);
+        };
+        let wanted = self.cfg.ipv6_prefix;
+        let mut prefix = wanted;
+        for n in self.ignore.iter().filter(|n| n.addr().is_ipv6() && !n.contains(&ip)) {
+            // The network of length p around `ip` holds `n` exactly when p <= the bits they share.
+            let shared = (bits(ip) ^ bits(n.network())).leading_zeros().min(u32::from(n.prefix_len())) as u8;
+            if shared >= prefix {
+                prefix = shared + 1;
+            }
         }
+        let net = IpNet::new(ip, prefix).map_or(IpNet::from(ip), |n| n.trunc());
+        (net, (prefix != wanted).then_some(wanted))
     }
 
-    fn prefix(&self, key: IpAddr) -> u8 {
-        if key.is_ipv4() { 32 } else { self.cfg.ipv6_prefix }
-    }
-
-    /// A jail's threshold was reached for `key` at `time`: the ban, and a recidive ban if due.
-    pub fn decide(&mut self, jail: u16, key: IpAddr, failures: u32, time: i64, out: &mut Vec<Decision>) {
-        self.sweep(time);
+    /// A jail's threshold was reached for `key` at line time `time`, clock `now`: the ban, and a
+    /// recidive ban if due.
+    pub fn decide(&mut self, jail: u16, key: IpNet, failures: u32, time: i64, now: i64, out: &mut Vec<Decision>) {
+        self.expire(now);
         let (name, base) = self.jails[jail as usize].clone();
-        let forget = self.cfg.forget.secs() as i64;
-        let h = self.history.entry(key).or_default();
-        if h.offences > 0 && time - h.last > forget {
-            *h = History::default();
-        }
-        h.offences += 1;
-        h.last = time;
+        let offence = self.offend(key, now);
         let ban_for = match self.cfg.increment {
             Some(inc) => {
-                let f = inc.factor.powi(h.offences.saturating_sub(1).min(64) as i32);
+                let f = inc.factor.powi(offence.saturating_sub(1).min(64) as i32);
                 ((base as f64 * f).min(inc.maxtime.secs() as f64)) as u64
             }
             None => base,
         };
-        let offence = h.offences;
+        let narrowed_from = match key.addr() {
+            IpAddr::V6(_) if key.prefix_len() != self.cfg.ipv6_prefix => Some(self.cfg.ipv6_prefix),
+            _ => None,
+        };
         let mut decision = Decision {
-            ip: key,
-            prefix: self.prefix(key),
+            net: key,
             jail: name,
             failures,
             ban_for,
             offence,
             time,
+            since: now,
             reason: Reason::Threshold,
+            narrowed_from,
         };
         if let Some(r) = self.cfg.recidive {
-            let h = self.history.get_mut(&key).expect("inserted above");
-            h.recent.push_back(time);
-            while h.recent.front().is_some_and(|&t| t <= time - r.findtime.secs() as i64) {
+            let h = self.history.get_mut(&key).expect("offend inserted it");
+            h.recent.push_back(now);
+            while h.recent.front().is_some_and(|&t| t <= now - r.findtime.secs() as i64) {
                 h.recent.pop_front();
             }
             if h.recent.len() as u32 >= r.bans {
@@ -261,109 +370,128 @@ impl Policy {
                 };
             }
         }
-        let ban = Ban {
-            until: time.saturating_add(decision.ban_for as i64),
-            jail: decision.jail.clone(),
-        };
-        self.banned.insert(key, ban);
+        self.insert(decision.ban());
         out.push(decision);
     }
 
-    /// An operator's ban of `ip` (its IPv6 network) for `ban_for` seconds; refused for an
-    /// address in `ignore` unless `force`.
-    pub fn manual_ban(&mut self, ip: IpAddr, jail: &str, ban_for: u64, now: i64, force: bool) -> Result<Decision, String> {
-        if self.is_ignored(ip) && !force {
-            return Err(format!("{ip} is in policy.ignore: never banned (use --force to ban it anyway)"));
-        }
-        let key = self.key(ip);
-        let prefix = self.prefix(key);
+    /// Counts one more offence of `key` at `now` (history older than `forget` starts over).
+    fn offend(&mut self, key: IpNet, now: i64) -> u32 {
+        let forget = self.forget_after();
         let h = self.history.entry(key).or_default();
-        h.offences += 1;
+        if h.count > 0 && now - h.last > forget {
+            *h = Offences::default();
+        }
+        h.count += 1;
         h.last = now;
-        let offence = h.offences;
-        let jail: Arc<str> = Arc::from(jail);
-        self.banned.insert(
-            key,
-            Ban {
-                until: now.saturating_add(ban_for as i64),
-                jail: jail.clone(),
-            },
-        );
-        Ok(Decision {
-            ip: key,
-            prefix,
-            jail,
+        h.count
+    }
+
+    /// An operator's ban of `ip` (its IPv6 network) for `ban_for` seconds from `now`; refused
+    /// for an address in `ignore` unless `force`, which then bans that one address only.
+    pub fn manual_ban(&mut self, ip: IpAddr, jail: &str, ban_for: u64, now: i64, force: bool) -> Result<Decision, String> {
+        if !(1..=MAX_BAN).contains(&ban_for) {
+            return Err(format!("a ban lasts from 1 s to 100 years (asked for {ban_for} s)"));
+        }
+        let ip = ip.to_canonical();
+        let (key, narrowed_from) = match (self.is_ignored(ip), force) {
+            (true, false) => return Err(format!("{ip} is in policy.ignore: never banned (use --force to ban it anyway)")),
+            (true, true) => (IpNet::from(ip), None),
+            (false, _) => self.key(ip),
+        };
+        self.expire(now);
+        let offence = self.offend(key, now);
+        let d = Decision {
+            net: key,
+            jail: Arc::from(jail),
             failures: 0,
             ban_for,
             offence,
             time: now,
+            since: now,
             reason: Reason::Manual,
-        })
+            narrowed_from,
+        };
+        self.insert(d.ban());
+        Ok(d)
     }
 
-    /// Lifts the ban on `ip` (its IPv6 network); the key and prefix if there was one.
-    pub fn unban(&mut self, ip: IpAddr) -> Option<(IpAddr, u8)> {
-        let key = self.key(ip);
-        self.banned.remove(&key).map(|_| (key, self.prefix(key)))
-    }
-
-    /// Takes back bans and ban history saved before a restart.
-    pub fn restore(&mut self, bans: &[crate::state::StoredBan], history: &[(IpAddr, u32, i64)]) {
-        for b in bans {
-            self.banned.insert(
-                b.ip,
-                Ban {
-                    until: b.until,
-                    jail: Arc::from(b.jail.as_str()),
-                },
-            );
+    /// Records an active ban (replacing one of the same key).
+    fn insert(&mut self, ban: Ban) {
+        self.ends.push(Reverse((ban.until, ban.net)));
+        *self.active.entry(ban.jail.clone()).or_default() += 1;
+        if let Some(old) = self.banned.insert(ban.net, ban) {
+            self.forget_active(&old.jail);
         }
-        for &(ip, offences, last) in history {
-            let h = self.history.entry(ip).or_default();
-            h.offences = h.offences.max(offences);
+    }
+
+    fn forget_active(&mut self, jail: &Arc<str>) {
+        if let Some(n) = self.active.get_mut(jail) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Lifts the ban on `ip`: the one it is counted under, or any ban holding it. The network
+    /// lifted, if there was one.
+    pub fn unban(&mut self, ip: IpAddr) -> Option<IpNet> {
+        let ip = ip.to_canonical();
+        let key = self.key(ip).0;
+        let key = if self.banned.contains_key(&key) {
+            key
+        } else {
+            *self.banned.keys().find(|n| n.contains(&ip))?
+        };
+        let old = self.banned.remove(&key)?;
+        self.forget_active(&old.jail);
+        Some(key)
+    }
+
+    /// Ends the bans whose time is up at `now`; sweeps forgotten histories once an hour.
+    pub fn expire(&mut self, now: i64) {
+        while let Some(&Reverse((until, net))) = self.ends.peek() {
+            if until > now {
+                break;
+            }
+            self.ends.pop();
+            if self.banned.get(&net).is_some_and(|b| b.until == until) {
+                let old = self.banned.remove(&net).expect("just seen");
+                self.forget_active(&old.jail);
+            }
+        }
+        // The file's clock may go back (a second file): sweep from there on.
+        if now >= self.swept.saturating_add(3600) || now < self.swept {
+            self.swept = now;
+            let forget = self.forget_after();
+            self.history.retain(|_, h| now - h.last <= forget);
+        }
+    }
+
+    /// Takes back bans and ban history saved before a restart (or carried over a reload).
+    pub fn restore(&mut self, bans: &[Ban], history: &[History]) {
+        for b in bans {
+            self.insert(b.clone());
+        }
+        for &(net, count, last) in history {
+            let h = self.history.entry(net).or_default();
+            h.count = h.count.max(count);
             h.last = h.last.max(last);
         }
     }
 
-    /// Every remembered ban history, for a reload: (address, offences, last ban).
-    pub fn histories(&self) -> Vec<crate::state::History> {
-        self.history.iter().map(|(&ip, h)| (ip, h.offences, h.last)).collect()
+    /// Every remembered ban history, for a reload.
+    pub fn histories(&self) -> Vec<History> {
+        self.history.iter().map(|(&net, h)| (net, h.count, h.last)).collect()
     }
 
-    /// Every ban, expired or not, for a reload.
-    pub fn all_bans(&self) -> Vec<crate::state::StoredBan> {
-        self.banned
-            .iter()
-            .map(|(&ip, b)| crate::state::StoredBan {
-                ip,
-                prefix: self.prefix(ip),
-                jail: b.jail.to_string(),
-                until: b.until,
-            })
-            .collect()
+    /// Active bans per jail name (cheap: kept as bans come and go; `expire` first).
+    pub fn active(&self, jail: &str) -> usize {
+        self.active.get(jail).copied().unwrap_or(0)
     }
 
-    /// Active bans at `now`: (address or network, prefix, ban).
-    pub fn bans(&self, now: i64) -> Vec<(IpAddr, u8, &Ban)> {
-        let mut v: Vec<_> = self
-            .banned
-            .iter()
-            .filter(|(_, b)| b.until > now)
-            .map(|(&ip, b)| (ip, self.prefix(ip), b))
-            .collect();
-        v.sort_by_key(|(ip, _, b)| (b.until, *ip));
+    /// Every active ban (`expire` first), soonest end first.
+    pub fn bans(&self) -> Vec<&Ban> {
+        let mut v: Vec<&Ban> = self.banned.values().collect();
+        v.sort_by_key(|b| (b.until, b.net));
         v
-    }
-
-    /// Drops expired bans and forgotten histories; at most every hour of log time.
-    fn sweep(&mut self, now: i64) {
-        if now < self.next_sweep {
-            return;
-        }
-        self.next_sweep = now.saturating_add(3600);
-        let forget = self.cfg.forget.secs() as i64;
-        self.banned.retain(|_, b| b.until > now);
-        self.history.retain(|_, h| now - h.last <= forget);
     }
 }
 
@@ -383,17 +511,52 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ignoring(list: &[&str]) -> PolicyConfig {
+        PolicyConfig {
+            ignore: list.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn ignore_and_ipv6_aggregation() {
-        let p = policy(PolicyConfig {
-            ignore: vec!["127.0.0.0/8".into(), "::1".into(), "192.0.2.0/24".into()],
-            ..Default::default()
-        });
+        let mut p = policy(ignoring(&["127.0.0.0/8", "::1", "192.0.2.0/24"]));
         assert_eq!(p.admit(ip("127.0.0.2"), 0), Admit::Ignored);
         assert_eq!(p.admit(ip("::1"), 0), Admit::Ignored);
         assert_eq!(p.admit(ip("192.0.2.200"), 0), Admit::Ignored);
-        assert_eq!(p.admit(ip("2001:db8:1:0:aa::5"), 0), Admit::Count(ip("2001:db8:1::")));
-        assert_eq!(p.admit(ip("198.51.100.1"), 0), Admit::Count(ip("198.51.100.1")));
+        assert_eq!(p.admit(ip("::ffff:192.0.2.200"), 0), Admit::Ignored, "IPv4-mapped is IPv4");
+        assert_eq!(p.admit(ip("2001:db8:1:0:aa::5"), 0), Admit::Count(net("2001:db8:1::/64")));
+        assert_eq!(p.admit(ip("198.51.100.1"), 0), Admit::Count(net("198.51.100.1/32")));
+    }
+
+    #[test]
+    fn a_prefix_ban_never_covers_an_ignored_address() {
+        let mut p = policy(ignoring(&["2001:db8:1:2::10", "2001:db8:7::/48"]));
+        // The /64 holds ::10: narrowed to the largest network around ::99 that does not.
+        let Admit::Count(key) = p.admit(ip("2001:db8:1:2::99"), 0) else {
+            panic!()
+        };
+        assert_eq!(key, net("2001:db8:1:2::80/121"));
+        assert!(!key.contains(&ip("2001:db8:1:2::10")));
+        // Down to the single address when they differ only in the last bit.
+        let Admit::Count(key) = p.admit(ip("2001:db8:1:2::11"), 0) else {
+            panic!()
+        };
+        assert_eq!(key, net("2001:db8:1:2::11/128"));
+        // An ignored network wider than the /64 is ignored outright; one inside a /64 narrows.
+        assert_eq!(p.admit(ip("2001:db8:7:5::1"), 0), Admit::Ignored);
+        let mut out = Vec::new();
+        p.decide(0, net("2001:db8:1:2::80/121"), 5, 0, 0, &mut out);
+        assert_eq!(out[0].narrowed_from, Some(64));
+        // The operator's ban narrows the same way, and an IPv4-mapped address is IPv4.
+        let d = p.manual_ban(ip("2001:db8:1:2::99"), "manual", 60, 0, false).unwrap();
+        assert_eq!((d.net, d.narrowed_from), (net("2001:db8:1:2::80/121"), Some(64)));
+        let d = p.manual_ban(ip("::ffff:198.51.100.99"), "manual", 60, 0, false).unwrap();
+        assert_eq!(d.net, net("198.51.100.99/32"));
     }
 
     #[test]
@@ -407,32 +570,42 @@ mod tests {
         });
         let mut out = Vec::new();
         for (n, t) in [0i64, 10_000, 20_000, 30_000, 40_000].into_iter().enumerate() {
-            p.decide(0, ip("198.51.100.1"), 5, t + 86_400 * n as i64, &mut out);
+            let t = t + 86_400 * n as i64;
+            p.decide(0, net("198.51.100.1/32"), 5, t, t, &mut out);
         }
         let bans: Vec<_> = out.iter().map(|d| (d.offence, d.ban_for)).collect();
         assert_eq!(bans, vec![(1, 3600), (2, 7200), (3, 14400), (4, 18000), (5, 18000)]);
     }
 
     #[test]
-    fn banned_addresses_are_not_counted_again() {
+    fn bans_follow_the_clock_not_the_line() {
         let mut p = policy(PolicyConfig::default());
         let mut out = Vec::new();
-        p.decide(0, ip("198.51.100.1"), 5, 100, &mut out);
+        // Triggered by a line two hours old: the ban still runs an hour from now.
+        p.decide(0, net("198.51.100.1/32"), 5, 100 - 7200, 100, &mut out);
+        assert_eq!((out[0].since, out[0].until(), out[0].time), (100, 3700, 100 - 7200));
         assert_eq!(p.admit(ip("198.51.100.1"), 200), Admit::Banned);
-        assert_eq!(p.admit(ip("198.51.100.1"), 100 + 3600), Admit::Count(ip("198.51.100.1")));
+        assert_eq!(p.active("j"), 1);
+        assert_eq!(p.admit(ip("198.51.100.1"), 3700), Admit::Count(net("198.51.100.1/32")));
+        assert_eq!(p.active("j"), 0, "expired bans leave the count");
     }
 
     #[test]
-    fn manual_ban_respects_ignore_and_unban_lifts() {
+    fn manual_ban_respects_ignore_bounds_and_unban_lifts() {
         let mut p = policy(PolicyConfig::default());
         assert!(p.manual_ban(ip("127.0.0.1"), "manual", 60, 0, false).is_err());
         assert!(p.manual_ban(ip("127.0.0.1"), "manual", 60, 0, true).is_ok());
+        assert!(p.manual_ban(ip("192.0.2.1"), "manual", 0, 0, false).is_err(), "0 s is no ban");
+        assert!(
+            p.manual_ban(ip("192.0.2.1"), "manual", u64::MAX, 0, false).is_err(),
+            "no overflow into the past"
+        );
         let d = p.manual_ban(ip("2001:db8::7"), "manual", 60, 0, false).unwrap();
-        assert_eq!((d.ip, d.prefix, d.reason), (ip("2001:db8::"), 64, Reason::Manual));
+        assert_eq!((d.net, d.reason), (net("2001:db8::/64"), Reason::Manual));
         assert_eq!(p.admit(ip("2001:db8::9"), 10), Admit::Banned);
-        assert_eq!(p.bans(10).len(), 2);
-        assert_eq!(p.unban(ip("2001:db8::1")), Some((ip("2001:db8::"), 64)));
-        assert_eq!(p.admit(ip("2001:db8::9"), 10), Admit::Count(ip("2001:db8::")));
+        assert_eq!(p.bans().len(), 2);
+        assert_eq!(p.unban(ip("2001:db8::1")), Some(net("2001:db8::/64")));
+        assert_eq!(p.admit(ip("2001:db8::9"), 10), Admit::Count(net("2001:db8::/64")));
     }
 
     #[test]
@@ -447,7 +620,7 @@ mod tests {
         });
         let mut out = Vec::new();
         for t in [0, 4000, 8000] {
-            p.decide(0, ip("198.51.100.1"), 5, t, &mut out);
+            p.decide(0, net("198.51.100.1/32"), 5, t, t, &mut out);
         }
         let last: Vec<_> = out.iter().map(|d| (&*d.jail, d.reason)).collect();
         assert_eq!(
@@ -463,16 +636,17 @@ mod tests {
     }
 
     #[test]
-    fn bad_cidr_is_a_config_error() {
+    fn bad_values_are_config_errors() {
         let origin = Origin {
             file: "p.ron".into(),
             text: "Pipeline(policy: (ignore: [\"10.0.0/8\"]))".into(),
         };
-        let cfg = PolicyConfig {
-            ignore: vec!["10.0.0/8".into()],
+        let e = Policy::new(&ignoring(&["10.0.0/8"]), &[], &origin).unwrap_err();
+        assert_eq!((e.line, e.col), (1, 28));
+        let long = PolicyConfig {
+            bantime: Dur(MAX_BAN + 1),
             ..Default::default()
         };
-        let e = Policy::new(&cfg, &[], &origin).unwrap_err();
-        assert_eq!((e.line, e.col), (1, 28));
+        assert!(Policy::new(&long, &[], &origin).unwrap_err().reason.contains("100 years"));
     }
 }

@@ -93,8 +93,8 @@ fn read_chunks(
     }
 }
 
-/// Replays `sources` through `pipeline`; `reference` (Unix seconds) places year-less dates and
-/// lines without a time until the log itself has given one.
+/// Replays `sources` through `pipeline`; `reference` (Unix seconds) is the clock until the log
+/// itself has given one (it places the first year-less date, and lines without a time).
 pub fn run(
     pipeline: &mut Pipeline,
     sources: Vec<Source<'_>>,
@@ -114,8 +114,7 @@ pub fn run(
         let file = src.name.clone();
         let mut on_line = |line: &[u8]| {
             lineno += 1;
-            let now = pipeline.last_time().unwrap_or(reference);
-            let matched = pipeline.process(line, now, |e| {
+            let matched = pipeline.process(line, reference, |e| {
                 let v = match e {
                     Event::Match { m, time } if opts.matches => match m.found {
                         Found::Failure { ip, user } => {

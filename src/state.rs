@@ -1,21 +1,42 @@
 //! State that survives restarts: active bans and each address's ban history (for escalation),
 //! in an embedded redb file. redb is pure Rust (no C library beside libipset), transactional and
 //! crash-safe: a commit is durable when it returns, so a `kill -9` at any moment loses no ban
-//! that was applied, since bans are written before they reach the sink.
+//! that was written.
+//!
+//! The file serves protection, never the other way round:
+//! - a write that fails (disk full, I/O error) leaves the bans in memory, in order; every later
+//!   batch and a retry each second try again, reopening the file (redb refuses all work after an
+//!   I/O error until it is reopened), and the daemon says loudly, in its log and `status`, how
+//!   far behind the file is, and again when it has caught up;
+//! - a file that cannot be read (a flipped byte, a truncated file, a panic inside the reader) is
+//!   moved aside, named in an error, and the daemon starts with an empty one and protects;
+//! - values are our own bytes, decoded with bounds checks: nothing in the file can make the
+//!   reader panic on its own, and `catch_unwind` guards what redb itself might do.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use ipnet::IpNet;
+use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition, TableHandle};
 
-use crate::policy::Decision;
+use crate::policy::{Ban, Decision, History, MAX_BAN, Reason};
 
-/// address bytes → (until, prefix, jail)
-const BANS: TableDefinition<&[u8], (i64, u8, &str)> = TableDefinition::new("bans");
-/// address bytes → (offences, last ban time)
-const HISTORY: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("history");
+/// net key → since, until, reason, offence, jail
+const BANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bans.v2");
+/// net key → offences, last ban time
+const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history.v2");
+/// The first format (address → (until, prefix, jail) / (offences, last)), read once and migrated.
+const OLD_BANS: TableDefinition<&[u8], (i64, u8, &str)> = TableDefinition::new("bans");
+const OLD_HISTORY: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("history");
 
-/// A problem with the state file.
+/// Writes kept in memory while the file cannot take them, at most; beyond, the oldest go (and
+/// are counted): the kernel still has those bans, only a restart would forget them.
+const MAX_PENDING: usize = 1 << 20;
+
+/// A state file that cannot be used at all.
 #[derive(Debug, thiserror::Error)]
 #[error("state file {path}: {reason}")]
 pub struct StateError {
@@ -25,175 +46,584 @@ pub struct StateError {
     pub reason: String,
 }
 
-/// A ban read back at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredBan {
-    /// Address or network.
-    pub ip: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-    /// Jail that made it.
-    pub jail: String,
-    /// When it ends (Unix seconds).
-    pub until: i64,
+/// One change waiting to be written.
+#[derive(Debug, Clone)]
+enum Op {
+    Ban(Ban),
+    History(History),
+    Unban(IpNet),
 }
 
-/// Ban history of an address: (address or network, offences, last ban time).
-pub type History = (IpAddr, u32, i64);
+/// How far the file is behind, for `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// Changes not yet written.
+    pub pending: usize,
+    /// Changes given up because too many waited.
+    pub dropped: u64,
+    /// The last write error, while writes fail.
+    pub error: Option<String>,
+}
 
-/// The open state file.
+/// The state file and the changes not yet in it.
 pub struct Store {
-    db: Database,
-    path: String,
+    path: PathBuf,
+    db: Option<Database>,
+    pending: VecDeque<Op>,
+    dropped: u64,
+    error: Option<String>,
+    /// No attempt before this (backoff while the file fails).
+    retry_at: Instant,
+    backoff: Duration,
+    /// When the last error was logged (errors repeat; the log says so once a minute).
+    logged: Option<Instant>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("pending", &self.pending.len())
+            .finish()
     }
 }
 
-fn key(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
+/// `[4|6, address bytes..., prefix]`
+fn key(net: IpNet) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    match net.addr() {
+        IpAddr::V4(a) => {
+            k.push(4);
+            k.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            k.push(6);
+            k.extend_from_slice(&a.octets());
+        }
+    }
+    k.push(net.prefix_len());
+    k
+}
+
+fn net_of(k: &[u8]) -> Option<IpNet> {
+    let (addr, prefix) = match k {
+        [4, a @ .., p] if a.len() == 4 => (IpAddr::from(<[u8; 4]>::try_from(a).ok()?), *p),
+        [6, a @ .., p] if a.len() == 16 => (IpAddr::from(<[u8; 16]>::try_from(a).ok()?), *p),
+        _ => return None,
+    };
+    IpNet::new(addr, prefix).ok()
+}
+
+fn reason_code(r: Reason) -> u8 {
+    match r {
+        Reason::Threshold => 0,
+        Reason::Recidive => 1,
+        Reason::Manual => 2,
     }
 }
 
-fn ip_of(k: &[u8]) -> Option<IpAddr> {
-    match k.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(k).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(k).ok()?)),
-        _ => None,
+fn encode_ban(b: &Ban) -> Vec<u8> {
+    let mut v = Vec::with_capacity(21 + b.jail.len());
+    v.extend_from_slice(&b.since.to_le_bytes());
+    v.extend_from_slice(&b.until.to_le_bytes());
+    v.push(reason_code(b.reason));
+    v.extend_from_slice(&b.offence.to_le_bytes());
+    v.extend_from_slice(b.jail.as_bytes());
+    v
+}
+
+/// A stored ban, made sane at `now`: a ban cannot have started in the future (a clock that went
+/// back, or a damaged value) nor last longer than any ban may.
+fn decode_ban(net: IpNet, v: &[u8], now: i64) -> Option<Ban> {
+    let i64_at = |i: usize| Some(i64::from_le_bytes(v.get(i..i + 8)?.try_into().ok()?));
+    let (since, until) = (i64_at(0)?, i64_at(8)?);
+    let reason = match v.get(16)? {
+        0 => Reason::Threshold,
+        1 => Reason::Recidive,
+        2 => Reason::Manual,
+        _ => return None,
+    };
+    let offence = u32::from_le_bytes(v.get(17..21)?.try_into().ok()?);
+    let jail: Arc<str> = String::from_utf8_lossy(v.get(21..)?).into();
+    let length = until.saturating_sub(since).clamp(0, MAX_BAN as i64);
+    let since = since.min(now);
+    Some(Ban {
+        net,
+        jail,
+        since,
+        until: since.saturating_add(length),
+        reason,
+        offence,
+    })
+}
+
+fn encode_history(&(_, count, last): &History) -> Vec<u8> {
+    let mut v = count.to_le_bytes().to_vec();
+    v.extend_from_slice(&last.to_le_bytes());
+    v
+}
+
+fn decode_history(net: IpNet, v: &[u8]) -> Option<History> {
+    let count = u32::from_le_bytes(v.get(0..4)?.try_into().ok()?);
+    let last = i64::from_le_bytes(v.get(4..12)?.try_into().ok()?);
+    Some((net, count, last))
+}
+
+/// An error that says the file itself is damaged (as opposed to the disk failing).
+fn damaged(e: &DatabaseError) -> bool {
+    match e {
+        DatabaseError::Storage(StorageError::Io(io)) => {
+            matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData)
+        }
+        DatabaseError::Storage(StorageError::Corrupted(_) | StorageError::ValueTooLarge(_))
+        | DatabaseError::RepairAborted
+        | DatabaseError::UpgradeRequired(_) => true,
+        _ => false,
     }
+}
+
+/// Opens or creates the file; errors start with `in use: ` or `damaged: ` when they say so.
+fn create(path: &Path) -> Result<Database, String> {
+    guarded(|| {
+        Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => format!("in use: {e}"),
+            e if damaged(&e) => format!("damaged: {e}"),
+            e => e.to_string(),
+        })
+    })
+}
+
+/// Runs `f`, turning a panic into an error: whatever a damaged file makes the reader do.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(format!("the reader panicked: {what}"))
+    })
+}
+
+/// What the file held at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Bans still active.
+    pub bans: Vec<Ban>,
+    /// Histories younger than `forget`.
+    pub history: Vec<History>,
 }
 
 impl Store {
-    /// Opens (or creates) the state file.
-    pub fn open(path: &Path) -> Result<Store, StateError> {
-        let p = path.display().to_string();
-        if let Some(dir) = path.parent() {
+    /// Opens (or creates) the state file and reads what it holds at `now`, purging expired bans
+    /// and history older than `forget` seconds. A damaged file is moved aside (and logged) and a
+    /// new one started; a file that cannot be opened for now (disk full, I/O) is retried later
+    /// while everything is kept in memory. Only another process holding the file open, or a
+    /// path that is not a regular file, is an error.
+    pub fn open(path: &Path, now: i64, forget: i64) -> Result<(Store, Loaded), StateError> {
+        let fail = |reason: String| StateError {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Ok(m) = std::fs::symlink_metadata(path)
+            && !m.is_file()
+        {
+            return Err(fail("exists and is not a regular file".into()));
+        }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
             let _ = std::fs::create_dir_all(dir);
         }
-        let db = Database::create(path).map_err(|e| StateError {
-            path: p.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Store { db, path: p })
+        let mut store = Store {
+            path: path.to_path_buf(),
+            db: None,
+            pending: VecDeque::new(),
+            dropped: 0,
+            error: None,
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(100),
+            logged: None,
+        };
+        let loaded = match store.open_and_load(now, forget) {
+            Ok(l) => l,
+            Err(Opening::InUse(e)) => return Err(fail(e)),
+            Err(Opening::Unavailable(e)) => {
+                store.failed(&e);
+                Loaded::default()
+            }
+            Err(Opening::Damaged(e)) => {
+                store.move_aside(&e);
+                store.open_and_load(now, forget).unwrap_or_else(|e| {
+                    store.failed(&e.to_string());
+                    Loaded::default()
+                })
+            }
+        };
+        Ok((store, loaded))
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StateError {
-        StateError {
-            path: self.path.clone(),
-            reason: e.to_string(),
+    fn open_and_load(&mut self, now: i64, forget: i64) -> Result<Loaded, Opening> {
+        let path = self.path.clone();
+        let mut db = create(&path).map_err(Opening::classify)?;
+        match guarded(|| db.check_integrity().map_err(|e| format!("damaged: {e}"))) {
+            Ok(true) => {}
+            Ok(false) => eprintln!(
+                "mailpipe: warning: state file {}: repaired after an unclean stop (the last writes may be lost)",
+                path.display()
+            ),
+            Err(e) => return Err(Opening::classify(e)),
         }
+        let loaded = guarded(|| Self::load(&db, now, forget).map_err(|e| format!("damaged: {e}"))).map_err(Opening::classify)?;
+        self.db = Some(db);
+        Ok(loaded)
     }
 
-    /// Records bans (and their offence counts) in one durable transaction.
-    pub fn save(&self, bans: &[Decision]) -> Result<(), StateError> {
-        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+    /// Reads (and migrates, and purges) everything in one write transaction.
+    fn load(db: &Database, now: i64, forget: i64) -> Result<Loaded, redb::Error> {
+        let w = db.begin_write()?;
+        let mut loaded = Loaded::default();
         {
-            let mut b = w.open_table(BANS).map_err(|e| self.err(e))?;
-            let mut h = w.open_table(HISTORY).map_err(|e| self.err(e))?;
-            for d in bans {
-                let k = key(d.ip);
-                b.insert(k.as_slice(), (d.time.saturating_add(d.ban_for as i64), d.prefix, &*d.jail))
-                    .map_err(|e| self.err(e))?;
-                h.insert(k.as_slice(), (d.offence, d.time)).map_err(|e| self.err(e))?;
+            let mut bans = w.open_table(BANS)?;
+            let mut history = w.open_table(HISTORY)?;
+            Self::migrate(&w, &mut bans, &mut history, now)?;
+            let mut stale = Vec::new();
+            for e in bans.iter()? {
+                let (k, v) = e?;
+                match net_of(k.value()).and_then(|n| decode_ban(n, v.value(), now)) {
+                    Some(b) if b.until > now => loaded.bans.push(b),
+                    _ => stale.push(k.value().to_vec()),
+                }
+            }
+            for k in stale.drain(..) {
+                bans.remove(k.as_slice())?;
+            }
+            for e in history.iter()? {
+                let (k, v) = e?;
+                match net_of(k.value()).and_then(|n| decode_history(n, v.value())) {
+                    Some(h) if now - h.2 <= forget => loaded.history.push(h),
+                    _ => stale.push(k.value().to_vec()),
+                }
+            }
+            for k in stale {
+                history.remove(k.as_slice())?;
             }
         }
-        w.commit().map_err(|e| self.err(e))
+        w.commit()?;
+        Ok(loaded)
     }
 
-    /// Forgets an active ban (the history stays).
-    pub fn remove(&self, ip: IpAddr) -> Result<(), StateError> {
-        let w = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut b = w.open_table(BANS).map_err(|e| self.err(e))?;
-            b.remove(key(ip).as_slice()).map_err(|e| self.err(e))?;
-        }
-        w.commit().map_err(|e| self.err(e))
-    }
-
-    /// Active bans and the history younger than `forget` seconds; everything older is purged,
-    /// so the file does not grow without bound.
-    pub fn load(&self, now: i64, forget: i64) -> Result<(Vec<StoredBan>, Vec<History>), StateError> {
-        let w = self.db.begin_write().map_err(|e| self.err(e))?;
-        let mut bans = Vec::new();
-        let mut history = Vec::new();
-        {
-            let mut b = w.open_table(BANS).map_err(|e| self.err(e))?;
-            let mut expired = Vec::new();
-            for e in b.iter().map_err(|e| self.err(e))? {
-                let (k, v) = e.map_err(|e| self.err(e))?;
+    /// Copies the first format's tables into the current ones and deletes them.
+    fn migrate(
+        w: &redb::WriteTransaction,
+        bans: &mut redb::Table<&[u8], &[u8]>,
+        history: &mut redb::Table<&[u8], &[u8]>,
+        now: i64,
+    ) -> Result<(), redb::Error> {
+        let names: Vec<String> = w.list_tables()?.map(|t| t.name().to_string()).collect();
+        let addr = |k: &[u8]| match k.len() {
+            4 => <[u8; 4]>::try_from(k).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(k).ok().map(IpAddr::from),
+            _ => None,
+        };
+        if names.iter().any(|n| n == OLD_BANS.name()) {
+            for e in w.open_table(OLD_BANS)?.iter()? {
+                let (k, v) = e?;
                 let (until, prefix, jail) = v.value();
-                match ip_of(k.value()) {
-                    Some(ip) if until > now => bans.push(StoredBan {
-                        ip,
-                        prefix,
-                        jail: jail.to_string(),
+                if let Some(net) = addr(k.value()).and_then(|a| IpNet::new(a, prefix).ok()) {
+                    let ban = Ban {
+                        net,
+                        jail: jail.into(),
+                        since: now,
                         until,
-                    }),
-                    _ => expired.push(k.value().to_vec()),
+                        reason: Reason::Threshold,
+                        offence: 1,
+                    };
+                    bans.insert(key(net).as_slice(), encode_ban(&ban).as_slice())?;
                 }
             }
-            for k in expired {
-                b.remove(k.as_slice()).map_err(|e| self.err(e))?;
-            }
-            let mut h = w.open_table(HISTORY).map_err(|e| self.err(e))?;
-            let mut old = Vec::new();
-            for e in h.iter().map_err(|e| self.err(e))? {
-                let (k, v) = e.map_err(|e| self.err(e))?;
-                let (offences, last) = v.value();
-                match ip_of(k.value()) {
-                    Some(ip) if now - last <= forget => history.push((ip, offences, last)),
-                    _ => old.push(k.value().to_vec()),
+            w.delete_table(OLD_BANS)?;
+        }
+        if names.iter().any(|n| n == OLD_HISTORY.name()) {
+            for e in w.open_table(OLD_HISTORY)?.iter()? {
+                let (k, v) = e?;
+                if let Some(a) = addr(k.value()) {
+                    let prefix = if a.is_ipv4() { 32 } else { 64 };
+                    let net = IpNet::new(a, prefix).expect("valid prefix");
+                    let (count, last) = v.value();
+                    history.insert(key(net).as_slice(), encode_history(&(net, count, last)).as_slice())?;
                 }
             }
-            for k in old {
-                h.remove(k.as_slice()).map_err(|e| self.err(e))?;
+            w.delete_table(OLD_HISTORY)?;
+        }
+        Ok(())
+    }
+
+    /// Renames a damaged file to `<name>.damaged-<unix time>` and says so.
+    fn move_aside(&mut self, why: &str) {
+        self.db = None;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut aside = self.path.clone().into_os_string();
+        aside.push(format!(".damaged-{stamp}"));
+        match std::fs::rename(&self.path, &aside) {
+            Ok(()) => eprintln!(
+                "mailpipe: error: state file {} cannot be read ({why}); moved aside to {} and started afresh: bans it held are not restored",
+                self.path.display(),
+                Path::new(&aside).display()
+            ),
+            Err(e) => eprintln!(
+                "mailpipe: error: state file {} cannot be read ({why}) nor moved aside ({e})",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// Records a batch of decisions: bans and their offence counts, then writes what waits.
+    pub fn record(&mut self, decisions: &[Decision]) {
+        for d in decisions {
+            self.push(Op::Ban(d.ban()));
+            self.push(Op::History((d.net, d.offence, d.since)));
+        }
+        self.flush();
+    }
+
+    /// Forgets an active ban (the history stays), then writes what waits.
+    pub fn remove(&mut self, net: IpNet) {
+        self.push(Op::Unban(net));
+        self.flush();
+    }
+
+    fn push(&mut self, op: Op) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.dropped += 1;
+        }
+        self.pending.push_back(op);
+    }
+
+    /// Writes every waiting change in one transaction, unless the file failed moments ago.
+    /// Called with each batch of decisions and once a second; true when nothing waits.
+    pub fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        if Instant::now() < self.retry_at {
+            return false;
+        }
+        let result = match &self.db {
+            Some(db) => Self::write(db, &self.pending).map_err(|e| e.to_string()),
+            None => self.reopen(),
+        };
+        match result {
+            Ok(()) => {
+                if self.error.take().is_some() {
+                    eprintln!(
+                        "mailpipe: state file {} is written again: {} waiting changes caught up",
+                        self.path.display(),
+                        self.pending.len()
+                    );
+                }
+                self.pending.clear();
+                self.backoff = Duration::from_millis(100);
+                self.logged = None;
+                true
+            }
+            Err(e) => {
+                // redb refuses everything after an I/O error until the file is reopened.
+                self.db = None;
+                self.failed(&e);
+                false
             }
         }
-        w.commit().map_err(|e| self.err(e))?;
-        Ok((bans, history))
+    }
+
+    /// Reopens the file and writes what waits (a damaged file is moved aside first).
+    fn reopen(&mut self) -> Result<(), String> {
+        let db = match create(&self.path).map_err(Opening::classify) {
+            Ok(db) => db,
+            Err(Opening::Damaged(e)) => {
+                self.move_aside(&e);
+                create(&self.path)?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        Self::write(&db, &self.pending).map_err(|e| e.to_string())?;
+        self.db = Some(db);
+        Ok(())
+    }
+
+    fn write(db: &Database, ops: &VecDeque<Op>) -> Result<(), redb::Error> {
+        let w = db.begin_write()?;
+        {
+            let mut bans = w.open_table(BANS)?;
+            let mut history = w.open_table(HISTORY)?;
+            for op in ops {
+                match op {
+                    Op::Ban(b) => {
+                        bans.insert(key(b.net).as_slice(), encode_ban(b).as_slice())?;
+                    }
+                    Op::History(h) => {
+                        history.insert(key(h.0).as_slice(), encode_history(h).as_slice())?;
+                    }
+                    Op::Unban(net) => {
+                        bans.remove(key(*net).as_slice())?;
+                    }
+                }
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Notes a failed write: backoff (0.1 s doubling to 5 s) and a loud log line, repeated once a
+    /// minute while it lasts.
+    fn failed(&mut self, e: &str) {
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            self.logged = Some(Instant::now());
+            eprintln!(
+                "mailpipe: error: state file {}: {e}; {} changes wait in memory and are retried (bans still reach the firewall)",
+                self.path.display(),
+                self.pending.len()
+            );
+        }
+        self.error = Some(e.to_string());
+    }
+
+    /// How far the file is behind.
+    pub fn lag(&self) -> Lag {
+        Lag {
+            pending: self.pending.len(),
+            dropped: self.dropped,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Why opening failed.
+enum Opening {
+    /// Another process has it.
+    InUse(String),
+    /// The file is damaged: move it aside.
+    Damaged(String),
+    /// Not now (disk full, I/O): retry later.
+    Unavailable(String),
+}
+
+impl Opening {
+    fn classify(e: String) -> Opening {
+        if e.starts_with("in use: ") {
+            Opening::InUse(e)
+        } else if e.starts_with("damaged: ") || e.starts_with("the reader panicked") {
+            Opening::Damaged(e)
+        } else {
+            Opening::Unavailable(e)
+        }
+    }
+}
+
+impl std::fmt::Display for Opening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Opening::InUse(e) | Opening::Damaged(e) | Opening::Unavailable(e) => f.write_str(e),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Reason;
 
-    #[test]
-    fn bans_and_history_round_trip_and_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("s.redb")).unwrap();
-        let d = |ip: &str, time, ban_for, offence| Decision {
-            ip: ip.parse().unwrap(),
-            prefix: if ip.contains(':') { 64 } else { 32 },
+    fn decision(ip: &str, since: i64, ban_for: u64, offence: u32) -> Decision {
+        let addr: IpAddr = ip.parse().unwrap();
+        Decision {
+            net: IpNet::new(addr, if addr.is_ipv4() { 32 } else { 64 }).unwrap().trunc(),
             jail: "j".into(),
             failures: 5,
             ban_for,
             offence,
-            time,
+            time: since,
+            since,
             reason: Reason::Threshold,
-        };
-        s.save(&[d("192.0.2.1", 100, 3600, 2), d("2001:db8::", 100, 10, 1)]).unwrap();
+            narrowed_from: None,
+        }
+    }
+
+    #[test]
+    fn bans_and_history_round_trip_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (mut s, loaded) = Store::open(&path, 0, 86_400).unwrap();
+        assert!(loaded.bans.is_empty());
+        s.record(&[decision("192.0.2.1", 100, 3600, 2), decision("2001:db8::", 100, 10, 1)]);
         drop(s);
-        let s = Store::open(&dir.path().join("s.redb")).unwrap();
-        let (bans, history) = s.load(200, 86_400).unwrap();
+        let (mut s, loaded) = Store::open(&path, 200, 86_400).unwrap();
+        assert_eq!(loaded.bans.len(), 1);
+        let b = &loaded.bans[0];
         assert_eq!(
-            bans,
-            vec![StoredBan {
-                ip: "192.0.2.1".parse().unwrap(),
-                prefix: 32,
-                jail: "j".into(),
-                until: 3700
-            }]
+            (b.net.to_string().as_str(), b.since, b.until, b.offence),
+            ("192.0.2.1/32", 100, 3700, 2)
         );
-        assert_eq!(history.len(), 2);
-        s.remove("192.0.2.1".parse().unwrap()).unwrap();
-        assert!(s.load(200, 86_400).unwrap().0.is_empty());
-        assert!(s.load(100_000, 86_400).unwrap().1.is_empty(), "old history is purged");
+        assert_eq!(loaded.history.len(), 2);
+        s.remove("192.0.2.1/32".parse().unwrap());
+        drop(s);
+        assert!(Store::open(&path, 200, 86_400).unwrap().1.bans.is_empty());
+        assert!(
+            Store::open(&path, 100_000, 86_400).unwrap().1.history.is_empty(),
+            "old history is purged"
+        );
+    }
+
+    #[test]
+    fn a_ban_dated_in_the_future_is_not_restored_for_decades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (mut s, _) = Store::open(&path, 0, 86_400).unwrap();
+        // Written by an earlier version from a line dated 2099.
+        s.record(&[decision("192.0.2.1", 4_070_908_800, 3600, 1)]);
+        drop(s);
+        let now = 1_800_000_000;
+        let b = Store::open(&path, now, 86_400).unwrap().1.bans.remove(0);
+        assert_eq!((b.since, b.until), (now, now + 3600));
+    }
+
+    #[test]
+    fn a_damaged_file_is_moved_aside_and_a_new_one_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (mut s, _) = Store::open(&path, 0, 86_400).unwrap();
+        s.record(&[decision("192.0.2.1", 100, 3600, 1)]);
+        drop(s);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len / 3)
+            .unwrap();
+        let (mut s, loaded) = Store::open(&path, 200, 86_400).unwrap();
+        assert!(loaded.bans.is_empty());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("s.redb.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        s.record(&[decision("192.0.2.2", 300, 3600, 1)]);
+        assert_eq!(s.lag(), Lag::default(), "the new file takes writes");
+    }
+
+    #[test]
+    fn garbage_values_never_panic() {
+        let net: IpNet = "192.0.2.1/32".parse().unwrap();
+        for v in [&b""[..], b"\xff", &[0xff; 21], &[0u8; 20]] {
+            let _ = decode_ban(net, v, 0);
+            let _ = decode_history(net, v);
+        }
+        assert_eq!(net_of(&[4, 1, 2, 3]), None);
+        assert_eq!(net_of(&[4, 1, 2, 3, 4, 99]), None, "prefix longer than the address");
     }
 }

@@ -1,11 +1,14 @@
 //! Stage 4: failures per (jail, address) within the jail's `findtime`.
 //!
-//! Time is the line's time, passed in: replaying an old file behaves like the live run. Memory
-//! is bounded: expired entries are swept as time advances, and past `max_tracked` entries the
-//! least recently failing eighth is evicted (and counted).
+//! Failures count by their lines' (placed) times, so replaying an old file behaves like the live
+//! run and a backlog delivered late still adds up; the clock (`now`) bounds what a line dated
+//! ahead of it can do: it never expires failures early. Memory is bounded: expired entries are
+//! swept as the clock advances, and past `max_tracked` entries the least recently failing eighth
+//! is evicted (and counted).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use serde::Deserialize;
 
@@ -47,9 +50,13 @@ struct Entry {
 pub struct Window {
     thresholds: Vec<Threshold>,
     max_tracked: usize,
-    entries: HashMap<(JailId, IpAddr), Entry, foldhash::fast::RandomState>,
+    entries: HashMap<(JailId, IpNet), Entry, foldhash::fast::RandomState>,
     longest: i64,
-    next_sweep: i64,
+    /// The clock at the last sweep.
+    swept: i64,
+    /// The oldest line time recorded since the last sweep: while a backlog is being delivered,
+    /// what it is still adding up must not be swept.
+    low_water: i64,
     evicted: u64,
 }
 
@@ -62,15 +69,18 @@ impl Window {
             max_tracked: cfg.max_tracked.max(1),
             entries: HashMap::default(),
             longest,
-            next_sweep: i64::MIN,
+            swept: i64::MIN,
+            low_water: i64::MAX,
             evicted: 0,
         }
     }
 
-    /// Records a failure at `time`; returns the number of failures in the window when it
-    /// reaches `maxretry` (the entry is then cleared: the next ban needs fresh failures).
-    pub fn record(&mut self, jail: JailId, key: IpAddr, time: i64) -> Option<u32> {
-        self.sweep(time);
+    /// Records a failure at line time `time`, clock `now`; returns the number of failures in the
+    /// window when it reaches `maxretry` (the entry is then cleared: the next ban needs fresh
+    /// failures).
+    pub fn record(&mut self, jail: JailId, key: IpNet, time: i64, now: i64) -> Option<u32> {
+        self.low_water = self.low_water.min(time);
+        self.sweep(now);
         let th = self.thresholds[jail as usize];
         if !self.entries.contains_key(&(jail, key)) && self.entries.len() >= self.max_tracked {
             self.evict();
@@ -79,7 +89,8 @@ impl Window {
         // Lines may arrive slightly out of order: keep times sorted.
         let pos = e.times.partition_point(|&t| t <= time);
         e.times.insert(pos, time);
-        let newest = *e.times.last().expect("just inserted");
+        // Counted back from the newest failure, but never from beyond the clock.
+        let newest = (*e.times.last().expect("just inserted")).min(now);
         let expired = e.times.partition_point(|&t| t <= newest - th.findtime);
         e.times.drain(..expired);
         let n = e.times.len() as u32;
@@ -92,7 +103,7 @@ impl Window {
     }
 
     /// Forgets an address in a jail (it was banned by other means).
-    pub fn forget(&mut self, jail: JailId, key: IpAddr) {
+    pub fn forget(&mut self, jail: JailId, key: IpNet) {
         self.entries.remove(&(jail, key));
     }
 
@@ -102,12 +113,12 @@ impl Window {
     }
 
     /// Every tracked (jail, key) and its failure times, for a reload.
-    pub fn export(&self) -> Vec<(JailId, IpAddr, Vec<i64>)> {
+    pub fn export(&self) -> Vec<(JailId, IpNet, Vec<i64>)> {
         self.entries.iter().map(|((j, ip), e)| (*j, *ip, e.times.to_vec())).collect()
     }
 
     /// Takes back failure times (a reload), unless the jail's threshold is already reached.
-    pub fn import(&mut self, jail: JailId, key: IpAddr, times: &[i64]) {
+    pub fn import(&mut self, jail: JailId, key: IpNet, times: &[i64]) {
         if times.len() < self.thresholds[jail as usize].maxretry as usize {
             self.entries.insert(
                 (jail, key),
@@ -133,20 +144,23 @@ impl Window {
     }
 
     /// Failures currently counted for (jail, key), for `status`-like views.
-    pub fn failures(&self, jail: JailId, key: IpAddr) -> usize {
+    pub fn failures(&self, jail: JailId, key: IpNet) -> usize {
         self.entries.get(&(jail, key)).map_or(0, |e| e.times.len())
     }
 
     /// Drops entries whose newest failure has left every window; runs at most every
-    /// `longest/4` seconds of log time, so its cost is spread thin.
+    /// `longest/4` seconds of the clock, so its cost is spread thin.
     fn sweep(&mut self, now: i64) {
-        if now < self.next_sweep {
+        // The file's clock may go back (a second file): sweep from there on.
+        if now < self.swept.saturating_add((self.longest / 4).max(1)) && now >= self.swept {
             return;
         }
-        self.next_sweep = now.saturating_add((self.longest / 4).max(1));
+        let horizon = self.low_water.min(now);
+        self.swept = now;
+        self.low_water = i64::MAX;
         let th = &self.thresholds;
         self.entries
-            .retain(|(j, _), e| e.times.last().is_some_and(|&t| t > now - th[*j as usize].findtime));
+            .retain(|(j, _), e| e.times.last().is_some_and(|&t| t > horizon - th[*j as usize].findtime));
     }
 
     /// Evicts the least recently failing eighth of the entries.
@@ -164,26 +178,26 @@ impl Window {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> IpNet {
+        IpNet::from(s.parse::<std::net::IpAddr>().unwrap())
     }
 
     #[test]
     fn bans_at_maxretry_within_findtime() {
         let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
-        assert_eq!(w.record(0, ip("192.0.2.1"), 0), None);
-        assert_eq!(w.record(0, ip("192.0.2.1"), 30), None);
-        assert_eq!(w.record(0, ip("192.0.2.1"), 59), Some(3));
+        assert_eq!(w.record(0, ip("192.0.2.1"), 0, 0), None);
+        assert_eq!(w.record(0, ip("192.0.2.1"), 30, 30), None);
+        assert_eq!(w.record(0, ip("192.0.2.1"), 59, 59), Some(3));
         assert_eq!(w.tracked(), 0);
     }
 
     #[test]
     fn old_failures_leave_the_window() {
         let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
-        w.record(0, ip("192.0.2.1"), 0);
-        w.record(0, ip("192.0.2.1"), 30);
+        w.record(0, ip("192.0.2.1"), 0, 0);
+        w.record(0, ip("192.0.2.1"), 30, 30);
         // Exactly findtime after the first: the first no longer counts (strict window).
-        assert_eq!(w.record(0, ip("192.0.2.1"), 60), None);
+        assert_eq!(w.record(0, ip("192.0.2.1"), 60, 60), None);
         assert_eq!(w.failures(0, ip("192.0.2.1")), 2);
     }
 
@@ -191,10 +205,33 @@ mod tests {
     fn expired_entries_are_swept() {
         let mut w = Window::new(vec![Threshold { maxretry: 5, findtime: 60 }], &WindowConfig::default());
         for i in 0..100 {
-            w.record(0, IpAddr::from([192, 0, 2, i]), 0);
+            w.record(0, IpNet::from(std::net::IpAddr::from([192, 0, 2, i])), 0, 0);
         }
-        w.record(0, ip("198.51.100.1"), 1000);
+        // Swept once the lines (not only the clock) have moved on: until then a late backlog
+        // may still be adding to them.
+        w.record(0, ip("198.51.100.1"), 1000, 1000);
+        w.record(0, ip("198.51.100.1"), 1020, 1020);
         assert_eq!(w.tracked(), 1);
+    }
+
+    #[test]
+    fn a_line_dated_ahead_of_the_clock_expires_nothing() {
+        let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
+        w.record(0, ip("192.0.2.1"), 100, 100);
+        w.record(0, ip("192.0.2.1"), 110, 110);
+        // Forged far ahead (the clock bounds it in practice): the two earlier failures still count.
+        assert_eq!(w.record(0, ip("192.0.2.1"), 10_000, 120), Some(3));
+    }
+
+    #[test]
+    fn a_late_backlog_still_adds_up() {
+        let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
+        let now = 100_000;
+        // Two hours late, and the clock keeps running (sweeps happen) while it is delivered.
+        assert_eq!(w.record(0, ip("192.0.2.1"), now - 7200, now), None);
+        assert_eq!(w.record(0, ip("192.0.2.9"), now - 7190, now + 100), None);
+        assert_eq!(w.record(0, ip("192.0.2.1"), now - 7195, now + 200), None);
+        assert_eq!(w.record(0, ip("192.0.2.1"), now - 7190, now + 300), Some(3));
     }
 
     #[test]
@@ -207,7 +244,7 @@ mod tests {
             &WindowConfig { max_tracked: 16 },
         );
         for i in 0..64u8 {
-            w.record(0, IpAddr::from([192, 0, 2, i]), i64::from(i));
+            w.record(0, IpNet::from(std::net::IpAddr::from([192, 0, 2, i])), i64::from(i), i64::from(i));
         }
         assert!(w.tracked() <= 16);
         assert!(w.evicted() >= 48);

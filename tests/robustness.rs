@@ -1,9 +1,9 @@
 //! Property tests: no input makes the parse + match path panic, and what a prefilter skips
 //! could never have matched. The same entry point is fuzzed with cargo-fuzz (`fuzz/`).
 
+use mailpipe::clock::Mode;
 use mailpipe::config::Config;
 use mailpipe::matcher::Matcher;
-use mailpipe::parse::YearMode;
 use mailpipe::parse::{Parser, Zone};
 use mailpipe::pipeline::Pipeline;
 use mailpipe::prefilter::Prefilter;
@@ -42,8 +42,8 @@ fn fragment() -> impl Strategy<Value = String> {
 }
 
 // Compiled once: matches do not depend on what earlier lines left in the windows.
-static LIVE: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| Mutex::new(Pipeline::new(&all(), YearMode::Live).unwrap()));
-static REPLAY: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| Mutex::new(Pipeline::new(&all(), YearMode::Replay).unwrap()));
+static LIVE: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| Mutex::new(Pipeline::new(&all(), Mode::Live).unwrap()));
+static REPLAY: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| Mutex::new(Pipeline::new(&all(), Mode::Replay).unwrap()));
 /// How many rules (patterns) the matcher has.
 fn rules(m: &Matcher) -> u32 {
     m.literal_sets().len() as u32
@@ -63,7 +63,7 @@ static STAGES: LazyLock<Mutex<Stages>> = LazyLock::new(|| {
     let prefilter = Prefilter::new(matcher.literal_sets());
     Mutex::new(Stages {
         prefilter,
-        parser: Parser::new(Zone::resolve(Some("UTC")).unwrap(), YearMode::Live),
+        parser: Parser::new(Zone::resolve(Some("UTC")).unwrap()),
         matcher,
     })
 });
@@ -90,7 +90,7 @@ proptest! {
         // Trying every rule must find exactly what trying the prefilter's candidates finds.
         let line = parts.concat();
         let st = &mut *STAGES.lock().unwrap();
-        let rec = st.parser.parse(&line, 0);
+        let rec = st.parser.parse(&line, 0, false);
         let every: Vec<u32> = (0..rules(&st.matcher)).collect();
         let mut full = Vec::new();
         st.matcher.find(&rec, &every, &mut full);

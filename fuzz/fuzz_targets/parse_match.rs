@@ -6,13 +6,13 @@ use std::sync::{LazyLock, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use mailpipe::config::Config;
-use mailpipe::parse::YearMode;
+use mailpipe::clock::Mode;
 use mailpipe::pipeline::Pipeline;
 
 static PIPELINE: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| {
     let mut cfg = Config::builtin_named("all.ron").expect("shipped");
     cfg.parse.timezone = Some("UTC".into());
-    Mutex::new(Pipeline::new(&cfg, YearMode::Replay).expect("builds"))
+    Mutex::new(Pipeline::new(&cfg, Mode::Replay).expect("builds"))
 });
 
 fuzz_target!(|data: &[u8]| {

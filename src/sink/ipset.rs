@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::policy::Decision;
 use ipset::Session;
 use ipset::types::{AddOption, HashIp, HashNet, NetDataType};
@@ -97,8 +99,9 @@ impl Sets {
         })
     }
 
-    fn add(&mut self, ip: IpAddr, prefix: u8, timeout: u32) -> Result<(), IpsetError> {
+    fn add(&mut self, net: IpNet, timeout: u32) -> Result<(), IpsetError> {
         let opts = [AddOption::Timeout(timeout)];
+        let (ip, prefix) = (net.addr(), net.prefix_len());
         let (set, res) = match ip {
             IpAddr::V4(_) => (&self.n4, add_or_replace(&mut self.v4, || ip, &opts)),
             IpAddr::V6(_) => (&self.n6, add_or_replace(&mut self.v6, || NetDataType::new(ip, prefix), &opts)),
@@ -110,7 +113,8 @@ impl Sets {
         })
     }
 
-    fn del(&mut self, ip: IpAddr, prefix: u8) -> Result<(), IpsetError> {
+    fn del(&mut self, net: IpNet) -> Result<(), IpsetError> {
+        let (ip, prefix) = (net.addr(), net.prefix_len());
         let (set, res) = match ip {
             IpAddr::V4(_) => (&self.n4, self.v4.del(ip)),
             IpAddr::V6(_) => (&self.n6, self.v6.del(NetDataType::new(ip, prefix))),
@@ -128,7 +132,7 @@ pub struct Ipset {
     mail: Sets,
     all: Sets,
     /// When each entry we added expires (Unix seconds): a re-ban only ever lengthens a ban.
-    until: HashMap<(IpAddr, u8, bool), i64>,
+    until: HashMap<(IpNet, bool), i64>,
     /// Size of `until` at which expired entries are next dropped.
     sweep_at: usize,
 }
@@ -164,12 +168,12 @@ impl Ipset {
         let timeout = d.ban_for.clamp(1, MAX_TIMEOUT) as u32;
         let until = now + i64::from(timeout);
         let every_port = d.reason == crate::policy::Reason::Recidive;
-        let key = (d.ip, d.prefix, every_port);
+        let key = (d.net, every_port);
         if self.until.get(&key).is_some_and(|&u| u >= until) {
             return Ok(());
         }
         let sets = if every_port { &mut self.all } else { &mut self.mail };
-        sets.add(d.ip, d.prefix, timeout)?;
+        sets.add(d.net, timeout)?;
         self.until.insert(key, until);
         // Forget expired entries now and then, not on every ban.
         if self.until.len() >= self.sweep_at {
@@ -180,11 +184,11 @@ impl Ipset {
     }
 
     /// Deletes the entry from both kinds of sets (absent is fine: the kernel may have expired it).
-    pub fn remove(&mut self, ip: IpAddr, prefix: u8) -> Result<(), IpsetError> {
-        self.until.remove(&(ip, prefix, false));
-        self.until.remove(&(ip, prefix, true));
-        self.mail.del(ip, prefix)?;
-        self.all.del(ip, prefix)
+    pub fn remove(&mut self, net: IpNet) -> Result<(), IpsetError> {
+        self.until.remove(&(net, false));
+        self.until.remove(&(net, true));
+        self.mail.del(net)?;
+        self.all.del(net)
     }
 }
 

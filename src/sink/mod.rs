@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::policy::{Decision, Reason};
+use ipnet::IpNet;
+
+use crate::policy::Decision;
 
 /// Sink settings of a pipeline file.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
@@ -102,12 +104,7 @@ pub enum SinkCmd {
     /// Apply a ban; the instant its line arrived, for the ban-latency figures.
     Ban(Decision, Instant),
     /// Lift a ban (`mailpipe unban`).
-    Unban {
-        /// Address or network.
-        ip: std::net::IpAddr,
-        /// Its prefix length.
-        prefix: u8,
-    },
+    Unban(IpNet),
 }
 
 impl SinkStats {
@@ -125,7 +122,7 @@ impl SinkStats {
 pub struct SinkHandle {
     tx: Option<mpsc::SyncSender<SinkCmd>>,
     /// Bans are written here before they are applied.
-    store: Option<crate::state::Store>,
+    pub store: Option<crate::state::Store>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Counters.
     pub stats: Arc<SinkStats>,
@@ -147,14 +144,14 @@ impl SinkHandle {
 
     /// Records `bans` in the state file (one transaction), then queues them for the firewall;
     /// `arrived` is when their lines came in.
-    pub fn ban(&self, bans: Vec<Decision>, arrived: Instant) {
+    pub fn ban(&mut self, bans: Vec<Decision>, arrived: Instant) {
         if bans.is_empty() {
             return;
         }
-        if let Some(Err(e)) = self.store.as_ref().map(|s| s.save(&bans)) {
-            // Banning matters more than remembering: apply anyway, and say so.
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            eprintln!("mailpipe: error: {e}");
+        // Banning matters more than remembering: a store that cannot write keeps the bans in
+        // memory, says so, and retries; they are applied now either way.
+        if let Some(s) = &mut self.store {
+            s.record(&bans);
         }
         for d in bans {
             self.send(SinkCmd::Ban(d, arrived));
@@ -170,11 +167,18 @@ impl SinkHandle {
     }
 
     /// Forgets a ban in the state file and lifts it in the firewall.
-    pub fn unban(&self, ip: std::net::IpAddr, prefix: u8) {
-        if let Some(Err(e)) = self.store.as_ref().map(|s| s.remove(ip)) {
-            eprintln!("mailpipe: error: {e}");
+    pub fn unban(&mut self, net: IpNet) {
+        if let Some(s) = &mut self.store {
+            s.remove(net);
         }
-        self.send(SinkCmd::Unban { ip, prefix });
+        self.send(SinkCmd::Unban(net));
+    }
+
+    /// Retries writing what the state file still lacks (the daemon calls it every second).
+    pub fn flush_state(&mut self) {
+        if let Some(s) = &mut self.store {
+            s.flush();
+        }
     }
 
     /// Lets the sink apply what is queued, then stops it.
@@ -250,13 +254,13 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                 arrived = at;
                 (d, 0)
             }
-            Ok(SinkCmd::Unban { ip, prefix }) => {
+            Ok(SinkCmd::Unban(net)) => {
                 // An unban whose address is waiting for a retry: drop the retry too.
-                retry.retain(|(d, _, _)| d.ip != ip);
+                retry.retain(|(d, _, _)| d.net != net);
                 metrics::counter!("mailpipe_unbans_total").increment(1);
-                if let Err(e) = sink.remove(ip, prefix) {
+                if let Err(e) = sink.remove(net) {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("mailpipe: error: unban {ip}/{prefix}: {e}");
+                    eprintln!("mailpipe: error: unban {net}: {e}");
                 }
                 continue;
             }
@@ -278,8 +282,7 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
             Ok(()) => {
                 stats.applied.fetch_add(1, Ordering::Relaxed);
                 // Per (jail, reason): bans are rare, so this lookup is off the hot path.
-                metrics::counter!("mailpipe_bans_applied_total", "jail" => d.jail.to_string(), "reason" => reason_name(d.reason))
-                    .increment(1);
+                metrics::counter!("mailpipe_bans_applied_total", "jail" => d.jail.to_string(), "reason" => d.reason.name()).increment(1);
                 if tries == 0 {
                     let took = arrived.elapsed();
                     ban_latency.record(took.as_secs_f64());
@@ -290,7 +293,7 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 if tries + 1 >= ATTEMPTS {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("mailpipe: error: {e}; giving up on {} after {ATTEMPTS} attempts", d.ip);
+                    eprintln!("mailpipe: error: {e}; giving up on {} after {ATTEMPTS} attempts", d.net);
                 } else {
                     let wait = Duration::from_millis(100 << tries.min(8)).min(Duration::from_secs(30));
                     eprintln!("mailpipe: warning: {e}; retrying in {wait:?}");
@@ -301,28 +304,24 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
     }
 }
 
-/// `threshold`, `recidive` or `manual`.
-pub fn reason_name(r: Reason) -> &'static str {
-    match r {
-        Reason::Threshold => "threshold",
-        Reason::Recidive => "recidive",
-        Reason::Manual => "manual",
-    }
-}
-
-/// A decision as the JSON object scripts read (`kind: "ban"`).
+/// A decision as the JSON object scripts read (`kind: "ban"`); `narrowed_from` only when the ban
+/// was narrowed to spare an ignored address.
 pub fn decision_json(d: &Decision) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "kind": "ban",
-        "ip": d.ip.to_string(),
-        "prefix": d.prefix,
+        "ip": d.net.addr().to_string(),
+        "prefix": d.net.prefix_len(),
         "jail": &*d.jail,
         "failures": d.failures,
         "ban_for_s": d.ban_for,
         "offence": d.offence,
-        "reason": reason_name(d.reason),
+        "reason": d.reason.name(),
         "time": crate::parse::rfc3339(d.time),
-    })
+    });
+    if let Some(p) = d.narrowed_from {
+        v["narrowed_from"] = p.into();
+    }
+    v
 }
 
 /// A running sink.
@@ -352,24 +351,24 @@ pub enum ApplyError {
 
 impl<W: Write> Sink<W> {
     /// Lifts a ban.
-    pub fn remove(&mut self, ip: std::net::IpAddr, prefix: u8) -> Result<(), ApplyError> {
+    pub fn remove(&mut self, net: IpNet) -> Result<(), ApplyError> {
         match self {
             Sink::DryRun(w) => {
                 serde_json::to_writer(
                     &mut *w,
-                    &serde_json::json!({"kind": "unban", "ip": ip.to_string(), "prefix": prefix}),
+                    &serde_json::json!({"kind": "unban", "ip": net.addr().to_string(), "prefix": net.prefix_len()}),
                 )
                 .map_err(std::io::Error::from)?;
                 w.write_all(b"\n")?;
                 w.flush()?;
             }
             Sink::Ipset(s) => {
-                s.remove(ip, prefix)?;
-                eprintln!("mailpipe: unbanned {ip}/{prefix}");
+                s.remove(net)?;
+                eprintln!("mailpipe: unbanned {net}");
             }
             Sink::Nft(s) => {
-                s.remove(ip, prefix)?;
-                eprintln!("mailpipe: unbanned {ip}/{prefix}");
+                s.remove(net)?;
+                eprintln!("mailpipe: unbanned {net}");
             }
         }
         Ok(())
@@ -394,8 +393,14 @@ impl<W: Write> Sink<W> {
                     Sink::DryRun(_) => unreachable!("matched above"),
                 }
                 eprintln!(
-                    "mailpipe: banned {}/{} for {} s (jail {}, offence {})",
-                    d.ip, d.prefix, d.ban_for, d.jail, d.offence
+                    "mailpipe: banned {} for {} s (jail {}, offence {}{})",
+                    d.net,
+                    d.ban_for,
+                    d.jail,
+                    d.offence,
+                    d.narrowed_from
+                        .map(|p| format!(", narrowed from /{p} to spare an ignored address"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -409,14 +414,15 @@ mod tests {
 
     fn decision(ip: &str, prefix: u8, jail: &str, failures: u32, ban_for: u64) -> Decision {
         Decision {
-            ip: ip.parse().unwrap(),
-            prefix,
+            net: IpNet::new(ip.parse().unwrap(), prefix).unwrap(),
             jail: jail.into(),
             failures,
             ban_for,
             offence: 1,
             time: 0,
-            reason: Reason::Threshold,
+            since: 0,
+            reason: crate::policy::Reason::Threshold,
+            narrowed_from: None,
         }
     }
 
@@ -455,7 +461,7 @@ mod tests {
     #[test]
     fn a_refused_ban_is_retried_and_counted() {
         let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let h = spawn(&SinkConfig::DryRun, Flaky { n: 2, out: out.clone() }, None).unwrap();
+        let mut h = spawn(&SinkConfig::DryRun, Flaky { n: 2, out: out.clone() }, None).unwrap();
         h.ban(vec![decision("192.0.2.1", 32, "j", 5, 60)], Instant::now());
         // The retries come 0.1 s and 0.2 s later; wait for the outcome, with a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);

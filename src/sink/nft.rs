@@ -6,6 +6,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
+use ipnet::IpNet;
+
 use crate::policy::Decision;
 
 /// Where the nftables sink writes.
@@ -28,7 +30,7 @@ pub struct NftError(pub String);
 #[derive(Debug)]
 pub struct Nft {
     cfg: NftConfig,
-    until: HashMap<(IpAddr, u8, bool), i64>,
+    until: HashMap<(IpNet, bool), i64>,
 }
 
 /// Names go into nft's grammar: keep them to identifier characters.
@@ -81,11 +83,11 @@ impl Nft {
         })
     }
 
-    fn element(&self, ip: IpAddr, prefix: u8, every_port: bool) -> (String, String) {
+    fn element(&self, net: IpNet, every_port: bool) -> (String, String) {
         let suffix = if every_port { "_all" } else { "" };
-        match ip {
-            IpAddr::V4(_) => (format!("{}{suffix}", self.cfg.set4), ip.to_string()),
-            IpAddr::V6(_) => (format!("{}{suffix}", self.cfg.set6), format!("{ip}/{prefix}")),
+        match net.addr() {
+            IpAddr::V4(ip) => (format!("{}{suffix}", self.cfg.set4), ip.to_string()),
+            IpAddr::V6(_) => (format!("{}{suffix}", self.cfg.set6), net.to_string()),
         }
     }
 
@@ -94,12 +96,12 @@ impl Nft {
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), NftError> {
         let until = now + d.ban_for as i64;
         let every_port = d.reason == crate::policy::Reason::Recidive;
-        let key = (d.ip, d.prefix, every_port);
+        let key = (d.net, every_port);
         let known = self.until.get(&key).copied();
         if known.is_some_and(|u| u >= until) {
             return Ok(());
         }
-        let (set, elem) = self.element(d.ip, d.prefix, every_port);
+        let (set, elem) = self.element(d.net, every_port);
         let t = &self.cfg.table;
         let mut script = String::new();
         if known.is_some_and(|u| u > now) {
@@ -115,10 +117,10 @@ impl Nft {
     }
 
     /// Deletes the element from both kinds of sets (absent is fine: it may have expired).
-    pub fn remove(&mut self, ip: IpAddr, prefix: u8) -> Result<(), NftError> {
+    pub fn remove(&mut self, net: IpNet) -> Result<(), NftError> {
         for every_port in [false, true] {
-            self.until.remove(&(ip, prefix, every_port));
-            let (set, elem) = self.element(ip, prefix, every_port);
+            self.until.remove(&(net, every_port));
+            let (set, elem) = self.element(net, every_port);
             // `destroy` would not fail on a missing element, but needs nft >= 1.0.8; ignore instead.
             match run(&format!("delete element inet {} {set} {{ {elem} }}\n", self.cfg.table)) {
                 Err(e) if e.0.contains("No such file") => {}
