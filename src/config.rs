@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::daemon::DaemonConfig;
 use crate::input::InputConfig;
 use crate::matcher::MatcherConfig;
 use crate::parse::ParseConfig;
@@ -108,6 +109,9 @@ pub struct PipelineFile {
     /// `ADDR:PORT` serving Prometheus metrics at `/metrics`; none: no metrics.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Daemon settings (the input queue, draining at shutdown).
+    #[serde(default)]
+    pub daemon: Option<DaemonConfig>,
     /// Parse settings.
     #[serde(default)]
     pub parse: Option<ParseConfig>,
@@ -138,6 +142,8 @@ pub struct Config {
     pub state: Option<String>,
     /// The metrics listener, if any.
     pub metrics: Option<String>,
+    /// Daemon settings.
+    pub daemon: DaemonConfig,
     /// Parse settings.
     pub parse: ParseConfig,
     /// Matcher engine settings.
@@ -208,7 +214,7 @@ pub fn regex_needles(re: &str) -> [String; 2] {
 impl Config {
     /// Loads a pipeline file and its includes.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_file(path).map_err(|e| ConfigError {
             file: path.display().to_string(),
             line: 1,
             col: 1,
@@ -253,6 +259,7 @@ impl Config {
             control: f.control,
             state: f.state,
             metrics: f.metrics,
+            daemon: f.daemon.unwrap_or_default(),
             parse: f.parse.unwrap_or_default(),
             matcher: f.matcher.unwrap_or_default(),
             window: f.window.unwrap_or_default(),
@@ -261,6 +268,26 @@ impl Config {
             origins: acc.origins,
         })
     }
+}
+
+/// The largest pipeline file read.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// A pipeline file's text: a regular file (not a device or a FIFO) of at most `MAX_FILE` bytes.
+fn read_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(format!("larger than {} KiB", MAX_FILE >> 10));
+    }
+    Ok(text)
 }
 
 fn builtin_text(file: &str) -> Option<&'static str> {
@@ -302,7 +329,7 @@ impl Acc {
                 ..file.clone()
             };
         } else {
-            take!(inputs, sink, control, state, metrics, parse, matcher, window, policy);
+            take!(inputs, sink, control, state, metrics, daemon, parse, matcher, window, policy);
         }
         for inc in &file.include {
             let path = dir.join(&inc.file);
@@ -315,8 +342,7 @@ impl Acc {
                     .map(str::to_string)
                     .ok_or_else(|| origin.error_at(&[&inc.file], format!("no built-in pipeline {:?}", inc.file)))?
             } else {
-                std::fs::read_to_string(&path)
-                    .map_err(|e| origin.error_at(&[&inc.file], format!("cannot read include {:?}: {e}", path.display())))?
+                read_file(&path).map_err(|e| origin.error_at(&[&inc.file], format!("cannot read include {:?}: {e}", path.display())))?
             };
             stack.push(canon);
             let before = self.jails.len();
@@ -378,6 +404,16 @@ mod tests {
         let e = Config::from_text("x.ron", "Pipeline(\n  colour: 3,\n)", Path::new(".")).unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.reason.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let e = Config::from_text("z.ron", "Pipeline(include: [(file: \"/dev/zero\")])", Path::new("/")).unwrap_err();
+        assert!(e.reason.contains("not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.ron");
+        std::fs::write(&big, " ".repeat(MAX_FILE as usize + 1)).unwrap();
+        assert!(Config::load(&big).unwrap_err().reason.contains("larger than"));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! way. `mailpipe status|list|ban|unban` are its clients.
 //!
 //! Requests are answered on the pipeline thread, in order with the lines, so a `ban` and the
-//! failures around it see one consistent state.
+//! failures around it see one consistent state. A `reload` is compiled on a thread of its own
+//! (bounded in time and memory, see `pipeline::build_within`) and only then swapped in, so a
+//! pipeline file that takes long to compile never stops detection. Requests are lines of at most
+//! `MAX_REQUEST` bytes, on at most `MAX_CLIENTS` connections at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -10,15 +13,21 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::daemon::Reloader;
 use crate::input::Msg;
-use crate::input::net::InputStats;
+use crate::input::net::{InputStats, Queue};
 use crate::parse::rfc3339;
 use crate::pipeline::Pipeline;
 use crate::sink::SinkHandle;
+
+/// Longest request line; a longer one is answered with an error and the connection closed.
+pub const MAX_REQUEST: usize = 64 << 10;
+/// Control connections served at once; more wait in the kernel's backlog.
+pub const MAX_CLIENTS: usize = 16;
 
 /// Where `mailpipe status` and friends look by default.
 pub const DEFAULT_SOCKET: &str = "/run/mailpipe/control.sock";
@@ -62,21 +71,28 @@ pub enum Request {
     },
 }
 
-/// Builds a new pipeline from the (re-read) pipeline file.
-pub type Reloader = Box<dyn Fn() -> Result<Pipeline, String> + Send>;
+/// Compiles the pipeline file again off the pipeline thread, then swaps it in there.
+pub async fn reload(reload: Option<&Reloader>, queue: &Queue) -> Value {
+    let Some(build) = reload.cloned() else {
+        return json!({"ok": false, "error": "this daemon has no pipeline file to reload"});
+    };
+    let next = match tokio::task::spawn_blocking(move || build()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return json!({"ok": false, "error": e}),
+        Err(e) => return json!({"ok": false, "error": format!("compiling failed: {e}")}),
+    };
+    let (tx, rx) = oneshot::channel();
+    if queue.tx.send(Msg::Swap(Box::new(next), tx)).is_err() {
+        return json!({"ok": false, "error": "shutting down"});
+    }
+    rx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}))
+}
 
 /// Answers `req` on the pipeline thread; `now` is the pipeline's clock.
-pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, reload: Option<&Reloader>, req: Request, now: i64) -> Value {
+pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -> Value {
     match req {
-        Request::Reload => match reload.map(|r| r()) {
-            None => json!({"ok": false, "error": "this daemon has no pipeline file to reload"}),
-            Some(Err(e)) => json!({"ok": false, "error": e}),
-            Some(Ok(mut next)) => {
-                std::mem::swap(p, &mut next);
-                next.carry_over(p);
-                json!({"ok": true, "jails": p.jail_names()})
-            }
-        },
+        // Compiled at the edge and swapped in with `Msg::Swap`; never here.
+        Request::Reload => json!({"ok": false, "error": "reload is handled by the control server"}),
         Request::Status => {
             let names = p.jail_names().to_vec();
             let st = p.stats();
@@ -150,62 +166,80 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, reload: Option<&Reloader>
     }
 }
 
-/// Binds the control socket, mode 0600 (root only, as the daemon runs).
+/// Binds the control socket, mode 0600 (root only, as the daemon runs). A stale socket at the
+/// path is replaced; anything else there is an error.
 pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let _ = std::fs::remove_file(path);
+    crate::input::net::prepare_socket_path(path)?;
     let l = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }
 
 /// Serves control connections until `stop`: each request goes to the pipeline thread in the
-/// line queue; `status` is completed with the inputs' counters.
+/// line queue (a reload is compiled first); `status` is completed with the inputs' counters.
 pub async fn serve(
     listener: tokio::net::UnixListener,
-    tx: mpsc::Sender<Msg>,
+    queue: Queue,
+    reloader: Option<Reloader>,
     inputs: Vec<(String, std::sync::Arc<InputStats>)>,
     stop: CancellationToken,
 ) {
     let inputs = std::sync::Arc::new(inputs);
+    let clients = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
+        let Ok(permit) = clients.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
         };
-        let (tx, inputs, stop) = (tx.clone(), inputs.clone(), stop.clone());
+        let (queue, reloader, inputs, stop) = (queue.clone(), reloader.clone(), inputs.clone(), stop.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let (r, mut w) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(r).lines();
+            let mut lines = tokio_util::codec::FramedRead::new(r, tokio_util::codec::LinesCodec::new_with_max_length(MAX_REQUEST));
             loop {
                 let line = tokio::select! {
                     _ = stop.cancelled() => return,
-                    l = lines.next_line() => match l { Ok(Some(l)) => l, _ => return },
+                    l = futures_util::StreamExt::next(&mut lines) => l,
                 };
-                let reply = match serde_json::from_str::<Request>(&line) {
-                    Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
-                    Ok(req) => {
-                        let status = req == Request::Status;
-                        let (rtx, rrx) = oneshot::channel();
-                        if tx.send(Msg::Control(req, rtx)).await.is_err() {
-                            return;
-                        }
-                        let mut v = rrx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));
-                        if status {
-                            v["inputs"] = inputs.iter().map(|(n, s)| json!({"name": n, "summary": s.summary()})).collect();
-                        }
-                        v
-                    }
+                let (reply, last) = match line {
+                    None => return,
+                    Some(Err(e)) => (json!({"ok": false, "error": format!("bad request: {e}")}), true),
+                    Some(Ok(line)) => (answer(&line, &queue, reloader.as_ref(), &inputs).await, false),
                 };
-                if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() || last {
                     return;
                 }
             }
         });
     }
+}
+
+/// The answer to one request line.
+async fn answer(line: &str, queue: &Queue, reloader: Option<&Reloader>, inputs: &[(String, std::sync::Arc<InputStats>)]) -> Value {
+    let req = match serde_json::from_str::<Request>(line) {
+        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+        Ok(req) => req,
+    };
+    if req == Request::Reload {
+        return reload(reloader, queue).await;
+    }
+    let status = req == Request::Status;
+    let (rtx, rrx) = oneshot::channel();
+    if queue.tx.send(Msg::Control(req, rtx)).is_err() {
+        return json!({"ok": false, "error": "shutting down"});
+    }
+    let mut v = rrx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));
+    if status {
+        v["inputs"] = inputs.iter().map(|(n, s)| json!({"name": n, "summary": s.summary()})).collect();
+    }
+    v
 }
 
 /// Sends one request to the daemon at `socket` and returns its answer.

@@ -1,33 +1,55 @@
-//! `mailpipe run`: the inputs feed one pipeline thread through a bounded queue; decisions go to
-//! the sink from there.
+//! `mailpipe run`: the inputs feed one pipeline thread through a queue bounded in bytes;
+//! decisions go to the sink from there.
 //!
 //! ```text
-//! stdin thread ─┐
-//! UDP task ─────┼─► bounded queue ─► pipeline thread (prefilter … policy) ─► sink
-//! TCP tasks ────┤      (TCP, stdin, Unix wait; UDP drops and counts)
-//! Unix task ────┘
+//! stdin task ───┐
+//! UDP task ─────┼─► queue (byte budget) ─► pipeline thread (prefilter … policy) ─► sink thread
+//! TCP tasks ────┤     TCP, stdin, Unix wait their turn; UDP drops and counts
+//! Unix task ────┤
+//! control ──────┘   (requests; a reload is compiled off this thread, then swapped in)
 //! ```
 //!
-//! Shutdown (SIGTERM/SIGINT, or EOF when stdin is the only input): inputs stop reading, a `Stop`
-//! is queued behind everything already received, the pipeline drains up to it, the sink is
-//! flushed.
+//! Shutdown (SIGTERM/SIGINT, or EOF when stdin is the only input): listeners close, open
+//! connections are read until drained (bounded by `daemon.drain`), a `Stop` is queued behind
+//! everything received, the pipeline drains up to it, the sink is flushed.
 
 use std::future::Future;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::input::net::{self, Allow, InputStats, TcpLimits};
-use crate::input::{InputConfig, LineSplitter, Msg};
+use crate::config::Dur;
+use crate::input::net::{self, Allow, InputStats, Queue, Shutdown, TcpLimits};
+use crate::input::{Budget, InputConfig, LineSplitter, Msg};
 use crate::pipeline::{Event, Pipeline};
-use crate::sink::{self, SinkConfig};
+use crate::policy::{Ban, Decision};
+use crate::sink::{self, SinkConfig, SinkHandle};
 
-/// Queue slots between the inputs and the pipeline (each slot up to 256 messages or 256 KiB).
-const QUEUE: usize = 1024;
+/// Daemon settings of a pipeline file.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Bytes the inputs may have queued for the pipeline at once (at least 1 MiB).
+    pub queue_bytes: usize,
+    /// How long open connections are still read after SIGTERM.
+    pub drain: Dur,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            queue_bytes: 32 << 20,
+            drain: Dur(5),
+        }
+    }
+}
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +83,9 @@ pub enum DaemonError {
 
 /// Each input's name and counters, as the daemon ends.
 pub type InputReport = Vec<(String, Arc<InputStats>)>;
+
+/// Builds the pipeline anew from its file (a reload); runs off the pipeline thread.
+pub type Reloader = Arc<dyn Fn() -> Result<Pipeline, String> + Send + Sync>;
 
 fn wall_clock() -> i64 {
     std::time::SystemTime::now()
@@ -97,42 +122,21 @@ pub fn run<W: Write + Send + 'static>(
     cfg: &crate::config::Config,
     dry_run: bool,
     mut pipeline: Pipeline,
-    reload: Option<crate::control::Reloader>,
+    reload: Option<Reloader>,
     out: W,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
-    let (inputs, max_line) = (cfg.inputs.as_slice(), cfg.parse.max_line);
-    let sink = if dry_run { &SinkConfig::DryRun } else { &cfg.sink };
-    let control = cfg.control.as_deref().map(std::path::Path::new);
-    // Bans still active after a restart go back to the policy and, in one batch, to the sink.
-    let mut restored = Vec::new();
-    let store = match cfg.state.as_deref() {
-        Some(p) => {
-            let t0 = std::time::Instant::now();
-            let (store, loaded) = crate::state::Store::open(std::path::Path::new(p), wall_clock(), pipeline.forget_after())?;
-            pipeline.restore(&loaded.bans, &loaded.history);
-            eprintln!(
-                "mailpipe: restored {} bans and {} histories in {} ms",
-                loaded.bans.len(),
-                loaded.history.len(),
-                t0.elapsed().as_millis()
-            );
-            restored = loaded.bans;
-            Some(store)
-        }
-        None => None,
-    };
+    let (store, restored) = restore_state(cfg, &mut pipeline)?;
     if let Some(addr) = &cfg.metrics {
         let addr = parse_addr("metrics", addr)?;
-        crate::telemetry::serve(addr).map_err(|reason| DaemonError::Config {
+        let bound = crate::telemetry::serve(addr).map_err(|reason| DaemonError::Config {
             input: "metrics".into(),
             reason,
         })?;
-        eprintln!("mailpipe: listening on metrics {addr}");
+        eprintln!("mailpipe: listening on metrics {bound}");
     }
-    let with_metrics = cfg.metrics.is_some();
-    let mut sink = sink::spawn(sink, out, store)?;
-    let sink_stats = sink.stats.clone();
+    let sink_cfg = if dry_run { &SinkConfig::DryRun } else { &cfg.sink };
+    let sink = sink::spawn(sink_cfg, out, store)?;
     let now = wall_clock();
     sink.reapply(restored.iter().map(|b| restored_decision(b, now)).collect());
     raise_fd_limit();
@@ -140,217 +144,301 @@ pub fn run<W: Write + Send + 'static>(
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+    let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+    let queue = Queue {
+        tx,
+        budget: Budget::new(cfg.daemon.queue_bytes.max(1 << 20)),
+    };
+    let edges = Edges {
+        sink: sink.stats.clone(),
+        budget: queue.budget.clone(),
+    };
+    let worker = spawn_pipeline(pipeline, sink, rx, cfg.parse.max_line, cfg.metrics.is_some())?;
+    let stats = rt.block_on(serve(cfg, queue, reload, edges, shutdown))?;
+    // A stdin read may still sit in the blocking pool; it is not waited for.
+    rt.shutdown_background();
+    worker
+        .join()
+        .map_err(|_| DaemonError::Runtime(std::io::Error::other("pipeline thread panicked")))?;
+    Ok(stats)
+}
 
-    let worker = std::thread::Builder::new()
+/// Opens the state file (if any) and gives its bans and history back to the pipeline; the
+/// store, and the bans to apply again.
+fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result<(Option<crate::state::Store>, Vec<Ban>), DaemonError> {
+    let Some(path) = cfg.state.as_deref() else {
+        return Ok((None, Vec::new()));
+    };
+    let t0 = Instant::now();
+    let (store, loaded) = crate::state::Store::open(std::path::Path::new(path), wall_clock(), pipeline.forget_after())?;
+    pipeline.restore(&loaded.bans, &loaded.history);
+    eprintln!(
+        "mailpipe: restored {} bans and {} histories in {} ms",
+        loaded.bans.len(),
+        loaded.history.len(),
+        t0.elapsed().as_millis()
+    );
+    Ok((Some(store), loaded.bans))
+}
+
+/// What the edges report alongside the pipeline's own counters.
+#[derive(Debug, Clone)]
+struct Edges {
+    sink: Arc<crate::sink::SinkStats>,
+    budget: Budget,
+}
+
+/// The pipeline thread: takes messages until `Stop`, hands each batch's decisions to the sink.
+fn spawn_pipeline(
+    mut pipeline: Pipeline,
+    mut sink: SinkHandle,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    max_line: usize,
+    with_metrics: bool,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    let register = |p: &Pipeline| {
+        let rules: Vec<usize> = (0..p.jail_names().len()).map(|j| p.rule_texts(j).0.len()).collect();
+        crate::telemetry::PipelineMetrics::register(p.jail_names(), &rules)
+    };
+    std::thread::Builder::new()
         .name("pipeline".into())
-        .spawn(move || -> Result<(), DaemonError> {
+        .spawn(move || {
             let mut splitter = LineSplitter::new(max_line);
             // A batch's decisions are saved in one transaction, then applied.
             let mut decided = Vec::new();
-            let register = |p: &Pipeline| {
-                let rules: Vec<usize> = (0..p.jail_names().len()).map(|j| p.rule_texts(j).0.len()).collect();
-                crate::telemetry::PipelineMetrics::register(p.jail_names(), &rules)
-            };
             let mut metrics = with_metrics.then(|| register(&pipeline));
-            let mut published = std::time::Instant::now();
-            let apply = |p: &mut Pipeline, line: &[u8], now: i64, decided: &mut Vec<crate::policy::Decision>| {
+            let (mut published, mut flushed) = (Instant::now(), Instant::now());
+            let apply = |p: &mut Pipeline, line: &[u8], now: i64, decided: &mut Vec<Decision>| {
                 p.process(line, now, |e| {
                     if let Event::Decision(d) = e {
                         decided.push(d.clone());
                     }
                 });
             };
-            let mut flushed = std::time::Instant::now();
             while let Some(msg) = rx.blocking_recv() {
-                let arrived = std::time::Instant::now();
+                let arrived = Instant::now();
                 // One clock read per batch: the wall clock bounds the lines' own times.
                 let wall = wall_clock();
                 let now = pipeline.tick(wall);
                 match msg {
-                    Msg::Stream(chunk) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, wall, &mut decided)),
-                    Msg::Frames(frames) => frames.iter().for_each(|f| apply(&mut pipeline, f, wall, &mut decided)),
+                    Msg::Stream(chunk, _lease) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, wall, &mut decided)),
+                    Msg::Frames(frames, _lease) => frames.iter().for_each(|f| apply(&mut pipeline, f, wall, &mut decided)),
                     Msg::Control(req, reply) => {
-                        let reloading = req == crate::control::Request::Reload;
-                        let _ = reply.send(crate::control::handle(&mut pipeline, &mut sink, reload.as_ref(), req, now));
-                        // A reload may have changed the jails, and so the handles' labels.
-                        if reloading && metrics.is_some() {
+                        let _ = reply.send(crate::control::handle(&mut pipeline, &mut sink, req, now));
+                    }
+                    Msg::Swap(mut next, reply) => {
+                        std::mem::swap(&mut pipeline, &mut next);
+                        next.carry_over(&mut pipeline);
+                        eprintln!("mailpipe: reloaded: jails {:?}", pipeline.jail_names());
+                        // The jails, and so the handles' labels, may have changed.
+                        if metrics.is_some() {
                             metrics = Some(register(&pipeline));
                         }
+                        let _ = reply.send(serde_json::json!({"ok": true, "jails": pipeline.jail_names()}));
                     }
                     Msg::Stop => break,
                 }
                 sink.ban(std::mem::take(&mut decided), arrived);
-                if flushed.elapsed() >= std::time::Duration::from_secs(1) {
-                    flushed = std::time::Instant::now();
+                if flushed.elapsed() >= Duration::from_secs(1) {
+                    flushed = Instant::now();
                     sink.flush_state();
                 }
                 // Counters reach the exporter at most ten times a second.
                 if let Some(m) = &metrics
-                    && (published.elapsed() >= std::time::Duration::from_millis(100) || rx.is_empty())
+                    && (published.elapsed() >= Duration::from_millis(100) || rx.is_empty())
                 {
-                    published = std::time::Instant::now();
+                    published = Instant::now();
                     let (tracked, evicted) = pipeline.tracked();
-                    let banned = pipeline.banned_per_jail();
-                    m.publish(pipeline.stats(), tracked, evicted, &banned, arrived.elapsed().as_secs_f64());
+                    m.publish(
+                        pipeline.stats(),
+                        tracked,
+                        evicted,
+                        &pipeline.banned_per_jail(),
+                        arrived.elapsed().as_secs_f64(),
+                    );
+                    if let Some(s) = &sink.store {
+                        crate::telemetry::publish_state(&s.lag());
+                    }
                 }
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
-            sink.ban(std::mem::take(&mut decided), std::time::Instant::now());
+            sink.ban(std::mem::take(&mut decided), Instant::now());
             let st = sink.finish();
             eprintln!("mailpipe: sink: {}", st.summary());
-            Ok(())
         })
-        .map_err(DaemonError::Runtime)?;
+        .map_err(DaemonError::Runtime)
+}
 
-    let stats = rt.block_on(async {
-        let stop = CancellationToken::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut stats = Vec::new();
-        let stdin_only = inputs == [InputConfig::Stdin];
-        let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut eof_tx = Some(eof_tx);
-        for input in inputs {
-            let st = Arc::new(InputStats::default());
-            let name = match input {
-                InputConfig::Stdin => {
-                    let (tx, st, eof) = (tx.clone(), st.clone(), eof_tx.take());
-                    std::thread::Builder::new()
-                        .name("stdin".into())
-                        .spawn(move || {
-                            read_stdin(&tx, &st);
-                            if let Some(eof) = eof {
-                                let _ = eof.send(());
-                            }
-                        })
-                        .map_err(DaemonError::Runtime)?;
-                    "stdin".to_string()
+/// The edges, on the runtime: inputs, control, SIGHUP and the metrics ticker, until
+/// `shutdown` (or stdin's end); then they drain and `Stop` is queued.
+async fn serve(
+    cfg: &crate::config::Config,
+    queue: Queue,
+    reload: Option<Reloader>,
+    edges: Edges,
+    shutdown: impl Future<Output = ()>,
+) -> Result<InputReport, DaemonError> {
+    let stop = CancellationToken::new();
+    let ends = Shutdown {
+        stop: stop.clone(),
+        drain: Duration::from_secs(cfg.daemon.drain.secs()),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stats = Vec::new();
+    let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut eof_tx = Some(eof_tx);
+    for input in &cfg.inputs {
+        let st = Arc::new(InputStats::default());
+        let name = start_input(input, &queue, &st, &ends, &mut tasks, &mut eof_tx).await?;
+        stats.push((name, st));
+    }
+    if let Some(path) = cfg.control.as_deref().map(std::path::Path::new) {
+        let listener = crate::control::bind(path).map_err(|error| DaemonError::Input {
+            input: format!("control {}", path.display()),
+            error,
+        })?;
+        eprintln!("mailpipe: listening on control {}", path.display());
+        tokio::spawn(crate::control::serve(
+            listener,
+            queue.clone(),
+            reload.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
+    }
+    if cfg.metrics.is_some() {
+        let (inputs, stop) = (stats.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => crate::telemetry::publish_edges(&inputs, &edges.sink, edges.budget.used()),
                 }
-                InputConfig::Udp {
-                    listen,
-                    allow,
-                    max_frame,
-                    recv_buffer,
-                } => {
-                    let name = format!("udp {listen}");
-                    let allow = allow_list(&name, allow)?;
-                    let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(|error| DaemonError::Input {
-                        input: name.clone(),
-                        error,
-                    })?;
-                    announce("udp", sock.local_addr());
-                    tasks.spawn(net::udp(sock, allow, *max_frame, tx.clone(), st.clone(), stop.clone()));
-                    name
-                }
-                InputConfig::Tcp {
-                    listen,
-                    allow,
-                    max_frame,
-                    max_connections,
-                    idle_timeout,
-                } => {
-                    let name = format!("tcp {listen}");
-                    let allow = allow_list(&name, allow)?;
-                    let listener = tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
-                        .await
-                        .map_err(|error| DaemonError::Input {
-                            input: name.clone(),
-                            error,
-                        })?;
-                    announce("tcp", listener.local_addr());
-                    let limits = TcpLimits {
-                        max_frame: *max_frame,
-                        max_connections: *max_connections,
-                        idle_timeout: std::time::Duration::from_secs(idle_timeout.secs().max(1)),
-                    };
-                    tasks.spawn(net::tcp(listener, allow, limits, tx.clone(), st.clone(), stop.clone()));
-                    name
-                }
-                InputConfig::Unix { path, max_frame } => {
-                    let name = format!("unix {path}");
-                    let _ = std::fs::remove_file(path);
-                    let sock = tokio::net::UnixDatagram::bind(path).map_err(|error| DaemonError::Input {
-                        input: name.clone(),
-                        error,
-                    })?;
-                    eprintln!("mailpipe: listening on unix {path}");
-                    tasks.spawn(net::unix(sock, *max_frame, tx.clone(), st.clone(), stop.clone()));
-                    name
-                }
-            };
-            stats.push((name, st));
-        }
-        if let Some(path) = control {
-            let listener = crate::control::bind(path).map_err(|error| DaemonError::Input {
-                input: format!("control {}", path.display()),
-                error,
-            })?;
-            eprintln!("mailpipe: listening on control {}", path.display());
-            tokio::spawn(crate::control::serve(listener, tx.clone(), stats.clone(), stop.clone()));
-        }
-        if with_metrics {
-            let (inputs, stop) = (stats.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => crate::telemetry::publish_edges(&inputs, &sink_stats),
-                    }
-                }
-            });
-        }
-        // SIGHUP: reload, as `mailpipe reload` does; the answer goes to the log.
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            let (tx, stop) = (tx.clone(), stop.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        s = hup.recv() => if s.is_none() { return },
-                    }
-                    let (rtx, rrx) = tokio::sync::oneshot::channel();
-                    if tx.send(Msg::Control(crate::control::Request::Reload, rtx)).await.is_err() {
-                        return;
-                    }
-                    match rrx.await {
-                        Ok(v) if v["ok"] == true => eprintln!("mailpipe: reloaded: jails {}", v["jails"]),
-                        Ok(v) => eprintln!(
-                            "mailpipe: error: reload refused, the running pipeline stays: {}",
-                            v["error"].as_str().unwrap_or("")
-                        ),
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
-        let stdin_done = async {
-            match (stdin_only, eof_rx.await) {
-                (true, Ok(())) => {}
-                _ => std::future::pending().await,
             }
-        };
-        tokio::select! {
-            _ = shutdown => {}
-            _ = stdin_done => {}
+        });
+    }
+    tokio::spawn(reload_on_hangup(queue.clone(), reload, stop.clone()));
+    let stdin_only = cfg.inputs == [InputConfig::Stdin];
+    let stdin_done = async {
+        match (stdin_only, eof_rx.await) {
+            (true, Ok(())) => {}
+            _ => std::future::pending().await,
         }
-        stop.cancel();
-        while tasks.join_next().await.is_some() {}
-        // Everything received is queued before this; the pipeline drains up to it.
-        let _ = tx.send(Msg::Stop).await;
-        Ok::<_, DaemonError>(stats)
-    })?;
-    // The stdin thread may sit in read(); it is not waited for.
-    rt.shutdown_background();
-    worker
-        .join()
-        .map_err(|_| DaemonError::Runtime(std::io::Error::other("pipeline thread panicked")))??;
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = stdin_done => {}
+    }
+    stop.cancel();
+    // Each input drains what its senders already wrote, within the deadline.
+    while tasks.join_next().await.is_some() {}
+    // Everything received is queued before this; the pipeline drains up to it.
+    let _ = queue.tx.send(Msg::Stop);
     Ok(stats)
 }
 
+/// Binds and starts one input; its name.
+async fn start_input(
+    input: &InputConfig,
+    queue: &Queue,
+    st: &Arc<InputStats>,
+    ends: &Shutdown,
+    tasks: &mut tokio::task::JoinSet<()>,
+    eof_tx: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<String, DaemonError> {
+    let (q, st) = (queue.clone(), st.clone());
+    Ok(match input {
+        InputConfig::Stdin => {
+            let (ends, eof) = (ends.clone(), eof_tx.take());
+            tasks.spawn(async move {
+                read_stdin(&q, &st, &ends).await;
+                if let Some(eof) = eof {
+                    let _ = eof.send(());
+                }
+            });
+            "stdin".to_string()
+        }
+        InputConfig::Udp {
+            listen,
+            allow,
+            max_frame,
+            recv_buffer,
+        } => {
+            let name = format!("udp {listen}");
+            let allow = allow_list(&name, allow)?;
+            let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(|error| DaemonError::Input {
+                input: name.clone(),
+                error,
+            })?;
+            announce("udp", sock.local_addr());
+            tasks.spawn(net::udp(sock, allow, *max_frame, q, st, ends.stop.clone()));
+            name
+        }
+        InputConfig::Tcp {
+            listen,
+            allow,
+            max_frame,
+            max_connections,
+            max_per_source,
+            idle_timeout,
+        } => {
+            let name = format!("tcp {listen}");
+            let allow = allow_list(&name, allow)?;
+            let listener = tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
+                .await
+                .map_err(|error| DaemonError::Input {
+                    input: name.clone(),
+                    error,
+                })?;
+            announce("tcp", listener.local_addr());
+            let limits = TcpLimits {
+                max_frame: *max_frame,
+                max_connections: (*max_connections).max(1),
+                max_per_source: (*max_per_source).max(1),
+                idle_timeout: Duration::from_secs(idle_timeout.secs().max(1)),
+            };
+            tasks.spawn(net::tcp(listener, allow, limits, q, st, ends.clone()));
+            name
+        }
+        InputConfig::Unix { path, max_frame } => {
+            let name = format!("unix {path}");
+            let input_err = |error| DaemonError::Input {
+                input: name.clone(),
+                error,
+            };
+            net::prepare_socket_path(std::path::Path::new(path)).map_err(input_err)?;
+            let sock = tokio::net::UnixDatagram::bind(path).map_err(input_err)?;
+            eprintln!("mailpipe: listening on unix {path}");
+            tasks.spawn(net::unix(sock, *max_frame, q, st, ends.stop.clone()));
+            name
+        }
+    })
+}
+
+/// SIGHUP: reload, as `mailpipe reload` does; the outcome goes to the log.
+async fn reload_on_hangup(queue: Queue, reload: Option<Reloader>, stop: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            s = hup.recv() => if s.is_none() { return },
+        }
+        let v = crate::control::reload(reload.as_ref(), &queue).await;
+        if v["ok"] != true {
+            eprintln!(
+                "mailpipe: error: reload refused, the running pipeline stays: {}",
+                v["error"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
 /// A saved ban as a decision for the sink, with the time it has left.
-fn restored_decision(b: &crate::policy::Ban, now: i64) -> crate::policy::Decision {
-    crate::policy::Decision {
+fn restored_decision(b: &Ban, now: i64) -> Decision {
+    Decision {
         net: b.net,
         jail: b.jail.clone(),
         failures: 0,
@@ -395,25 +483,49 @@ fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<tokio::net:
     tokio::net::UdpSocket::from_std(s.into())
 }
 
-/// Reads stdin in chunks until EOF; waits when the queue is full.
-fn read_stdin(tx: &mpsc::Sender<Msg>, stats: &InputStats) {
-    let mut stdin = std::io::stdin().lock();
+/// Reads stdin in chunks until EOF (or, once stopping, until it is quiet or the drain deadline
+/// passes); waits for room in the budget. Counts lines, not reads.
+async fn read_stdin(q: &Queue, stats: &InputStats, ends: &Shutdown) {
+    const CHUNK: usize = 256 << 10;
+    let mut stdin = tokio::io::stdin();
+    let mut deadline: Option<Instant> = None;
+    let mut tail = false;
     loop {
-        let mut buf = vec![0u8; 256 << 10];
-        match stdin.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.blocking_send(Msg::Stream(buf)).is_err() {
-                    return;
-                }
-                stats.received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut buf = vec![0u8; CHUNK];
+        let read = async {
+            match deadline {
+                None => Some(stdin.read(&mut buf).await),
+                Some(_) => tokio::time::timeout(Duration::from_millis(200), stdin.read(&mut buf)).await.ok(),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
+        };
+        let r = tokio::select! {
+            _ = ends.stop.cancelled(), if deadline.is_none() => {
+                deadline = Some(Instant::now() + ends.drain);
+                continue;
+            }
+            r = read => r,
+        };
+        let n = match r {
+            Some(Ok(0)) | None => break,
+            Some(Ok(n)) => n,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Some(Err(e)) => {
                 net::tracing_warn(&format!("reading stdin: {e}"));
-                return;
+                break;
             }
+        };
+        buf.truncate(n);
+        let lines = memchr::memchr_iter(b'\n', &buf).count();
+        tail = buf.last() != Some(&b'\n');
+        let lease = q.budget.take(n).await;
+        if q.tx.send(Msg::Stream(buf, lease)).is_err() {
+            return;
+        }
+        stats.received.fetch_add(lines as u64, std::sync::atomic::Ordering::Relaxed);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
         }
     }
+    // A last line without LF is a line too.
+    stats.received.fetch_add(u64::from(tail), std::sync::atomic::Ordering::Relaxed);
 }

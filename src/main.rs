@@ -246,10 +246,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let pipeline = Pipeline::new(&cfg, Mode::Live)?;
             // `mailpipe reload` and SIGHUP re-read the same file.
-            let reload = config.clone().map(|path| -> mailpipe::control::Reloader {
-                Box::new(move || {
+            let reload = config.clone().map(|path| -> mailpipe::daemon::Reloader {
+                std::sync::Arc::new(move || {
                     let cfg = Config::load(&path).map_err(|e| e.to_string())?;
-                    Pipeline::new(&cfg, Mode::Live).map_err(|e| e.to_string())
+                    mailpipe::pipeline::build_within(cfg, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT).map_err(|e| e.to_string())
                 })
             });
             let report = mailpipe::daemon::run(&cfg, dry_run, pipeline, reload, std::io::stdout(), signals()).map_err(|e| match e {
@@ -304,7 +304,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Check { config, literals } => {
             let cfg = load(&config)?;
-            let pipeline = Pipeline::new(&cfg, Mode::Live)?;
+            let pipeline = mailpipe::pipeline::build_within(cfg.clone(), Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)?;
             if literals {
                 for l in pipeline.literal_texts() {
                     println!("{l}");

@@ -27,6 +27,12 @@ const IPV4: &str = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}";
 /// IPv6, loosely (validated by the address parser), with an optional embedded IPv4 tail.
 const IPV6: &str = r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3})?";
 
+/// The largest dense DFA (and its determinization) a pipeline may ask for: a bound on the
+/// memory and the time a compile takes.
+pub const MAX_DENSE: usize = 128 << 20;
+/// The largest NFA one rule set compiles to.
+const MAX_NFA: usize = 64 << 20;
+
 /// Matcher engine choice.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 pub enum Engine {
@@ -35,7 +41,7 @@ pub enum Engine {
     Hybrid,
     /// Fully compiled DFA, bounded in bytes; slightly faster on some rule sets.
     Dense {
-        /// Upper bound on the DFA's size in bytes.
+        /// Upper bound on the DFA's size in bytes (at most `MAX_DENSE`).
         size_limit: usize,
     },
 }
@@ -537,7 +543,7 @@ impl Matcher {
 }
 
 fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
-    let thompson = regex_automata::nfa::thompson::Config::new();
+    let thompson = regex_automata::nfa::thompson::Config::new().nfa_size_limit(Some(MAX_NFA));
     match engine {
         Engine::Hybrid => {
             let dfa = hybrid::dfa::DFA::builder()
@@ -554,6 +560,10 @@ fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
             let cache = dfa.create_cache();
             Ok(Dfa::Hybrid(dfa, cache))
         }
+        Engine::Dense { size_limit } if size_limit > MAX_DENSE => Err(format!(
+            "engine: Dense size_limit {size_limit} is above the {} MiB any pipeline may use",
+            MAX_DENSE >> 20
+        )),
         Engine::Dense { size_limit } => {
             let dfa = dfa::dense::Builder::new()
                 .syntax(syntax_config())

@@ -94,6 +94,35 @@ pub struct Pipeline {
 /// A pipeline that cannot be built.
 pub type BuildError = crate::config::ConfigError;
 
+/// How long compiling a pipeline may take (`reload`, `check`); beyond, it is refused. Memory is
+/// bounded by the matcher's size limits.
+pub const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Compiles `cfg` on a thread of its own, giving up after `timeout` (the thread then finishes,
+/// within the matcher's size limits, and its result is dropped).
+pub fn build_within(cfg: Config, mode: Mode, timeout: std::time::Duration) -> Result<Pipeline, BuildError> {
+    let file = cfg.origins.first().map_or_else(|| "<none>".to_string(), |o| o.file.clone());
+    let refuse = |reason: String| crate::config::ConfigError {
+        file: file.clone(),
+        line: 1,
+        col: 1,
+        reason,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("compile".into())
+        .spawn(move || {
+            let _ = tx.send(Pipeline::new(&cfg, mode));
+        })
+        .map_err(|e| refuse(format!("cannot start compiling: {e}")))?;
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(refuse(format!(
+            "compiling the pipeline took longer than {} s: refused (simplify the rules, or use engine: Hybrid)",
+            timeout.as_secs()
+        )))
+    })
+}
+
 impl Pipeline {
     /// Compiles every stage of `cfg`; `mode` says where the clock comes from (`Live` for `run`,
     /// `Replay` for `test`).

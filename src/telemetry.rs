@@ -2,13 +2,20 @@
 //!
 //! Every handle is registered once at start, labels included; the hot path does not touch them.
 //! The pipeline thread copies its plain counters into the handles once per batch
-//! (`Counter::absolute`), so per-line work stays a `u64` increment. Histograms have explicit
-//! buckets: without them the exporter would render summaries.
+//! (`Counter::absolute`), so per-line work stays a `u64` increment, and what it publishes costs
+//! the same whatever the number of bans (kept per jail as bans come and go). Histograms have
+//! explicit buckets: without them the exporter would render summaries.
+//!
+//! `/metrics` is served by hyper on a thread of its own, bounded so that no client can starve
+//! the inputs: at most `MAX_SCRAPERS` connections at once (more wait in the kernel's backlog,
+//! holding no descriptor of ours), a request head within `HEADER_TIMEOUT` and 8 KiB, a whole
+//! exchange within `EXCHANGE_TIMEOUT`, one request per connection.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::input::net::InputStats;
 use crate::pipeline::Stats;
@@ -17,16 +24,83 @@ use crate::sink::SinkStats;
 /// Buckets of the latency histograms, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
-/// Starts the `/metrics` HTTP listener on its own thread (so a busy pipeline never stalls a scrape).
-pub fn serve(addr: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// Scrapes served at once.
+pub const MAX_SCRAPERS: usize = 8;
+/// Time for a client to send its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for a whole request and answer.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Installs the recorder and starts the `/metrics` listener on its own thread (so a busy
+/// pipeline never stalls a scrape); the address it is bound to.
+pub fn serve(addr: SocketAddr) -> Result<SocketAddr, String> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("metrics on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
-        .install()
-        .map_err(|e| format!("metrics on {addr}: {e}"))?;
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))?;
     gauge!("mailpipe_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(())
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match rt {
+                Ok(rt) => rt.block_on(http(listener, handle)),
+                Err(e) => eprintln!("mailpipe: error: metrics: {e}"),
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(bound)
+}
+
+/// Serves `GET /metrics` within the bounds above; keeps the exporter's upkeep going.
+async fn http(listener: std::net::TcpListener, handle: PrometheusHandle) {
+    use hyper::{Response, StatusCode};
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
+    let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let permit = tokio::select! {
+            _ = upkeep.tick() => { handle.run_upkeep(); continue }
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let stream = tokio::select! {
+            _ = upkeep.tick() => { handle.run_upkeep(); continue }
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let reply = if req.uri().path() == "/metrics" {
+                    Response::new(http_body_util::Full::new(bytes::Bytes::from(handle.render())))
+                } else {
+                    let mut r = Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"see /metrics\n")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
+                };
+                async move { Ok::<_, std::convert::Infallible>(reply) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(8192)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await;
+        });
+    }
 }
 
 /// Handles for one jail.
@@ -44,6 +118,7 @@ pub struct PipelineMetrics {
     skipped: Counter,
     parsed: Counter,
     time_unparsed: Counter,
+    time_clamped: Counter,
     invalid_utf8: Counter,
     tracked: Gauge,
     evicted: Counter,
@@ -72,6 +147,7 @@ impl PipelineMetrics {
             skipped: counter!("mailpipe_lines_skipped_total"),
             parsed: counter!("mailpipe_lines_parsed_total"),
             time_unparsed: counter!("mailpipe_lines_time_unparsed_total"),
+            time_clamped: counter!("mailpipe_lines_time_clamped_total"),
             invalid_utf8: counter!("mailpipe_lines_invalid_utf8_total"),
             tracked: gauge!("mailpipe_tracked_addresses"),
             evicted: counter!("mailpipe_evicted_total"),
@@ -86,6 +162,7 @@ impl PipelineMetrics {
         self.skipped.absolute(s.skipped);
         self.parsed.absolute(s.parsed);
         self.time_unparsed.absolute(s.time_unparsed);
+        self.time_clamped.absolute(s.time_clamped);
         self.invalid_utf8.absolute(s.invalid_utf8);
         self.tracked.set(tracked as f64);
         self.evicted.absolute(evicted);
@@ -102,17 +179,25 @@ impl PipelineMetrics {
     }
 }
 
-/// Copies the inputs' and the sink's counters (the daemon calls it every second).
-pub fn publish_edges(inputs: &[(String, std::sync::Arc<InputStats>)], sink: &SinkStats) {
+/// How far the state file is behind.
+pub fn publish_state(lag: &crate::state::Lag) {
+    gauge!("mailpipe_state_pending").set(lag.pending as f64);
+    gauge!("mailpipe_state_failing").set(if lag.error.is_some() { 1.0 } else { 0.0 });
+}
+
+/// Copies the inputs' and the sink's counters, and the bytes queued for the pipeline (the
+/// daemon calls it every second).
+pub fn publish_edges(inputs: &[(String, std::sync::Arc<InputStats>)], sink: &SinkStats, queued: usize) {
+    gauge!("mailpipe_queue_bytes").set(queued as f64);
     use std::sync::atomic::Ordering::Relaxed;
     for (name, st) in inputs {
         counter!("mailpipe_input_messages_total", "input" => name.clone()).absolute(st.received.load(Relaxed));
         for (reason, v) in [
             ("queue_full", &st.dropped_queue_full),
             ("oversized", &st.dropped_oversized),
-            ("bad_count", &st.bad_count),
             ("not_allowed", &st.not_allowed),
             ("too_many_connections", &st.refused_connections),
+            ("evicted", &st.evicted),
             ("kernel", &st.kernel_drops),
         ] {
             counter!("mailpipe_input_dropped_total", "input" => name.clone(), "reason" => reason).absolute(v.load(Relaxed));

@@ -1,10 +1,11 @@
 //! Syslog framing for stream sockets (RFC 6587): octet-counted (`123 <13>...`) and LF-delimited,
-//! chosen per frame on the same connection (a digit first means a count).
+//! chosen per frame on the same connection. Only a valid count (a non-zero digit first, at most
+//! ten digits) followed by a space is octet framing; anything else, such as a Dovecot log line
+//! that starts with `2026-11-23 10:00:00`, is an LF-delimited line.
 //!
 //! `FramedRead` ends the stream after any decoder error, so content problems are never errors:
 //! an oversized frame is skipped without buffering it whole and reported as
-//! `Frame::Skipped`; invalid UTF-8 is passed on as bytes. The one error is a count that is not a
-//! number, after which the stream cannot be resynchronised: the connection is closed on purpose.
+//! `Frame::Oversized`; invalid UTF-8 is passed on as bytes. The only error is the socket's.
 
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
@@ -18,16 +19,10 @@ pub enum Frame {
     Oversized,
 }
 
-/// The one unrecoverable framing problem.
+/// The socket failed (the only error: content problems are frames).
 #[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// A frame starts with a digit but no valid `COUNT SP` follows.
-    #[error("bad octet count {0:?}")]
-    BadCount(String),
-    /// The socket failed.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-}
+#[error(transparent)]
+pub struct FrameError(#[from] std::io::Error);
 
 /// Decoder for RFC 6587 octet-counted and LF-delimited syslog frames.
 #[derive(Debug)]
@@ -55,6 +50,20 @@ impl SyslogFrames {
             max: max.max(1),
             state: State::Start,
         }
+    }
+}
+
+/// `Some(count, digits)` when `buf` starts with a complete `COUNT SP`; `Err(())` when it may
+/// still become one (only digits so far); `Ok(None)` when it is no count.
+fn count_prefix(buf: &[u8]) -> Result<Option<(usize, usize)>, ()> {
+    if !buf.first().is_some_and(|c| (b'1'..=b'9').contains(c)) {
+        return Ok(None);
+    }
+    let digits = buf.iter().take(MAX_COUNT_DIGITS + 1).take_while(|c| c.is_ascii_digit()).count();
+    match buf.get(digits) {
+        None if digits <= MAX_COUNT_DIGITS => Err(()),
+        Some(b' ') if digits <= MAX_COUNT_DIGITS => Ok(Some((buf[..digits].iter().fold(0, |n, d| n * 10 + usize::from(d - b'0')), digits))),
+        _ => Ok(None),
     }
 }
 
@@ -98,21 +107,14 @@ impl Decoder for SyslogFrames {
             // Stray separators between frames (a trailing LF after an octet-counted frame).
             let skip = buf.iter().take_while(|&&c| c == b'\n' || c == b'\r' || c == 0).count();
             buf.advance(skip);
-            let Some(&first) = buf.first() else { return Ok(None) };
-            if first.is_ascii_digit() {
-                let digits = buf.iter().take(MAX_COUNT_DIGITS + 1).take_while(|c| c.is_ascii_digit()).count();
-                match buf.get(digits) {
-                    None if digits <= MAX_COUNT_DIGITS => return Ok(None),
-                    Some(b' ') if digits <= MAX_COUNT_DIGITS => {}
-                    _ => {
-                        let shown = String::from_utf8_lossy(&buf[..buf.len().min(16)]).into_owned();
-                        return Err(FrameError::BadCount(shown));
-                    }
-                }
-                let count: usize = std::str::from_utf8(&buf[..digits]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-                if count == 0 {
-                    return Err(FrameError::BadCount(String::from_utf8_lossy(&buf[..digits + 1]).into_owned()));
-                }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let Ok(count) = count_prefix(buf) else {
+                // Only digits so far: a count or a line, the next byte tells.
+                return Ok(None);
+            };
+            if let Some((count, digits)) = count {
                 if count > self.max {
                     buf.advance(digits + 1);
                     self.state = State::SkipBytes(count);
@@ -153,7 +155,7 @@ impl Decoder for SyslogFrames {
             return Ok(Some(f));
         }
         // A last LF-less line is still a message; a partial octet frame is lost with the peer.
-        let partial = self.state == State::Start && !buf.is_empty() && !buf[0].is_ascii_digit();
+        let partial = self.state == State::Start && !buf.is_empty() && !matches!(count_prefix(buf), Ok(Some(_)));
         let rest = buf.split();
         self.state = State::Start;
         Ok(partial.then(|| Frame::Msg(trim_end(rest))))
@@ -218,12 +220,23 @@ mod tests {
     }
 
     #[test]
-    fn bad_count_is_the_only_error() {
-        let (f, e) = decode_all(100, &[b"<1>fine\n12a <1>x\n"]);
-        assert_eq!(f, vec![msg("<1>fine")]);
-        assert!(e.unwrap().contains("bad octet count"));
-        let (_, e) = decode_all(100, &[b"99999999999999 x"]);
-        assert!(e.is_some());
+    fn only_a_valid_count_and_a_space_is_octet_framing() {
+        // Dovecot's own log over TCP, a line starting with digits: lines, not counts.
+        let (f, e) = decode_all(
+            100,
+            &[b"2026-11-23 10:00:00 imap-login: x\n12a <1>x\n0 zero\n99999999999999 x\n", b"2026"],
+        );
+        assert_eq!(
+            f,
+            vec![
+                msg("2026-11-23 10:00:00 imap-login: x"),
+                msg("12a <1>x"),
+                msg("0 zero"),
+                msg("99999999999999 x"),
+                msg("2026")
+            ]
+        );
+        assert!(e.is_none());
         let (f, e) = decode_all(100, &[b"<1>\xff\xfe bytes\n"]);
         assert_eq!((f.len(), e), (1, None), "invalid UTF-8 passes as bytes");
     }

@@ -1,24 +1,63 @@
 //! Syslog over the network: UDP, TCP (RFC 6587 framing) and Unix datagram sockets.
 //!
-//! Everything is bounded: frame length, connections (excess refused and counted), and the queue
-//! to the pipeline. TCP waits when the queue is full, so backpressure reaches rsyslog's own
-//! queue; UDP cannot wait, so it drops and counts. Content problems never end a connection; only
-//! an octet count that is not a number does, on purpose, with a log line.
+//! Everything is bounded: frame length, connections (in all and per sender address), and the
+//! bytes queued for the pipeline (`Budget`). TCP and Unix senders wait their turn when the
+//! budget is spent, so backpressure reaches rsyslog's own queue; UDP cannot wait, so it drops and
+//! counts. Content problems never end a connection.
+//!
+//! Stopping (SIGTERM): listeners close at once; every open connection is still read until it
+//! has been quiet for `QUIET` (everything its sender wrote before the signal is in), or until the
+//! drain deadline; UDP and Unix sockets are read until empty.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket, UnixDatagram};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::Msg;
 use super::frame::{Frame, SyslogFrames};
+use super::{Budget, Msg};
+
+/// How the edges reach the pipeline: its queue and the byte budget that bounds it.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    /// The pipeline thread's queue (bounded by `budget`, not by count).
+    pub tx: mpsc::UnboundedSender<Msg>,
+    /// Bytes that may be queued at once.
+    pub budget: Budget,
+}
+
+impl Queue {
+    /// Queues `frames` once the budget has room; false when the pipeline is gone.
+    async fn send(&self, frames: Vec<BytesMut>) -> bool {
+        let bytes = frames.iter().map(|f| f.len()).sum();
+        let lease = self.budget.take(bytes).await;
+        self.tx.send(Msg::Frames(frames, lease)).is_ok()
+    }
+}
+
+/// When to stop reading: a stop signal, and how long connections may then drain.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// Cancelled on SIGTERM/SIGINT.
+    pub stop: CancellationToken,
+    /// How long open connections are still read after it.
+    pub drain: Duration,
+}
+
+/// A connection that sent nothing for this long while draining has nothing more to say.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// Bytes handed on in one queue slot, at most (then the next slot).
+const SLOT_BYTES: usize = 256 << 10;
 
 /// Counters of one input, shared with whoever reports them.
 #[derive(Debug, Default)]
@@ -29,12 +68,12 @@ pub struct InputStats {
     pub dropped_queue_full: AtomicU64,
     /// Frames longer than `max_frame`, skipped.
     pub dropped_oversized: AtomicU64,
-    /// Connections closed for an octet count that is not a number.
-    pub bad_count: AtomicU64,
     /// Datagrams or connections from senders outside `allow`.
     pub not_allowed: AtomicU64,
-    /// Connections refused above `max_connections`.
+    /// Connections refused above `max_connections` (or `max_per_source`).
     pub refused_connections: AtomicU64,
+    /// Connections closed to make room for another sender.
+    pub evicted: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
     /// Connections closed after `idle_timeout` of silence.
@@ -55,9 +94,9 @@ impl InputStats {
             f("connections", &self.connections),
             f("dropped (queue full)", &self.dropped_queue_full),
             f("dropped (oversized)", &self.dropped_oversized),
-            f("closed (bad octet count)", &self.bad_count),
             f("refused (not allowed)", &self.not_allowed),
             f("refused (too many connections)", &self.refused_connections),
+            f("closed (room for another sender)", &self.evicted),
             f("closed (idle)", &self.idle_closed),
             f("dropped by the kernel", &self.kernel_drops),
         ]
@@ -85,20 +124,24 @@ impl Allow {
 /// Frames handed on in one queue slot, at most.
 const BATCH: usize = 256;
 
-/// Receives datagrams until `stop`: one datagram, one message. Up to `BATCH` datagrams are
-/// taken per system call (recvmmsg) and handed on in one queue slot.
-pub async fn udp(sock: UdpSocket, allow: Allow, max: usize, tx: mpsc::Sender<Msg>, stats: Arc<InputStats>, stop: CancellationToken) {
+/// Receives datagrams until `stop`, then what the socket still holds: one datagram, one
+/// message. Up to 64 datagrams are taken per system call (recvmmsg) and handed on together.
+pub async fn udp(sock: UdpSocket, allow: Allow, max: usize, q: Queue, stats: Arc<InputStats>, stop: CancellationToken) {
     let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
     // One byte more than `max`, so an oversized datagram shows as truncated.
     let mut rx = Mmsg::new(64, (max + 1).min(65_536));
     let mut drops_read = std::time::Instant::now();
+    let mut stopping = false;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            r = sock.readable() => if r.is_err() { break },
+        if !stopping {
+            tokio::select! {
+                _ = stop.cancelled() => stopping = true,
+                r = sock.readable() => if r.is_err() { break },
+            }
         }
         let mut batch = Vec::with_capacity(BATCH);
-        while batch.len() < BATCH {
+        let mut bytes = 0;
+        while batch.len() < BATCH && bytes < SLOT_BYTES {
             match sock.try_io(tokio::io::Interest::READABLE, || rx.recv(&sock)) {
                 Ok(n) => {
                     for i in 0..n {
@@ -107,6 +150,7 @@ pub async fn udp(sock: UdpSocket, allow: Allow, max: usize, tx: mpsc::Sender<Msg
                             stats.dropped_oversized.fetch_add(1, Ordering::Relaxed);
                         } else {
                             accept_datagram(data, peer, &allow, max, &stats, &mut batch);
+                            bytes += data.len();
                         }
                     }
                 }
@@ -117,16 +161,21 @@ pub async fn udp(sock: UdpSocket, allow: Allow, max: usize, tx: mpsc::Sender<Msg
                 }
             }
         }
+        if batch.is_empty() && stopping {
+            break;
+        }
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            match tx.try_send(Msg::Frames(batch)) {
-                Ok(()) => {
+            match q.budget.try_take(batch.iter().map(|f| f.len()).sum()) {
+                Some(lease) => {
+                    if q.tx.send(Msg::Frames(batch, lease)).is_err() {
+                        break;
+                    }
                     stats.received.fetch_add(n, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                None => {
                     stats.dropped_queue_full.fetch_add(n, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
         // /proc/net/udp is a few system calls and a parse: once a second is plenty.
@@ -253,12 +302,16 @@ fn accept_datagram(d: &[u8], peer: Option<SocketAddr>, allow: &Allow, max: usize
     }
 }
 
-/// Receives datagrams on a Unix socket (`logger -u`, rsyslog's omuxsock) until `stop`.
-pub async fn unix(sock: UnixDatagram, max: usize, tx: mpsc::Sender<Msg>, stats: Arc<InputStats>, stop: CancellationToken) {
+/// Receives datagrams on a Unix socket (`logger -u`, rsyslog's omuxsock) until `stop`, then
+/// what the socket still holds.
+pub async fn unix(sock: UnixDatagram, max: usize, q: Queue, stats: Arc<InputStats>, stop: CancellationToken) {
     let mut buf = vec![0u8; 65_536];
     loop {
         let r = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => match sock.try_recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                r => r,
+            },
             r = sock.recv(&mut buf) => r,
         };
         let mut batch = Vec::new();
@@ -266,14 +319,38 @@ pub async fn unix(sock: UnixDatagram, max: usize, tx: mpsc::Sender<Msg>, stats: 
             Ok(n) => accept_datagram(&buf[..n], None, &Allow::default(), max, &stats, &mut batch),
             Err(e) => tracing_warn(&format!("unix recv: {e}")),
         }
+        // A local sender can wait: like TCP, backpressure instead of loss.
         if !batch.is_empty() {
-            // A local sender can wait: like TCP, backpressure instead of loss.
-            if tx.send(Msg::Frames(batch)).await.is_err() {
+            if !q.send(batch).await {
                 break;
             }
             stats.received.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Bind a Unix socket at `path`, replacing a stale socket there; anything else at that path (a
+/// regular file, a socket some process still listens on) is an error, never deleted.
+pub fn prepare_socket_path(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let refuse = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} {what}; not replaced", path.display()),
+        )
+    };
+    if !meta.file_type().is_socket() {
+        return Err(refuse("exists and is not a socket"));
+    }
+    let live = std::os::unix::net::UnixStream::connect(path).is_ok()
+        || std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(path).is_ok());
+    if live {
+        return Err(refuse("is in use by another process"));
+    }
+    std::fs::remove_file(path)
 }
 
 /// TCP limits.
@@ -283,31 +360,79 @@ pub struct TcpLimits {
     pub max_frame: usize,
     /// Most connections at once.
     pub max_connections: usize,
+    /// Most connections from one address at once.
+    pub max_per_source: usize,
     /// Silence after which a connection is closed.
-    pub idle_timeout: std::time::Duration,
+    pub idle_timeout: Duration,
 }
 
-/// Accepts connections until `stop`; each is read until EOF, an unrecoverable framing error, or
-/// `stop`.
-pub async fn tcp(
-    listener: TcpListener,
-    allow: Allow,
-    limits: TcpLimits,
-    tx: mpsc::Sender<Msg>,
-    stats: Arc<InputStats>,
-    stop: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+/// Who holds the connection slots: per sender address, oldest first, each with the token that
+/// closes it.
+#[derive(Debug, Default)]
+struct Slots {
+    by_source: HashMap<IpAddr, Vec<(u64, CancellationToken)>>,
+    total: usize,
+    next_id: u64,
+}
+
+impl Slots {
+    /// A slot for a connection from `source`, if the limits allow it. A sender at its own limit
+    /// gives up its oldest connection (a reconnecting rsyslog gets in past its dead one); when every
+    /// slot is taken, the sender holding the most gives up its oldest, as long as it holds more
+    /// than `source` would.
+    fn admit(&mut self, source: IpAddr, limits: &TcpLimits, stats: &InputStats) -> Option<(u64, CancellationToken)> {
+        let mine = self.by_source.get(&source).map_or(0, Vec::len);
+        let from = if mine >= limits.max_per_source {
+            Some(source)
+        } else if self.total >= limits.max_connections {
+            let (&busiest, held) = self.by_source.iter().max_by_key(|(_, v)| v.len())?;
+            (held.len() > mine + 1).then_some(busiest)
+        } else {
+            None
+        };
+        if let Some(from) = from {
+            // It leaves its slot when its task ends, which follows at once.
+            let held = self.by_source.get_mut(&from)?;
+            held.remove(0).1.cancel();
+            self.total -= 1;
+            stats.evicted.fetch_add(1, Ordering::Relaxed);
+        } else if self.total >= limits.max_connections {
+            return None;
+        }
+        self.next_id += 1;
+        let token = CancellationToken::new();
+        self.by_source.entry(source).or_default().push((self.next_id, token.clone()));
+        self.total += 1;
+        Some((self.next_id, token))
+    }
+
+    fn release(&mut self, source: IpAddr, id: u64) {
+        if let Some(v) = self.by_source.get_mut(&source)
+            && let Some(i) = v.iter().position(|(c, _)| *c == id)
+        {
+            v.remove(i);
+            self.total -= 1;
+            if v.is_empty() {
+                self.by_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// Accepts connections until `stop`; each is read until EOF, an I/O error, its idle timeout,
+/// eviction, or, once stopping, until it is drained.
+pub async fn tcp(listener: TcpListener, allow: Allow, limits: TcpLimits, q: Queue, stats: Arc<InputStats>, shutdown: Shutdown) {
+    let slots = Arc::new(Mutex::new(Slots::default()));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = shutdown.stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing_warn(&format!("tcp accept: {e}"));
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -316,57 +441,93 @@ pub async fn tcp(
             stats.not_allowed.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let source = peer.ip().to_canonical();
+        let Some((id, evict)) = slots.lock().expect("not poisoned").admit(source, &limits, &stats) else {
             stats.refused_connections.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (tx, stats, stop, max, idle) = (tx.clone(), stats.clone(), stop.clone(), limits.max_frame, limits.idle_timeout);
+        let (q, stats, shutdown, limits, slots) = (q.clone(), stats.clone(), shutdown.clone(), limits.clone(), slots.clone());
         conns.spawn(async move {
-            let _permit = permit;
-            let mut frames = FramedRead::new(stream, SyslogFrames::new(max)).ready_chunks(BATCH);
-            loop {
-                let chunk = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    c = tokio::time::timeout(idle, frames.next()) => match c {
-                        Ok(Some(c)) => c,
-                        Ok(None) => break,
-                        Err(_) => {
-                            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    },
-                };
-                let mut batch = Vec::with_capacity(chunk.len());
-                let mut fatal = None;
-                for f in chunk {
-                    match f {
-                        Ok(Frame::Msg(m)) if !m.is_empty() => batch.push(m),
-                        Ok(Frame::Msg(_)) => {}
-                        Ok(Frame::Oversized) => {
-                            stats.dropped_oversized.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => fatal = Some(e),
-                    }
-                }
-                let n = batch.len() as u64;
-                if n > 0 {
-                    if tx.send(Msg::Frames(batch)).await.is_err() {
-                        break;
-                    }
-                    stats.received.fetch_add(n, Ordering::Relaxed);
-                }
-                if let Some(e) = fatal {
-                    stats.bad_count.fetch_add(1, Ordering::Relaxed);
-                    tracing_warn(&format!("tcp {peer}: {e}; closing the connection"));
-                    break;
-                }
-            }
+            read_connection(stream, &limits, &q, &stats, &shutdown, &evict).await;
+            slots.lock().expect("not poisoned").release(source, id);
         });
         // Reap finished connections so the set does not grow.
         while conns.try_join_next().is_some() {}
     }
+    // No more connections; those open drain (each bounded by the deadline).
+    drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+/// Reads one connection's frames into the queue.
+async fn read_connection(
+    stream: tokio::net::TcpStream,
+    limits: &TcpLimits,
+    q: &Queue,
+    stats: &InputStats,
+    shutdown: &Shutdown,
+    evict: &CancellationToken,
+) {
+    let mut frames = FramedRead::new(stream, SyslogFrames::new(limits.max_frame)).ready_chunks(BATCH);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let wait = if deadline.is_some() { QUIET } else { limits.idle_timeout };
+        let chunk = tokio::select! {
+            _ = shutdown.stop.cancelled(), if deadline.is_none() => {
+                deadline = Some(Instant::now() + shutdown.drain);
+                continue;
+            }
+            _ = evict.cancelled() => return,
+            c = tokio::time::timeout(wait, frames.next()) => match c {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                // Quiet while draining: everything sent before the stop is in.
+                Err(_) if deadline.is_some() => return,
+                Err(_) => {
+                    stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+        };
+        let mut batch = Vec::with_capacity(chunk.len());
+        let mut failed = None;
+        for f in chunk {
+            match f {
+                Ok(Frame::Msg(m)) if !m.is_empty() => batch.push(m),
+                Ok(Frame::Msg(_)) => {}
+                Ok(Frame::Oversized) => {
+                    stats.dropped_oversized.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        // Slots of at most SLOT_BYTES, each waiting its turn for room in the budget.
+        while !batch.is_empty() {
+            let mut bytes = 0;
+            let cut = batch
+                .iter()
+                .position(|f| {
+                    bytes += f.len();
+                    bytes > SLOT_BYTES
+                })
+                .map_or(batch.len(), |i| i.max(1));
+            let rest = batch.split_off(cut);
+            let n = batch.len() as u64;
+            if !q.send(batch).await {
+                return;
+            }
+            stats.received.fetch_add(n, Ordering::Relaxed);
+            batch = rest;
+        }
+        if let Some(e) = failed {
+            tracing_warn(&format!("tcp: {e}; closing the connection"));
+            return;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+    }
 }
 
 /// Kernel-side drops of the UDP socket bound to `port` (`/proc/net/udp{,6}`, last column).
