@@ -72,6 +72,13 @@ enum Command {
         #[arg(long)]
         literals: bool,
     },
+    /// Create the sink's sets and firewall rules (idempotent) and exit: for boot, before the
+    /// daemon starts (contrib/systemd/mailpipe-firewall.service).
+    Firewall {
+        /// Pipeline file (default: the built-in pipelines/mail.ron).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Counters of the running daemon: per jail (failing, banned, total), inputs, sink.
     Status {
         /// The daemon's control socket.
@@ -322,6 +329,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let what = if ignore { "ignore rule" } else { "rule" };
                 println!("note: jail {jail} {what} {rule} has no literal the prefilter can use: every line is parsed for it");
             }
+            Ok(())
+        }
+        Command::Firewall { config } => {
+            let cfg = load(&config)?;
+            mailpipe::sink::open(&cfg.sink, std::io::sink()).context("setting up the firewall")?;
+            println!("ok: {:?}", cfg.sink);
             Ok(())
         }
         Command::Status { socket, json } => {

@@ -7,21 +7,25 @@ use std::process::Command;
 use common::Need;
 
 #[test]
-fn systemd_unit_verifies() {
+fn systemd_units_verify() {
     if let Some(why) = common::missing(&[Need::Program("systemd-analyze", "systemd")]) {
         return common::skip(&why);
     }
     let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/systemd/mailpipe.service")).unwrap();
-    // Point the unit at the binary under test, so `verify` can check the commands exist.
-    let path = dir.path().join("mailpipe.service");
-    std::fs::write(&path, unit.replace("/usr/local/sbin/mailpipe", env!("CARGO_BIN_EXE_mailpipe"))).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let mut paths = Vec::new();
+    for unit in ["mailpipe.service", "mailpipe-firewall.service"] {
+        let text = std::fs::read_to_string(format!("{}/contrib/systemd/{unit}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        // Point the units at the binary under test, so `verify` can check the commands exist.
+        let path = dir.path().join(unit);
+        std::fs::write(&path, text.replace("/usr/local/sbin/mailpipe", env!("CARGO_BIN_EXE_mailpipe"))).unwrap();
+        paths.push(path);
+    }
+    let out = Command::new("systemd-analyze").arg("verify").args(&paths).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    // Only complaints about this unit count; the host's own units are not ours to judge.
+    // Only complaints about these units count; the host's own units are not ours to judge.
     let ours: Vec<&str> = err
         .lines()
-        .filter(|l| l.starts_with("mailpipe.service") || l.contains(&*path.to_string_lossy()))
+        .filter(|l| l.starts_with("mailpipe") || l.contains(&*dir.path().to_string_lossy()))
         .collect();
     assert!(ours.is_empty(), "{err}");
 }

@@ -41,12 +41,8 @@ fn failure_line(ip: &str) -> String {
 
 #[test]
 fn ipset_and_iptables_drop_packets_while_banned() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    bans_drop_packets_and_expire(
-        "i",
-        &["sh", &format!("{root}/contrib/firewall/iptables.sh")],
-        "Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\")",
-    );
+    // The sink puts its sets and iptables rules in place itself.
+    bans_drop_packets_and_expire("i", &["true"], "Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\")");
 }
 
 #[test]
@@ -62,87 +58,127 @@ fn nftables_drops_packets_while_banned() {
     );
 }
 
-/// The scenario, for one firewall: `setup` runs in the server namespace, `sink` is the pipeline's.
-fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
-    let needs = [
-        Need::IpsetNetns,
-        Need::Program("iptables", "iptables"),
-        Need::Program("ip6tables", "iptables"),
-        Need::Program("python3", "python3"),
-    ];
-    if let Some(why) = common::missing(&needs) {
-        return common::skip(&why);
-    }
-    // Declared first, dropped last: the children go before their namespaces.
-    let (srv_ns, cli_ns) = (Netns::create(&format!("s{tag}")), Netns::create(&format!("c{tag}")));
-    let (srv, cli) = (srv_ns.name.clone(), cli_ns.name.clone());
-    let mut children = Vec::new();
-    common::run(&[
-        "ip", "-n", &srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &cli,
-    ]);
-    for (ns, dev, v4, v6) in [
-        (&srv, "vs", "192.0.2.1/24", "2001:db8:1::1/64"),
-        (&cli, "vc", "192.0.2.2/24", "2001:db8:1::2/64"),
-    ] {
-        common::run(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
-        common::run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
-        common::run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-    }
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut cmd = vec!["ip", "netns", "exec", &srv];
-    cmd.extend_from_slice(setup);
-    common::run(&cmd);
-    // Something to connect to: a dual-stack listener on port 25.
-    children.push(Reaper(
-        Command::new("ip")
-            .args(["netns", "exec", &srv, "python3", "-c"])
+/// Two namespaces joined by a veth pair: a server (192.0.2.1, 2001:db8:1::1) listening on
+/// ports 25 and 8080, and a client (192.0.2.2, 2001:db8:1::2); mailpipe runs in the server.
+/// Fields drop in order: processes first, then the namespaces.
+struct Testbed {
+    children: Vec<Reaper>,
+    srv: Netns,
+    cli: Netns,
+    _dir: tempfile::TempDir,
+}
+
+impl Testbed {
+    /// The namespaces, or `None` after reporting what is missing.
+    fn new(tag: &str) -> Option<Testbed> {
+        let needs = [
+            Need::IpsetNetns,
+            Need::Program("iptables", "iptables"),
+            Need::Program("ip6tables", "iptables"),
+            Need::Program("python3", "python3"),
+        ];
+        if let Some(why) = common::missing(&needs) {
+            common::skip(&why);
+            return None;
+        }
+        let (srv, cli) = (Netns::create(&format!("s{tag}")), Netns::create(&format!("c{tag}")));
+        common::run(&[
+            "ip", "-n", &srv.name, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &cli.name,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&srv.name, "vs", "192.0.2.1/24", "2001:db8:1::1/64"),
+            (&cli.name, "vc", "192.0.2.2/24", "2001:db8:1::2/64"),
+        ] {
+            common::run(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
+            common::run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
+            common::run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        // Something to connect to: dual-stack listeners on ports 25 and 8080.
+        let listener = Command::new("ip")
+            .args(["netns", "exec", &srv.name, "python3", "-c"])
             .arg("import socket, threading\ndef serve(port):\n    s = socket.socket(socket.AF_INET6)\n    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n    s.bind(('::', port))\n    s.listen(64)\n    while True:\n        c, _ = s.accept()\n        c.close()\nthreading.Thread(target=serve, args=(8080,), daemon=True).start()\nserve(25)")
             .spawn()
-            .unwrap(),
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("fw.ron");
-    std::fs::write(
-        &cfg,
-        format!("Pipeline(include: [(file: \"{root}/pipelines/mail.ron\")], inputs: [Stdin], sink: {sink},\n policy: (bantime: \"3s\", recidive: Some((bans: 2, findtime: \"1h\", bantime: \"4s\")), ignore: [\"127.0.0.0/8\", \"::1\"]))"),
-    )
-    .unwrap();
-    let mut mp = Command::new("ip")
-        .args(["netns", "exec", &srv, env!("CARGO_BIN_EXE_mailpipe"), "run", "-c"])
-        .arg(&cfg)
-        .env("TZ", "UTC")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+            .unwrap();
+        Some(Testbed {
+            children: vec![Reaper(listener)],
+            srv,
+            cli,
+            _dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// Runs `cmd` in the server namespace.
+    fn server(&self, cmd: &[&str]) {
+        self.srv.exec(cmd).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts mailpipe in the server with mail.ron's jails and these other fields; its stdin,
+    /// and its stderr line by line.
+    fn mailpipe(&mut self, fields: &str) -> (std::process::ChildStdin, mpsc::Receiver<String>) {
+        let cfg = self._dir.path().join("fw.ron");
+        let root = env!("CARGO_MANIFEST_DIR");
+        std::fs::write(
+            &cfg,
+            format!("Pipeline(include: [(file: \"{root}/pipelines/mail.ron\")], inputs: [Stdin],\n{fields})"),
+        )
         .unwrap();
-    let mut stdin = mp.stdin.take().unwrap();
-    let (tx, banned) = mpsc::channel();
-    let err = mp.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    children.push(Reaper(mp));
-    let wait_ban = |what: &str| loop {
-        let line = banned.recv_timeout(Duration::from_secs(30)).expect("the ban is reported");
+        let mut mp = Command::new("ip")
+            .args(["netns", "exec", &self.srv.name, env!("CARGO_BIN_EXE_mailpipe"), "run", "-c"])
+            .arg(&cfg)
+            .env("TZ", "UTC")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = mp.stdin.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        let err = mp.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.children.push(Reaper(mp));
+        (stdin, log)
+    }
+}
+
+/// Waits for a log line containing `what`; fails on an error line.
+fn wait_log(log: &mpsc::Receiver<String>, what: &str) {
+    loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("never logged {what:?}"));
         assert!(!line.contains("error"), "{line}");
-        if line.contains(&format!("banned {what}")) {
+        if line.contains(what) {
             return;
         }
-    };
+    }
+}
 
+fn fail5(stdin: &mut std::process::ChildStdin, ip: &str) {
+    for _ in 0..5 {
+        stdin.write_all(failure_line(ip).as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+}
+
+/// The scenario, for one firewall: `setup` runs in the server namespace, `sink` is the pipeline's.
+fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
+    let Some(mut bed) = Testbed::new(tag) else { return };
+    bed.server(setup);
+    let (mut stdin, log) = bed.mailpipe(&format!(
+        "sink: {sink}, policy: (bantime: \"3s\", recidive: Some((bans: 2, findtime: \"1h\", bantime: \"4s\")), ignore: [\"127.0.0.0/8\", \"::1\"])"
+    ));
+    let cli = bed.cli.name.clone();
     for (addr, client, key) in [
         ("192.0.2.1", "192.0.2.2", "192.0.2.2/32"),
         ("2001:db8:1::1", "2001:db8:1::2", "2001:db8:1::/64"),
     ] {
         assert!(until_connects(&cli, addr, true, 20), "{addr}: connects before the ban");
-        for _ in 0..5 {
-            stdin.write_all(failure_line(client).as_bytes()).unwrap();
-        }
-        stdin.flush().unwrap();
-        wait_ban(key);
+        fail5(&mut stdin, client);
+        wait_log(&log, &format!("banned {key}"));
         assert!(!connects(&cli, addr), "{addr}: dropped while {client} is banned");
         // The kernel expires the entry after the 3 s ban, mailpipe or not.
         assert!(
@@ -153,16 +189,91 @@ fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
     // A second ban of the IPv4 client within the hour is recidive: every port is closed to it,
     // not only the mail ports, until the recidive ban expires.
     assert!(connects_port(&cli, "192.0.2.1", 8080), "a non-mail port is open before");
-    for _ in 0..5 {
-        stdin.write_all(failure_line("192.0.2.2").as_bytes()).unwrap();
-    }
-    stdin.flush().unwrap();
-    wait_ban("192.0.2.2/32");
-    wait_ban("192.0.2.2/32");
+    fail5(&mut stdin, "192.0.2.2");
+    wait_log(&log, "banned 192.0.2.2/32");
+    wait_log(&log, "banned 192.0.2.2/32");
     assert!(!connects_port(&cli, "192.0.2.1", 8080), "recidive closes every port");
     assert!(
         (0..15).any(|_| connects_port(&cli, "192.0.2.1", 8080)),
         "open again once the recidive ban expired"
     );
+    drop(stdin);
+}
+
+#[test]
+fn bans_lost_from_the_kernel_come_back() {
+    let Some(mut bed) = Testbed::new("r") else { return };
+    let socket = bed._dir.path().join("control.sock");
+    let (mut stdin, log) = bed.mailpipe(&format!(
+        "sink: Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\", reconcile: \"1s\"), control: \"{}\"",
+        socket.display()
+    ));
+    let cli = bed.cli.name.clone();
+    assert!(until_connects(&cli, "192.0.2.1", true, 20), "connects before the ban");
+    fail5(&mut stdin, "192.0.2.2");
+    wait_log(&log, "banned 192.0.2.2/32");
+    assert!(!connects(&cli, "192.0.2.1"), "dropped while banned");
+    // Deleted behind mailpipe's back, then the sets destroyed, then the rules lost as in a
+    // reboot: each time the next reconciliation puts the kernel right again.
+    let losses: [&[&[&str]]; 3] = [
+        &[&["ipset", "del", "mailpipe4", "192.0.2.2"]],
+        &[&["iptables", "-F", "mailpipe"], &["ipset", "destroy", "mailpipe4"]],
+        &[
+            &["iptables", "-D", "INPUT", "-j", "mailpipe"],
+            &["iptables", "-F", "mailpipe"],
+            &["iptables", "-X", "mailpipe"],
+        ],
+    ];
+    for loss in losses {
+        for cmd in loss {
+            bed.server(cmd);
+        }
+        wait_log(&log, "the kernel had lost bans or rules");
+        assert!((0..20).any(|_| !connects(&cli, "192.0.2.1")), "dropped again after {loss:?}");
+    }
+    // A ban longer than the kernel's longest timeout: the kernel gets its longest, `list` the
+    // truth (it is refreshed before the entry runs out).
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &bed.srv.name,
+            env!("CARGO_BIN_EXE_mailpipe"),
+            "ban",
+            "192.0.2.77",
+            "--for",
+            "100d",
+            "--socket",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_log(&log, "banned 192.0.2.77/32");
+    let set = bed.srv.exec(&["ipset", "list", "mailpipe4"]).unwrap();
+    let timeout: u64 = set
+        .lines()
+        .find_map(|l| l.strip_prefix("192.0.2.77 timeout "))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{set}"));
+    assert!((2_147_000..=2_147_483).contains(&timeout), "{set}");
+    let list = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &bed.srv.name,
+            env!("CARGO_BIN_EXE_mailpipe"),
+            "list",
+            "--json",
+            "--socket",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let left = v["bans"].as_array().unwrap().iter().find(|b| b["ip"] == "192.0.2.77").unwrap()["left_s"]
+        .as_i64()
+        .unwrap();
+    assert!(left > 8_600_000, "{v}");
     drop(stdin);
 }

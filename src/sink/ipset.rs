@@ -3,8 +3,14 @@
 //!
 //! That crate has known defects (see the README): `list()` panics on sets with timeouts and
 //! hands a C buffer to Rust's allocator, and `Session` claims `Sync` though libipset sessions are
-//! not thread-safe. So only `create`, `add` and `del` are used, never `list()`, and both
+//! not thread-safe. So only `create`, `add`, `del` and `test` are used, never `list()`, and the
 //! sessions are owned by the one sink thread.
+//!
+//! The kernel is reconciled with mailpipe's bans every `reconcile` period: a set that is gone (a
+//! reboot, `ipset destroy`) is created again, every ban missing from its set (`ipset del`, a new
+//! set) is added again with the time it has left, the rules are put back (`rules.rs`), and a ban
+//! longer than the kernel's longest timeout (about 24.8 days) is refreshed before its entry runs
+//! out. One `test` per ban: about 0.1 s for 100,000 bans.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +30,8 @@ pub struct IpsetConfig {
     pub set6: String,
     /// Most entries per set.
     pub maxelem: u32,
+    /// Keep the iptables rules that use the sets in place.
+    pub rules: bool,
 }
 
 pub(crate) fn default_set4() -> String {
@@ -37,7 +45,34 @@ pub(crate) fn default_maxelem() -> u32 {
 }
 
 /// The kernel's largest per-entry timeout (about 24.8 days).
-const MAX_TIMEOUT: u64 = 2_147_483;
+pub const MAX_TIMEOUT: u64 = 2_147_483;
+/// An entry whose kernel timeout ends sooner than this, but whose ban does not, is refreshed.
+const REFRESH: i64 = 86_400;
+
+/// What a reconciliation found and put right.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// Bans checked.
+    pub checked: usize,
+    /// Bans missing from the kernel, added again.
+    pub entries: usize,
+    /// Sets that were gone, created again.
+    pub sets: usize,
+    /// Address families whose rules were missing or changed, put back.
+    pub rules: usize,
+    /// Bans longer than the kernel's timeout, refreshed.
+    pub refreshed: usize,
+}
+
+impl std::ops::AddAssign for Repairs {
+    fn add_assign(&mut self, o: Repairs) {
+        self.checked += o.checked;
+        self.entries += o.entries;
+        self.sets += o.sets;
+        self.rules += o.rules;
+        self.refreshed += o.refreshed;
+    }
+}
 
 /// Why the ipset sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +101,41 @@ pub enum IpsetError {
 struct Sets {
     n4: String,
     n6: String,
+    maxelem: u32,
     v4: Session<HashIp>,
     v6: Session<HashNet>,
 }
 
 impl Sets {
+    /// Creates the sets that are missing; how many were.
+    fn ensure(&mut self) -> Result<usize, IpsetError> {
+        let m = self.maxelem;
+        let v4 = adopt(
+            &self.n4,
+            self.v4
+                .create(|b| b.with_ipv6(false)?.with_timeout(3600)?.with_max_elem(m)?.build()),
+        )?;
+        let v6 = adopt(
+            &self.n6,
+            self.v6.create(|b| b.with_ipv6(true)?.with_timeout(3600)?.with_max_elem(m)?.build()),
+        )?;
+        Ok(usize::from(v4) + usize::from(v6))
+    }
+
+    /// Whether the kernel has `net`.
+    fn has(&mut self, net: IpNet) -> Result<bool, IpsetError> {
+        let (ip, prefix) = (net.addr(), net.prefix_len());
+        let (set, res) = match ip {
+            IpAddr::V4(_) => (&self.n4, self.v4.test(ip)),
+            IpAddr::V6(_) => (&self.n6, self.v6.test(NetDataType::new(ip, prefix))),
+        };
+        res.map_err(|e| IpsetError::Add {
+            set: set.clone(),
+            ip,
+            reason: clean(&e),
+        })
+    }
+
     fn open(n4: &str, n6: &str, maxelem: u32) -> Result<Sets, IpsetError> {
         for name in [n4, n6] {
             // Session::new panics on a NUL byte; the kernel takes at most 31 bytes.
@@ -81,22 +146,15 @@ impl Sets {
                 });
             }
         }
-        let mut v4: Session<HashIp> = Session::new(n4.into());
-        adopt(
-            n4,
-            v4.create(|b| b.with_ipv6(false)?.with_timeout(3600)?.with_max_elem(maxelem)?.build()),
-        )?;
-        let mut v6: Session<HashNet> = Session::new(n6.into());
-        adopt(
-            n6,
-            v6.create(|b| b.with_ipv6(true)?.with_timeout(3600)?.with_max_elem(maxelem)?.build()),
-        )?;
-        Ok(Sets {
+        let mut sets = Sets {
             n4: n4.into(),
             n6: n6.into(),
-            v4,
-            v6,
-        })
+            maxelem,
+            v4: Session::new(n4.into()),
+            v6: Session::new(n6.into()),
+        };
+        sets.ensure()?;
+        Ok(sets)
     }
 
     fn add(&mut self, net: IpNet, timeout: u32) -> Result<(), IpsetError> {
@@ -127,14 +185,25 @@ impl Sets {
     }
 }
 
+/// A ban the kernel should hold: when it ends, and when the kernel's entry does (sooner for a
+/// ban longer than `MAX_TIMEOUT`).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    until: i64,
+    kernel_until: i64,
+}
+
 /// Open sessions on the mail-port sets and on the all-ports sets (`<name>-all`, for recidive).
 pub struct Ipset {
     mail: Sets,
     all: Sets,
-    /// When each entry we added expires (Unix seconds): a re-ban only ever lengthens a ban.
-    until: HashMap<(IpNet, bool), i64>,
+    /// Every ban we put in the kernel, by (network, every port): a re-ban only ever lengthens a
+    /// ban, and reconciliation knows what should be there.
+    until: HashMap<(IpNet, bool), Entry>,
     /// Size of `until` at which expired entries are next dropped.
     sweep_at: usize,
+    /// Whether the iptables rules are ours to keep in place.
+    rules: bool,
 }
 
 impl std::fmt::Debug for Ipset {
@@ -153,31 +222,79 @@ impl Ipset {
     pub fn open(cfg: &IpsetConfig) -> Result<Ipset, IpsetError> {
         let mail = Sets::open(&cfg.set4, &cfg.set6, cfg.maxelem)?;
         let all = Sets::open(&format!("{}-all", cfg.set4), &format!("{}-all", cfg.set6), cfg.maxelem)?;
+        if cfg.rules {
+            super::rules::ensure(&cfg.set4, &cfg.set6).map_err(|reason| IpsetError::Create {
+                set: cfg.set4.clone(),
+                reason: format!("its iptables rules: {reason}"),
+            })?;
+        }
         Ok(Ipset {
             mail,
             all,
             until: HashMap::new(),
             sweep_at: 1024,
+            rules: cfg.rules,
         })
+    }
+
+    /// Puts the kernel in line with the bans: missing sets, entries and rules come back, and
+    /// entries about to outlive the kernel's timeout are refreshed.
+    pub fn reconcile(&mut self, now: i64) -> Result<Repairs, IpsetError> {
+        let mut r = Repairs {
+            sets: self.mail.ensure()? + self.all.ensure()?,
+            ..Repairs::default()
+        };
+        if self.rules {
+            r.rules = super::rules::ensure(&self.mail.n4, &self.mail.n6).map_err(|reason| IpsetError::Create {
+                set: self.mail.n4.clone(),
+                reason: format!("its iptables rules: {reason}"),
+            })?;
+        }
+        self.until.retain(|_, e| e.until > now);
+        for (&(net, every_port), e) in &mut self.until {
+            let left = e.until - now;
+            // About to end anyway: the kernel may already have let it go.
+            if left < 2 {
+                continue;
+            }
+            r.checked += 1;
+            let sets = if every_port { &mut self.all } else { &mut self.mail };
+            let refresh = e.kernel_until < e.until && e.kernel_until - now < REFRESH;
+            if refresh || !sets.has(net)? {
+                let timeout = (left as u64).min(MAX_TIMEOUT);
+                sets.add(net, timeout as u32)?;
+                e.kernel_until = now + timeout as i64;
+                if refresh { r.refreshed += 1 } else { r.entries += 1 }
+            }
+        }
+        Ok(r)
     }
 
     /// Adds the decision's address (or network) with its ban time as the entry's timeout; an
     /// entry already there is replaced only when the new ban ends later. Recidive bans go to the
     /// all-ports sets.
+    /// Longer bans than the kernel's timeout get the longest it takes and are refreshed.
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), IpsetError> {
-        let timeout = d.ban_for.clamp(1, MAX_TIMEOUT) as u32;
-        let until = now + i64::from(timeout);
+        let ban_for = d.ban_for.max(1);
+        let timeout = ban_for.min(MAX_TIMEOUT) as u32;
+        let until = now.saturating_add(ban_for as i64);
         let every_port = d.reason == crate::policy::Reason::Recidive;
         let key = (d.net, every_port);
-        if self.until.get(&key).is_some_and(|&u| u >= until) {
+        if self.until.get(&key).is_some_and(|e| e.until >= until) {
             return Ok(());
         }
         let sets = if every_port { &mut self.all } else { &mut self.mail };
         sets.add(d.net, timeout)?;
-        self.until.insert(key, until);
+        self.until.insert(
+            key,
+            Entry {
+                until,
+                kernel_until: now + i64::from(timeout),
+            },
+        );
         // Forget expired entries now and then, not on every ban.
         if self.until.len() >= self.sweep_at {
-            self.until.retain(|_, &mut u| u > now);
+            self.until.retain(|_, e| e.until > now);
             self.sweep_at = (self.until.len() * 2).max(1024);
         }
         Ok(())
@@ -192,11 +309,12 @@ impl Ipset {
     }
 }
 
-/// A set that already exists is adopted (the firewall script may have created it first).
-fn adopt(set: &str, created: Result<bool, ipset::types::Error>) -> Result<(), IpsetError> {
+/// A set that already exists is adopted (the boot unit may have created it first); whether it
+/// had to be created.
+fn adopt(set: &str, created: Result<bool, ipset::types::Error>) -> Result<bool, IpsetError> {
     match created {
-        Ok(_) => Ok(()),
-        Err(e) if e.to_string().contains("already exists") => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if e.to_string().contains("already exists") => Ok(false),
         Err(e) => Err(IpsetError::Create {
             set: set.into(),
             reason: clean(&e),

@@ -5,6 +5,7 @@
 
 pub mod ipset;
 pub mod nft;
+pub mod rules;
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -36,6 +37,12 @@ pub enum SinkConfig {
         /// Most entries per set.
         #[serde(default = "ipset::default_maxelem")]
         maxelem: u32,
+        /// Keep the iptables/ip6tables rules that use the sets in place (chain `mailpipe`).
+        #[serde(default = "yes")]
+        rules: bool,
+        /// How often the kernel is checked against the bans (sets, entries, rules).
+        #[serde(default = "default_reconcile")]
+        reconcile: crate::config::Dur,
     },
     /// Add bans to nftables sets with per-element timeouts (`nft -f -`).
     Nftables {
@@ -48,7 +55,20 @@ pub enum SinkConfig {
         /// IPv6 set (networks).
         #[serde(default = "default_nft_set6")]
         set6: String,
+        /// Keep the table's `input` chain (the drop rules) in place.
+        #[serde(default = "yes")]
+        rules: bool,
+        /// How often the kernel is checked against the bans (table, elements).
+        #[serde(default = "default_reconcile")]
+        reconcile: crate::config::Dur,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_reconcile() -> crate::config::Dur {
+    crate::config::Dur(60)
 }
 
 fn default_nft_table() -> String {
@@ -75,6 +95,8 @@ pub struct SinkStats {
     pub dropped: AtomicU64,
     /// Times the pipeline waited for room in the queue (a ban burst faster than the firewall).
     pub waited: AtomicU64,
+    /// Reconciliations of the kernel with the bans.
+    pub reconciled: AtomicU64,
     /// Line arrival to ban applied, for first attempts.
     pub latency: std::sync::Mutex<Latency>,
 }
@@ -113,6 +135,7 @@ impl SinkStats {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let lat = self.latency.lock().expect("not poisoned");
         serde_json::json!({"applied": n(&self.applied), "errors": n(&self.errors), "given_up": n(&self.dropped), "waited": n(&self.waited),
+                           "reconciled": n(&self.reconciled),
                            "latency_us_p50": lat.quantile(0.5), "latency_us_p99": lat.quantile(0.99)})
     }
 }
@@ -197,34 +220,13 @@ pub fn spawn<W: Write + Send + 'static>(
     out: W,
     store: Option<crate::state::Store>,
 ) -> Result<SinkHandle, ipset::IpsetError> {
-    let mut sink = match cfg {
-        SinkConfig::DryRun => Sink::DryRun(out),
-        SinkConfig::Ipset { set4, set6, maxelem } => {
-            let c = ipset::IpsetConfig {
-                set4: set4.clone(),
-                set6: set6.clone(),
-                maxelem: *maxelem,
-            };
-            Sink::Ipset(Box::new(ipset::Ipset::open(&c)?))
-        }
-        SinkConfig::Nftables { table, set4, set6 } => {
-            let c = nft::NftConfig {
-                table: table.clone(),
-                set4: set4.clone(),
-                set6: set6.clone(),
-            };
-            Sink::Nft(nft::Nft::open(&c).map_err(|e| ipset::IpsetError::Create {
-                set: table.clone(),
-                reason: e.0,
-            })?)
-        }
-    };
+    let (mut sink, period) = open(cfg, out)?;
     let stats = Arc::new(SinkStats::default());
     let (tx, rx) = mpsc::sync_channel::<SinkCmd>(QUEUE);
     let st = stats.clone();
     let thread = std::thread::Builder::new()
         .name("sink".into())
-        .spawn(move || run(&mut sink, &rx, &st))
+        .spawn(move || run(&mut sink, &rx, &st, period))
         .expect("spawning the sink thread");
     Ok(SinkHandle {
         tx: Some(tx),
@@ -234,17 +236,69 @@ pub fn spawn<W: Write + Send + 'static>(
     })
 }
 
+/// Opens the sink: sets (and rules) created or adopted; and how often to reconcile it.
+pub fn open<W: Write>(cfg: &SinkConfig, out: W) -> Result<(Sink<W>, Option<Duration>), ipset::IpsetError> {
+    Ok(match cfg {
+        SinkConfig::DryRun => (Sink::DryRun(out), None),
+        SinkConfig::Ipset {
+            set4,
+            set6,
+            maxelem,
+            rules,
+            reconcile,
+        } => {
+            let c = ipset::IpsetConfig {
+                set4: set4.clone(),
+                set6: set6.clone(),
+                maxelem: *maxelem,
+                rules: *rules,
+            };
+            (
+                Sink::Ipset(Box::new(ipset::Ipset::open(&c)?)),
+                Some(Duration::from_secs(reconcile.secs().max(1))),
+            )
+        }
+        SinkConfig::Nftables {
+            table,
+            set4,
+            set6,
+            rules,
+            reconcile,
+        } => {
+            let c = nft::NftConfig {
+                table: table.clone(),
+                set4: set4.clone(),
+                set6: set6.clone(),
+                rules: *rules,
+            };
+            let sink = nft::Nft::open(&c).map_err(|e| ipset::IpsetError::Create {
+                set: table.clone(),
+                reason: e.0,
+            })?;
+            (Sink::Nft(sink), Some(Duration::from_secs(reconcile.secs().max(1))))
+        }
+    })
+}
+
 /// Retries: 0.1 s doubling to 30 s, at most this many attempts before a decision is given up.
 const ATTEMPTS: u32 = 12;
 
-fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkStats) {
+fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkStats, period: Option<Duration>) {
     let mut retry: VecDeque<(Decision, u32, Instant)> = VecDeque::new();
     let mut arrived = Instant::now();
     // Registered once; a no-op when no metrics exporter is installed.
     let ban_latency = metrics::histogram!("mailpipe_ban_latency_seconds");
+    let mut reconcile_at = period.map(|p| Instant::now() + p);
     loop {
-        let next = match retry.front() {
-            Some((_, _, due)) => rx
+        if let (Some(at), Some(p)) = (reconcile_at, period)
+            && Instant::now() >= at
+        {
+            reconcile(sink, stats);
+            reconcile_at = Some(Instant::now() + p);
+        }
+        let due = retry.front().map(|(_, _, d)| *d).into_iter().chain(reconcile_at).min();
+        let next = match due {
+            Some(due) => rx
                 .recv_timeout(due.saturating_duration_since(Instant::now()))
                 .map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
             None => rx.recv().map_err(|_| true),
@@ -264,10 +318,14 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                 }
                 continue;
             }
-            Err(false) => {
-                let (d, tries, _) = retry.pop_front().expect("a retry was due");
-                (d, tries)
-            }
+            Err(false) => match retry.front() {
+                Some((_, _, due)) if *due <= Instant::now() => {
+                    let (d, tries, _) = retry.pop_front().expect("just seen");
+                    (d, tries)
+                }
+                // The reconciliation was due: it runs at the top of the loop.
+                _ => continue,
+            },
             // Closed: one last attempt for what waits, then stop.
             Err(true) => {
                 for (d, _, _) in retry.drain(..) {
@@ -300,6 +358,43 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                     retry.push_back((d, tries + 1, Instant::now() + wait));
                 }
             }
+        }
+    }
+}
+
+/// One reconciliation of the kernel with the bans: its cost and repairs to metrics, repairs to
+/// the log.
+fn reconcile<W: Write>(sink: &mut Sink<W>, stats: &SinkStats) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs() as i64);
+    let t0 = Instant::now();
+    let result = match sink {
+        Sink::DryRun(_) => return,
+        Sink::Ipset(s) => s.reconcile(now).map_err(ApplyError::from),
+        Sink::Nft(s) => s.reconcile(now).map_err(ApplyError::from),
+    };
+    metrics::histogram!("mailpipe_reconcile_seconds").record(t0.elapsed().as_secs_f64());
+    match result {
+        Ok(r) => {
+            for (what, n) in [("entry", r.entries), ("set", r.sets), ("rules", r.rules), ("refresh", r.refreshed)] {
+                metrics::counter!("mailpipe_reconcile_repairs_total", "what" => what).increment(n as u64);
+            }
+            stats.reconciled.fetch_add(1, Ordering::Relaxed);
+            if r.entries + r.sets + r.rules > 0 {
+                eprintln!(
+                    "mailpipe: warning: the kernel had lost bans or rules: {} bans added again, {} sets and {} rule sets restored ({} bans checked in {} ms)",
+                    r.entries,
+                    r.sets,
+                    r.rules,
+                    r.checked,
+                    t0.elapsed().as_millis()
+                );
+            }
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("mailpipe: error: reconciling the firewall: {e}");
         }
     }
 }

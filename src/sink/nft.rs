@@ -1,5 +1,10 @@
 //! The nftables sink: bans as elements with per-entry timeouts in named sets of an `inet`
 //! table, sent as `nft -f -` batches (the default firewall on current Debian and RHEL).
+//!
+//! The table holds the sets and (unless `rules: false`) the `input` chain that drops from them.
+//! Reconciliation, every `reconcile` period: a table that is gone is made again, and every ban
+//! is added again in one batch (`add element` leaves an element that is there alone), with bans
+//! longer than the kernel timeout refreshed before their element runs out.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,6 +24,15 @@ pub struct NftConfig {
     pub set4: String,
     /// Set of IPv6 networks (`type ipv6_addr; flags interval, timeout`).
     pub set6: String,
+    /// Keep the table's `input` chain (the drop rules) in place.
+    pub rules: bool,
+}
+
+/// A ban the kernel should hold, and when its element (capped at the kernel timeout) ends.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    until: i64,
+    kernel_until: i64,
 }
 
 /// Why nft refused.
@@ -30,7 +44,7 @@ pub struct NftError(pub String);
 #[derive(Debug)]
 pub struct Nft {
     cfg: NftConfig,
-    until: HashMap<(IpNet, bool), i64>,
+    until: HashMap<(IpNet, bool), Entry>,
 }
 
 /// Names go into nft's grammar: keep them to identifier characters.
@@ -70,17 +84,77 @@ impl Nft {
                 return Err(NftError(format!("{n:?}: names are letters, digits, _ and -")));
             }
         }
-        // `<set>_all`: recidive bans, dropped on every port.
-        run(&format!(
-            "table inet {t} {{\n set {s4} {{ type ipv4_addr; flags timeout; }}\n set {s6} {{ type ipv6_addr; flags interval, timeout; }}\n set {s4}_all {{ type ipv4_addr; flags timeout; }}\n set {s6}_all {{ type ipv6_addr; flags interval, timeout; }}\n}}\n",
-            t = cfg.table,
-            s4 = cfg.set4,
-            s6 = cfg.set6
-        ))?;
-        Ok(Nft {
+        let nft = Nft {
             cfg: cfg.clone(),
             until: HashMap::new(),
-        })
+        };
+        run(&nft.table_script())?;
+        Ok(nft)
+    }
+
+    /// The table, its sets and (with `rules`) its chain, idempotent: existing sets keep their
+    /// elements, the chain's rules are replaced.
+    fn table_script(&self) -> String {
+        let (t, s4, s6) = (&self.cfg.table, &self.cfg.set4, &self.cfg.set6);
+        // `<set>_all`: recidive bans, dropped on every port.
+        let mut script = format!(
+            "table inet {t} {{\n set {s4} {{ type ipv4_addr; flags timeout; }}\n set {s6} {{ type ipv6_addr; flags interval, timeout; }}\n set {s4}_all {{ type ipv4_addr; flags timeout; }}\n set {s6}_all {{ type ipv6_addr; flags interval, timeout; }}\n}}\n"
+        );
+        if self.cfg.rules {
+            let ports = super::rules::MAIL_PORTS.replace(',', ", ");
+            script += &format!(
+                "table inet {t} {{\n chain input {{ type filter hook input priority filter - 10; policy accept; }}\n}}\nflush chain inet {t} input\n\
+                 table inet {t} {{\n chain input {{\n  tcp dport {{ {ports} }} ip saddr @{s4} drop\n  tcp dport {{ {ports} }} ip6 saddr @{s6} drop\n  ip saddr @{s4}_all drop\n  ip6 saddr @{s6}_all drop\n }}\n}}\n"
+            );
+        }
+        script
+    }
+
+    /// Puts the kernel in line with the bans: a missing table (sets, chain) comes back, every ban
+    /// is added again where it is missing, long bans are refreshed.
+    pub fn reconcile(&mut self, now: i64) -> Result<super::ipset::Repairs, NftError> {
+        let mut r = super::ipset::Repairs::default();
+        let listed = Command::new("nft")
+            .args(["list", "table", "inet", &self.cfg.table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !listed {
+            run(&self.table_script())?;
+            r.sets += 4;
+            r.rules += usize::from(self.cfg.rules);
+        }
+        self.until.retain(|_, e| e.until > now);
+        let mut script = String::new();
+        let keys: Vec<_> = self.until.keys().copied().collect();
+        for (net, every_port) in keys {
+            let e = self.until[&(net, every_port)];
+            let left = e.until - now;
+            if left < 2 {
+                continue;
+            }
+            r.checked += 1;
+            let (set, elem) = self.element(net, every_port);
+            let t = &self.cfg.table;
+            let timeout = (left as u64).min(super::ipset::MAX_TIMEOUT);
+            if e.kernel_until < e.until && e.kernel_until - now < 86_400 {
+                script += &format!("delete element inet {t} {set} {{ {elem} }}\n");
+                r.refreshed += 1;
+                self.until.insert(
+                    (net, every_port),
+                    Entry {
+                        kernel_until: now + timeout as i64,
+                        ..e
+                    },
+                );
+            }
+            script += &format!("add element inet {t} {set} {{ {elem} timeout {timeout}s }}\n");
+        }
+        if !script.is_empty() {
+            run(&script)?;
+        }
+        Ok(r)
     }
 
     fn element(&self, net: IpNet, every_port: bool) -> (String, String) {
@@ -94,24 +168,32 @@ impl Nft {
     /// Adds the element with the ban time as its timeout; one already there is replaced only
     /// by a longer ban.
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), NftError> {
-        let until = now + d.ban_for as i64;
+        let ban_for = d.ban_for.max(1);
+        let timeout = ban_for.min(super::ipset::MAX_TIMEOUT);
+        let until = now.saturating_add(ban_for as i64);
         let every_port = d.reason == crate::policy::Reason::Recidive;
         let key = (d.net, every_port);
         let known = self.until.get(&key).copied();
-        if known.is_some_and(|u| u >= until) {
+        if known.is_some_and(|e| e.until >= until) {
             return Ok(());
         }
         let (set, elem) = self.element(d.net, every_port);
         let t = &self.cfg.table;
         let mut script = String::new();
-        if known.is_some_and(|u| u > now) {
+        if known.is_some_and(|e| e.until > now) {
             script += &format!("delete element inet {t} {set} {{ {elem} }}\n");
         }
-        script += &format!("add element inet {t} {set} {{ {elem} timeout {}s }}\n", d.ban_for.max(1));
+        script += &format!("add element inet {t} {set} {{ {elem} timeout {timeout}s }}\n");
         run(&script)?;
-        self.until.insert(key, until);
+        self.until.insert(
+            key,
+            Entry {
+                until,
+                kernel_until: now + timeout as i64,
+            },
+        );
         if self.until.len() > 4096 {
-            self.until.retain(|_, &mut u| u > now);
+            self.until.retain(|_, e| e.until > now);
         }
         Ok(())
     }
