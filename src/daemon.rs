@@ -236,6 +236,7 @@ fn spawn_pipeline(
                         }
                         let _ = reply.send(serde_json::json!({"ok": true, "jails": pipeline.jail_names()}));
                     }
+                    Msg::Tick => {}
                     Msg::Stop => break,
                 }
                 sink.ban(std::mem::take(&mut decided), arrived);
@@ -319,6 +320,16 @@ async fn serve(
         });
     }
     tokio::spawn(reload_on_hangup(queue.clone(), reload, stop.clone()));
+    let (tx, tick_stop) = (queue.tx.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick_stop.cancelled() => return,
+                _ = tick.tick() => if tx.send(Msg::Tick).is_err() { return },
+            }
+        }
+    });
     let stdin_only = cfg.inputs == [InputConfig::Stdin];
     let stdin_done = async {
         match (stdin_only, eof_rx.await) {

@@ -195,3 +195,56 @@ fn sigterm_drains_and_exits_0() {
     drop(stdin);
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn pipeline_files_that_could_hang_the_daemon_are_refused() {
+    let cases = [
+        ("Pipeline(include: [(file: \"/dev/zero\")])", "not a regular file"),
+        (
+            "Pipeline(include: [(file: \"MAIL\")], matcher: (engine: Dense(size_limit: 100000000000)))",
+            "above the 128 MiB",
+        ),
+    ];
+    for (text, reason) in cases {
+        let text = text.replace("MAIL", concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/mail.ron"));
+        let f = write_pipeline(&text);
+        let out = mailpipe().args(["check", "-c"]).arg(f.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(2) && err.contains(reason), "{text}: {err}");
+    }
+}
+
+#[test]
+fn socket_paths_never_replace_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "keep me").unwrap();
+    for field in [
+        format!("inputs: [Unix(path: \"{}\")]", precious.display()),
+        format!("inputs: [Stdin], control: \"{}\"", precious.display()),
+    ] {
+        let f = write_pipeline(&format!(
+            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], {field})",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        let out = mailpipe().args(["run", "-c"]).arg(f.path()).stdin(Stdio::null()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("is not a socket"), "{field}: {err}");
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+    }
+}
+
+#[test]
+fn stdin_counts_lines() {
+    let mut child = mailpipe()
+        .args(["run", "--dry-run"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all("x\n".repeat(5000).as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("input stdin: received 5000"), "{err}");
+}

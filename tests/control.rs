@@ -126,3 +126,27 @@ fn reload_keeps_counts_and_refuses_a_bad_file() {
     let log = mp.stop();
     assert!(log.contains("mailpipe: reloaded"), "{log}");
 }
+
+#[test]
+fn an_endless_request_is_refused_not_buffered() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let cfg = common::pipeline_with(
+        dir.path(),
+        "c.ron",
+        "Udp(listen: \"127.0.0.1:0\")",
+        &format!("control: \"{}\",", socket.display()),
+    );
+    let mp = Mailpipe::start(&cfg, 2);
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    // 1 MiB and no newline: answered with an error once past the limit, then closed.
+    let _ = s.write_all(&vec![b'{'; 1 << 20]);
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("bad request"), "{line}");
+    // The daemon still answers others.
+    let (ok, out, _) = cli(&socket, &["status", "--json"]);
+    assert!(ok && out.contains("\"ok\":true"), "{out}");
+    mp.stop();
+}

@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 
-use common::{LIMIT, Mailpipe};
+use common::Mailpipe;
 
 /// The daemon with one UDP, one TCP (with `extra_tcp` settings) and one Unix input.
 struct Daemon {

@@ -83,3 +83,102 @@ fn kill_9_loses_no_ban_and_keeps_history() {
     assert_eq!((ban["offence"].as_u64(), ban["ban_for_s"].as_u64()), (Some(2), Some(7200)), "{ban}");
     mp.stop();
 }
+
+/// The daemon on a state file `state` with a control socket and stdin.
+fn daemon(dir: &std::path::Path, state: &std::path::Path, name: &str) -> (Mailpipe, std::process::ChildStdin, std::path::PathBuf) {
+    let socket = dir.join(format!("{name}.sock"));
+    let extra = format!("control: \"{}\", state: \"{}\",", socket.display(), state.display());
+    let cfg = common::pipeline_with(dir, &format!("{name}.ron"), "Stdin", &extra);
+    let (mp, stdin) = Mailpipe::start_piped(&cfg, 1);
+    (mp, stdin, socket)
+}
+
+fn listed(socket: &std::path::Path) -> Vec<String> {
+    let (ok, out, err) = common::cli(socket, &["list", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["ip"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_damaged_state_file_is_moved_aside_and_the_daemon_protects() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.redb");
+    let (mp, mut stdin, _) = daemon(dir.path(), &state, "a");
+    stdin.write_all(failures("198.51.100.1", 5).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    mp.next_ban();
+    drop(stdin);
+    mp.stop();
+    // Every byte flipped in the middle of the file, then the file cut short.
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid - 2048..mid + 2048] {
+        *b ^= 0xff;
+    }
+    bytes.truncate(bytes.len() * 3 / 4);
+    std::fs::write(&state, &bytes).unwrap();
+    let (mp, mut stdin, _) = daemon(dir.path(), &state, "b");
+    let log = mp.wait_log("state file");
+    assert!(log.contains("moved aside to") && log.contains(".damaged-"), "{log}");
+    stdin.write_all(failures("198.51.100.2", 5).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(mp.next_ban()["ip"], "198.51.100.2", "it still bans");
+    drop(stdin);
+    mp.stop();
+}
+
+#[test]
+fn a_full_disk_loses_no_ban_once_space_is_back() {
+    if let Some(why) = common::missing(&[common::Need::Root, common::Need::Program("mount", "mount")]) {
+        return common::skip(&why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    common::run(&["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", disk.to_str().unwrap()]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = common::try_run(&["umount", "-l", self.0.to_str().unwrap_or("")]);
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let state = disk.join("state.redb");
+    let (mp, mut stdin, socket) = daemon(dir.path(), &state, "c");
+    stdin.write_all(failures("198.51.100.1", 5).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    mp.next_ban();
+    // The disk fills up; bans go on being made and applied.
+    let filler = disk.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
+    let attackers: Vec<String> = (0..300).map(|i| format!("198.18.{}.{}", i / 256, i % 256)).collect();
+    for ip in &attackers {
+        stdin.write_all(failures(ip, 5).as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    for _ in &attackers {
+        mp.next_ban();
+    }
+    mp.wait_log("changes wait in memory");
+    let (_, status, _) = common::cli(&socket, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(v["state"]["pending"].as_u64().unwrap() > 0, "{v}");
+    // Space comes back: the file catches up by itself.
+    std::fs::remove_file(&filler).unwrap();
+    mp.wait_log("is written again");
+    drop(stdin);
+    mp.stop();
+    // Restarted: every ban made while the disk was full is restored.
+    let (mp, stdin, socket) = daemon(dir.path(), &state, "d");
+    let restored = listed(&socket);
+    let lost: Vec<&String> = attackers.iter().filter(|ip| !restored.contains(ip)).collect();
+    assert!(lost.is_empty(), "lost across the full disk: {lost:?}");
+    drop(stdin);
+    mp.stop();
+}

@@ -139,6 +139,9 @@ pub enum Msg {
     Control(crate::control::Request, tokio::sync::oneshot::Sender<serde_json::Value>),
     /// A pipeline compiled elsewhere (a reload), to take over from the running one.
     Swap(Box<crate::pipeline::Pipeline>, tokio::sync::oneshot::Sender<serde_json::Value>),
+    /// A second has passed: bans end, the state file retries, counters are published, even when
+    /// no line comes.
+    Tick,
     /// Stop after everything queued before this.
     Stop,
 }
