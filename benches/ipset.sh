@@ -40,4 +40,30 @@ for i, line in enumerate(sys.stdin):
     if i % 5 == 4: time.sleep(0.005)
 ' | TZ=UTC ip netns exec "$NS" "$ROOT/target/release/mailpipe" run -c "$W/p.ron" 2> "$W/err2"
 echo "paced: $(grep 'sink:' "$W/err2")"
+# Reconciliation at N bans: the daemon stays up (stdin held open) and checks the kernel every 2 s;
+# the set is flushed behind its back, and the next reconciliation adds every ban again.
+cat > "$W/r.ron" <<RON
+Pipeline(include: [(file: "$ROOT/pipelines/mail.ron")], inputs: [Stdin], sink: Ipset(set4: "mpr4", set6: "mpr6", reconcile: "2s"))
+RON
+python3 - "$N" > "$W/lines" <<'PY'
+import sys, time
+n = int(sys.argv[1])
+t = time.strftime("%b %e %H:%M:%S", time.gmtime())
+for i in range(n):
+    ip = f"198.{18 + i // 65536}.{i // 256 % 256}.{i % 256}"
+    for _ in range(5):
+        print(f"{t} mx1 postfix/smtpd[7]: warning: unknown[{ip}]: SASL LOGIN authentication failed: x")
+PY
+( cat "$W/lines"; sleep 14 ) | TZ=UTC ip netns exec "$NS" "$ROOT/target/release/mailpipe" run -c "$W/r.ron" 2> "$W/err3" &
+for _ in $(seq 60); do
+    n=$(ip netns exec "$NS" ipset list -t mpr4 2>/dev/null | awk '/Number of entries/ {print $4}')
+    [ "${n:-0}" -ge "$N" ] && break
+    sleep 0.2
+done
+sleep 3
+ip netns exec "$NS" ipset flush mpr4
+sleep 4
+wait
+echo "reconcile after a flush: $(grep 'kernel had lost' "$W/err3")"
+echo "reconcile, nothing lost: $(grep -o '"reconcile_last_ms":[0-9.]*' "$W/err3") (the last check, $N bans present)"
 rm -rf "$W"

@@ -97,6 +97,8 @@ pub struct SinkStats {
     pub waited: AtomicU64,
     /// Reconciliations of the kernel with the bans.
     pub reconciled: AtomicU64,
+    /// How long the last one took, in microseconds.
+    pub reconcile_us: AtomicU64,
     /// Line arrival to ban applied, for first attempts.
     pub latency: std::sync::Mutex<Latency>,
 }
@@ -135,7 +137,7 @@ impl SinkStats {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let lat = self.latency.lock().expect("not poisoned");
         serde_json::json!({"applied": n(&self.applied), "errors": n(&self.errors), "given_up": n(&self.dropped), "waited": n(&self.waited),
-                           "reconciled": n(&self.reconciled),
+                           "reconciled": n(&self.reconciled), "reconcile_last_ms": n(&self.reconcile_us) as f64 / 1000.0,
                            "latency_us_p50": lat.quantile(0.5), "latency_us_p99": lat.quantile(0.99)})
     }
 }
@@ -375,6 +377,7 @@ fn reconcile<W: Write>(sink: &mut Sink<W>, stats: &SinkStats) {
         Sink::Nft(s) => s.reconcile(now).map_err(ApplyError::from),
     };
     metrics::histogram!("mailpipe_reconcile_seconds").record(t0.elapsed().as_secs_f64());
+    stats.reconcile_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
     match result {
         Ok(r) => {
             for (what, n) in [("entry", r.entries), ("set", r.sets), ("rules", r.rules), ("refresh", r.refreshed)] {
