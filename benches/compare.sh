@@ -9,7 +9,8 @@
 #   - grep -c -F -f LITERALS               (one pass over the bytes with the pipeline's literals)
 #   - mailpipe test on attack lines only   (worst case: every line parsed, matched and counted)
 #   - mailpipe test on a botnet log        (1,000,000 attackers below maxretry: memory)
-#   - mailpipe check -c all.ron            (start-up with every shipped jail compiled)
+#   - mailpipe explain -c all.ron x        (start-up with every shipped jail compiled; check also
+#                                          builds each rule alone to warn about slow ones)
 #   - fail2ban-regex, stock postfix[mode=auth] and dovecot filters, on a 200,000-line slice,
 #     when fail2ban is installed (apt-get install fail2ban)
 # and checks that mailpipe's bans equal the generator's ground truth.
@@ -58,7 +59,7 @@ measure "cat \| mailpipe run --dry-run" "$log" "cat $log | $BIN run --dry-run"
 measure "grep -c -F (pipeline literals)" "$log" "grep -c -F -f $W/literals $log"
 measure "mailpipe test, attack lines only" "$attack" "$BIN test $attack"
 measure "mailpipe test, botnet 1M attackers" "$botnet" "$BIN test $botnet"
-measure "mailpipe check -c all.ron (start-up)" "$ROOT/pipelines/all.ron" "$BIN check -c $ROOT/pipelines/all.ron"
+measure "mailpipe explain -c all.ron (start-up)" "$ROOT/pipelines/all.ron" "$BIN explain -c $ROOT/pipelines/all.ron x"
 if command -v fail2ban-regex > /dev/null; then
     slice=$W/slice.log
     head -200000 "$log" > "$slice"

@@ -329,6 +329,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let what = if ignore { "ignore rule" } else { "rule" };
                 println!("note: jail {jail} {what} {rule} has no literal the prefilter can use: every line is parsed for it");
             }
+            for (jail, rule, ignore) in pipeline.heavy_rules() {
+                let what = if ignore { "ignore rule" } else { "rule" };
+                println!(
+                    "warning: jail {jail} {what} {rule}: its automaton is very large, so on long lines it can run thousands of times slower than the others; avoid `.*` or `.{{n}}` before the text it looks for (e.g. `[^\\[]*\\[<HOST>\\]`)"
+                );
+            }
             Ok(())
         }
         Command::Firewall { config } => {

@@ -30,6 +30,8 @@ const IPV6: &str = r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:(?:[0-9]{1,3}\
 /// The largest dense DFA (and its determinization) a pipeline may ask for: a bound on the
 /// memory and the time a compile takes.
 pub const MAX_DENSE: usize = 128 << 20;
+/// A rule whose full DFA needs more bytes than this is reported by `check` as slow.
+const HEAVY: usize = 1 << 20;
 /// The largest NFA one rule set compiles to.
 const MAX_NFA: usize = 64 << 20;
 
@@ -102,6 +104,8 @@ struct Rule {
     has_user: bool,
     finder: Option<HostFinder>,
     has_literal: bool,
+    /// The rule as the rule DFA sees it (for `heavy_rules`).
+    pattern: String,
 }
 
 /// What `HostFinder` saw of a rule in a line.
@@ -342,6 +346,7 @@ impl Matcher {
                     has_user,
                     finder,
                     has_literal: lits.is_some(),
+                    pattern: expand_for_dfa(&full),
                 });
                 literals.push(lits);
                 patterns.push(expand_for_dfa(&full));
@@ -403,6 +408,30 @@ impl Matcher {
             .iter()
             .filter(|r| !r.has_literal)
             .map(|r| (self.jail_names[r.jail as usize].as_str(), r.index, r.ignore))
+    }
+
+    /// Rules whose own automaton needs more than `HEAVY` bytes as a full DFA, as `(jail, rule
+    /// index, is an ignore rule)`. The lazy DFA builds states as lines need them; for such a
+    /// rule a long line can build one per byte (`.*a.{20}\[<HOST>\]`: 117 lines/s on 16 KB
+    /// lines, against millions for the others), so `check` warns about them. Bounded: each
+    /// build stops at the limit.
+    pub fn heavy_rules(&self) -> Vec<(&str, usize, bool)> {
+        self.rules
+            .iter()
+            .filter(|r| {
+                dfa::dense::Builder::new()
+                    .syntax(syntax_config())
+                    .configure(
+                        dfa::dense::Config::new()
+                            .start_kind(regex_automata::dfa::StartKind::Anchored)
+                            .dfa_size_limit(Some(HEAVY))
+                            .determinize_size_limit(Some(HEAVY)),
+                    )
+                    .build(&r.pattern)
+                    .is_err()
+            })
+            .map(|r| (self.jail_names[r.jail as usize].as_str(), r.index, r.ignore))
+            .collect()
     }
 
     /// Whether matches report `<USER>` (off by default: banning needs only the host).

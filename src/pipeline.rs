@@ -214,6 +214,11 @@ impl Pipeline {
         self.matcher.unliteral_rules().collect()
     }
 
+    /// Rules whose worst case is far slower than the others' (`Matcher::heavy_rules`).
+    pub fn heavy_rules(&self) -> Vec<(&str, usize, bool)> {
+        self.matcher.heavy_rules()
+    }
+
     /// The zone naive times are read in.
     pub fn zone(&self) -> Zone {
         self.parser.zone()

@@ -24,6 +24,8 @@ fn check_accepts_every_shipped_pipeline() {
     for f in ["mail", "postfix", "dovecot", "qmail", "roundcube", "all"] {
         let out = mailpipe().args(["check", "-c", &format!("pipelines/{f}.ron")]).output().unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(!said.contains("warning"), "{f}: {said}");
     }
 }
 
@@ -212,6 +214,17 @@ fn pipeline_files_that_could_hang_the_daemon_are_refused() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.code() == Some(2) && err.contains(reason), "{text}: {err}");
     }
+}
+
+#[test]
+fn check_warns_about_rules_whose_worst_case_is_far_slower() {
+    let f = write_pipeline(
+        "Pipeline(jails: [Jail(name: \"slow\", rules: [r\".*a.{20}\\[<HOST>\\]\", r\"fine \\[<HOST>\\]\"], maxretry: 5, findtime: \"10m\")])",
+    );
+    let out = mailpipe().args(["check", "-c"]).arg(f.path()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("warning: jail slow rule 0:"), "{said}");
+    assert!(!said.contains("rule 1:"), "{said}");
 }
 
 #[test]

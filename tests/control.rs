@@ -150,3 +150,43 @@ fn an_endless_request_is_refused_not_buffered() {
     assert!(ok && out.contains("\"ok\":true"), "{out}");
     mp.stop();
 }
+
+#[test]
+fn a_slow_reload_never_stops_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let cfg = common::pipeline_with(
+        dir.path(),
+        "r.ron",
+        "Udp(listen: \"127.0.0.1:0\")",
+        &format!("control: \"{}\",", socket.display()),
+    );
+    let mp = Mailpipe::start(&cfg, 2);
+    // A pipeline whose dense DFA takes seconds to build (and then exceeds its size limit).
+    std::fs::write(
+        &cfg,
+        format!(
+            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], inputs: [Udp(listen: \"127.0.0.1:0\")], control: \"{}\",
+             matcher: (engine: Dense(size_limit: 134217728)),
+             jails: [Jail(name: \"slow\", rules: [r\".*a.{{24}}\\[<HOST>\\]\"], maxretry: 5, findtime: \"10m\")])",
+            env!("CARGO_MANIFEST_DIR"),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let reload = {
+        let socket = socket.clone();
+        std::thread::spawn(move || cli(&socket, &["reload"]))
+    };
+    // Meanwhile lines are read, matched and banned.
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..5 {
+        u.send_to(common::sasl_line("198.51.100.55").as_bytes(), ("127.0.0.1", mp.port("udp", 0)))
+            .unwrap();
+    }
+    assert_eq!(mp.next_ban()["ip"], "198.51.100.55");
+    assert!(!reload.is_finished(), "the reload was still compiling while the ban was made");
+    let (ok, _, err) = reload.join().unwrap();
+    assert!(!ok && (err.contains("Dense") || err.contains("longer than")), "{err}");
+    mp.stop();
+}

@@ -97,3 +97,32 @@ fn counters_equal_what_was_sent() {
     }
     mp.stop();
 }
+
+#[test]
+fn half_open_scrapers_cannot_starve_the_inputs() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::pipeline_with(
+        dir.path(),
+        "m.ron",
+        "Tcp(listen: \"127.0.0.1:0\")",
+        &format!("metrics: \"127.0.0.1:{port}\","),
+    );
+    let mp = Mailpipe::start(&cfg, 2);
+    // Hundreds of connections to /metrics that never send a request.
+    // Once the listen backlog is full, connecting hangs: give up on those quickly.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(20)).ok())
+        .collect();
+    let mut t = TcpStream::connect(("127.0.0.1", mp.port("tcp", 0))).unwrap();
+    for _ in 0..5 {
+        writeln!(t, "{}", common::sasl_line("198.51.100.66")).unwrap();
+    }
+    assert_eq!(mp.next_ban()["ip"], "198.51.100.66");
+    // The endpoint holds a few of them; the rest wait in the kernel, not in our descriptors.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", mp.pid())).unwrap().count();
+    assert!(fds < 64, "{fds} descriptors open with {} idle scrapers", idle.len());
+    drop((idle, t));
+    mp.stop();
+}

@@ -211,3 +211,33 @@ fn sigterm_reads_what_was_already_written() {
     assert!(err.contains(&format!("tcp 127.0.0.1:0: received {n},")), "{err}");
     drop(t);
 }
+
+#[test]
+fn a_flood_of_long_lines_stays_within_the_queue_budget() {
+    let d = Daemon::start("");
+    let line = rfc3164(&format!("{} {}", sasl("198.51.100.10"), "A".repeat(15_000))) + "\n";
+    let senders: Vec<_> = (0..12)
+        .map(|_| {
+            let (port, line) = (d.tcp, line.clone());
+            std::thread::spawn(move || {
+                let mut t = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                for _ in 0..2_000 {
+                    t.write_all(line.as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    // Not a speed figure: an unbounded queue took 1 GB here; the budget is 32 MiB.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.mp.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kib < 256 << 10, "peak {peak_kib} KiB");
+    let err = d.stop();
+    assert!(err.contains("received 24000"), "{err}");
+}
