@@ -56,7 +56,7 @@ for i in range(n):
 PY
 ( cat "$W/lines"; sleep 14 ) | TZ=UTC ip netns exec "$NS" "$ROOT/target/release/mailpipe" run -c "$W/r.ron" 2> "$W/err3" &
 for _ in $(seq 60); do
-    n=$(ip netns exec "$NS" ipset list -t mpr4 2>/dev/null | awk '/Number of entries/ {print $4}')
+    n=$(ip netns exec "$NS" ipset list -t mpr4 2>/dev/null | awk '/Number of entries/ {print $4}' || true)
     [ "${n:-0}" -ge "$N" ] && break
     sleep 0.2
 done

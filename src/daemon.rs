@@ -108,6 +108,14 @@ fn allow_list(input: &str, allow: &[String]) -> Result<Allow, DaemonError> {
         .map(Allow)
 }
 
+/// An I/O error of the input `name`.
+fn input_error(name: &str) -> impl Fn(std::io::Error) -> DaemonError + '_ {
+    move |error| DaemonError::Input {
+        input: name.to_string(),
+        error,
+    }
+}
+
 fn parse_addr(input: &str, listen: &str) -> Result<SocketAddr, DaemonError> {
     listen.parse().map_err(|_| DaemonError::Config {
         input: input.into(),
@@ -294,10 +302,7 @@ async fn serve(
         stats.push((name, st));
     }
     if let Some(path) = cfg.control.as_deref().map(std::path::Path::new) {
-        let listener = crate::control::bind(path).map_err(|error| DaemonError::Input {
-            input: format!("control {}", path.display()),
-            error,
-        })?;
+        let listener = crate::control::bind(path).map_err(input_error(&format!("control {}", path.display())))?;
         eprintln!("mailpipe: listening on control {}", path.display());
         tokio::spawn(crate::control::serve(
             listener,
@@ -378,10 +383,7 @@ async fn start_input(
         } => {
             let name = format!("udp {listen}");
             let allow = allow_list(&name, allow)?;
-            let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(|error| DaemonError::Input {
-                input: name.clone(),
-                error,
-            })?;
+            let sock = bind_udp(parse_addr(&name, listen)?, *recv_buffer).map_err(input_error(&name))?;
             announce("udp", sock.local_addr());
             tasks.spawn(net::udp(sock, allow, *max_frame, q, st, ends.stop.clone()));
             name
@@ -398,10 +400,7 @@ async fn start_input(
             let allow = allow_list(&name, allow)?;
             let listener = tokio::net::TcpListener::bind(parse_addr(&name, listen)?)
                 .await
-                .map_err(|error| DaemonError::Input {
-                    input: name.clone(),
-                    error,
-                })?;
+                .map_err(input_error(&name))?;
             announce("tcp", listener.local_addr());
             let limits = TcpLimits {
                 max_frame: *max_frame,
@@ -414,12 +413,8 @@ async fn start_input(
         }
         InputConfig::Unix { path, max_frame } => {
             let name = format!("unix {path}");
-            let input_err = |error| DaemonError::Input {
-                input: name.clone(),
-                error,
-            };
-            net::prepare_socket_path(std::path::Path::new(path)).map_err(input_err)?;
-            let sock = tokio::net::UnixDatagram::bind(path).map_err(input_err)?;
+            net::prepare_socket_path(std::path::Path::new(path)).map_err(input_error(&name))?;
+            let sock = tokio::net::UnixDatagram::bind(path).map_err(input_error(&name))?;
             eprintln!("mailpipe: listening on unix {path}");
             tasks.spawn(net::unix(sock, *max_frame, q, st, ends.stop.clone()));
             name

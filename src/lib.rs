@@ -11,8 +11,9 @@
 //!
 //! - [`input`]: bytes in: stdin, UDP, TCP (RFC 6587 framing), Unix sockets; bounded lines.
 //! - [`control`]: the daemon's control socket (`status`, `list`, `ban`, `unban`).
-//! - [`daemon`]: `run`: inputs → bounded queue → pipeline thread → sink; graceful shutdown.
+//! - [`daemon`]: `run`: inputs → queue bounded in bytes → pipeline thread → sink; draining shutdown.
 //! - [`parse`]: syslog header → [`parse::Record`] (time, program, message).
+//! - [`clock`]: which time a line counts at (the wall clock or the file's; line times are bounded).
 //! - [`prefilter`]: Aho-Corasick over literals derived from the rules.
 //! - [`matcher`]: all rules in one DFA → [`matcher::Match`].
 //! - [`window`]: failures per (jail, address) within findtime.
