@@ -201,21 +201,8 @@ fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
 }
 
 #[test]
-fn bans_lost_from_the_kernel_come_back() {
-    let Some(mut bed) = Testbed::new("r") else { return };
-    let socket = bed._dir.path().join("control.sock");
-    let (mut stdin, log) = bed.mailpipe(&format!(
-        "sink: Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\", reconcile: \"1s\"), control: \"{}\"",
-        socket.display()
-    ));
-    let cli = bed.cli.name.clone();
-    assert!(until_connects(&cli, "192.0.2.1", true, 20), "connects before the ban");
-    fail5(&mut stdin, "192.0.2.2");
-    wait_log(&log, "banned 192.0.2.2/32");
-    assert!(!connects(&cli, "192.0.2.1"), "dropped while banned");
-    // Deleted behind mailpipe's back, then the sets destroyed, then the rules lost as in a
-    // reboot: each time the next reconciliation puts the kernel right again.
-    let losses: [&[&[&str]]; 3] = [
+fn bans_lost_from_ipsets_come_back() {
+    let losses: &[&[&[&str]]] = &[
         &[&["ipset", "del", "mailpipe4", "192.0.2.2"]],
         &[&["iptables", "-F", "mailpipe"], &["ipset", "destroy", "mailpipe4"]],
         &[
@@ -224,53 +211,68 @@ fn bans_lost_from_the_kernel_come_back() {
             &["iptables", "-X", "mailpipe"],
         ],
     ];
+    lost_bans_come_back(
+        "r",
+        "Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\", reconcile: \"1s\")",
+        losses,
+        &["ipset", "list", "mailpipe4"],
+        "192.0.2.77 timeout 2147",
+    );
+}
+
+#[test]
+fn bans_lost_from_nftables_come_back() {
+    if let Some(why) = common::missing(&[Need::Program("nft", "nftables")]) {
+        return common::skip(&why);
+    }
+    let losses: &[&[&[&str]]] = &[
+        &[&["nft", "delete element inet mailpipe banned4 { 192.0.2.2 }"]],
+        &[&["nft", "delete table inet mailpipe"]],
+    ];
+    lost_bans_come_back(
+        "q",
+        "Nftables(table: \"mailpipe\", reconcile: \"1s\")",
+        losses,
+        &["nft", "list", "set", "inet", "mailpipe", "banned4"],
+        "192.0.2.77 timeout 24d",
+    );
+}
+
+/// Bans deleted behind mailpipe's back (each of `losses`, run in the server) are dropped again
+/// after the next reconciliation; a 100-day ban shows `long` in what `show` prints (the kernel's
+/// longest timeout) while `list` shows 100 days.
+fn lost_bans_come_back(tag: &str, sink: &str, losses: &[&[&[&str]]], show: &[&str], long: &str) {
+    let Some(mut bed) = Testbed::new(tag) else { return };
+    let socket = bed._dir.path().join("control.sock");
+    let (mut stdin, log) = bed.mailpipe(&format!("sink: {sink}, control: \"{}\"", socket.display()));
+    let cli = bed.cli.name.clone();
+    assert!(until_connects(&cli, "192.0.2.1", true, 20), "connects before the ban");
+    fail5(&mut stdin, "192.0.2.2");
+    wait_log(&log, "banned 192.0.2.2/32");
+    assert!(!connects(&cli, "192.0.2.1"), "dropped while banned");
     for loss in losses {
-        for cmd in loss {
+        for cmd in *loss {
             bed.server(cmd);
         }
         wait_log(&log, "the kernel had lost bans or rules");
         assert!((0..20).any(|_| !connects(&cli, "192.0.2.1")), "dropped again after {loss:?}");
     }
-    // A ban longer than the kernel's longest timeout: the kernel gets its longest, `list` the
-    // truth (it is refreshed before the entry runs out).
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &bed.srv.name,
-            env!("CARGO_BIN_EXE_mailpipe"),
-            "ban",
-            "192.0.2.77",
-            "--for",
-            "100d",
-            "--socket",
-        ])
-        .arg(&socket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mailpipe = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &bed.srv.name, env!("CARGO_BIN_EXE_mailpipe")])
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    mailpipe(&["ban", "192.0.2.77", "--for", "100d"]);
     wait_log(&log, "banned 192.0.2.77/32");
-    let set = bed.srv.exec(&["ipset", "list", "mailpipe4"]).unwrap();
-    let timeout: u64 = set
-        .lines()
-        .find_map(|l| l.strip_prefix("192.0.2.77 timeout "))
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{set}"));
-    assert!((2_147_000..=2_147_483).contains(&timeout), "{set}");
-    let list = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &bed.srv.name,
-            env!("CARGO_BIN_EXE_mailpipe"),
-            "list",
-            "--json",
-            "--socket",
-        ])
-        .arg(&socket)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let shown = bed.srv.exec(show).unwrap();
+    assert!(shown.contains(long), "{shown}");
+    let v: serde_json::Value = serde_json::from_str(&mailpipe(&["list", "--json"])).unwrap();
     let left = v["bans"].as_array().unwrap().iter().find(|b| b["ip"] == "192.0.2.77").unwrap()["left_s"]
         .as_i64()
         .unwrap();

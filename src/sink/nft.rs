@@ -2,9 +2,9 @@
 //! table, sent as `nft -f -` batches (the default firewall on current Debian and RHEL).
 //!
 //! The table holds the sets and (unless `rules: false`) the `input` chain that drops from them.
-//! Reconciliation, every `reconcile` period: a table that is gone is made again, and every ban
-//! is added again in one batch (`add element` leaves an element that is there alone), with bans
-//! longer than the kernel timeout refreshed before their element runs out.
+//! Reconciliation, every `reconcile` period: a table that is gone is made again, the sets are
+//! read (`nft -j list set`), and every ban missing from them is added again in one batch, with
+//! bans longer than the kernel timeout refreshed before their element runs out.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -110,20 +110,53 @@ impl Nft {
         script
     }
 
+    /// What the kernel holds in `set`; `None` when the set (or its table) is gone.
+    fn members(&self, set: &str) -> Option<std::collections::HashSet<IpNet>> {
+        let out = Command::new("nft")
+            .args(["-j", "list", "set", "inet", &self.cfg.table, set])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let elems = v["nftables"]
+            .as_array()?
+            .iter()
+            .find_map(|o| o["set"]["elem"].as_array().cloned())
+            .unwrap_or_default();
+        Some(
+            elems
+                .iter()
+                .filter_map(|e| {
+                    // `"192.0.2.2"`, or `{"elem": {"val": ...}}` with a timeout; a network is
+                    // `{"prefix": {"addr": ..., "len": ...}}`.
+                    let val = e.get("elem").map_or(e, |x| &x["val"]);
+                    match (val.as_str(), val.get("prefix")) {
+                        (Some(a), _) => a.parse::<IpAddr>().ok().map(IpNet::from),
+                        (None, Some(p)) => IpNet::new(p["addr"].as_str()?.parse().ok()?, p["len"].as_u64()? as u8).ok(),
+                        _ => None,
+                    }
+                })
+                .collect(),
+        )
+    }
+
     /// Puts the kernel in line with the bans: a missing table (sets, chain) comes back, every ban
-    /// is added again where it is missing, long bans are refreshed.
+    /// missing from its set is added again, long bans are refreshed.
     pub fn reconcile(&mut self, now: i64) -> Result<super::ipset::Repairs, NftError> {
         let mut r = super::ipset::Repairs::default();
-        let listed = Command::new("nft")
-            .args(["list", "table", "inet", &self.cfg.table])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !listed {
+        let names = [
+            self.cfg.set4.clone(),
+            self.cfg.set6.clone(),
+            format!("{}_all", self.cfg.set4),
+            format!("{}_all", self.cfg.set6),
+        ];
+        let mut held: Vec<_> = names.iter().map(|n| self.members(n)).collect();
+        if held.iter().any(Option::is_none) {
             run(&self.table_script())?;
-            r.sets += 4;
+            r.sets += held.iter().filter(|h| h.is_none()).count();
             r.rules += usize::from(self.cfg.rules);
+            held = names.iter().map(|n| self.members(n)).collect();
         }
         self.until.retain(|_, e| e.until > now);
         let mut script = String::new();
@@ -138,17 +171,20 @@ impl Nft {
             let (set, elem) = self.element(net, every_port);
             let t = &self.cfg.table;
             let timeout = (left as u64).min(super::ipset::MAX_TIMEOUT);
-            if e.kernel_until < e.until && e.kernel_until - now < 86_400 {
+            let which = usize::from(net.addr().is_ipv6()) + 2 * usize::from(every_port);
+            let present = held[which].as_ref().is_some_and(|h| h.contains(&net));
+            let refresh = e.kernel_until < e.until && e.kernel_until - now < 86_400;
+            if present && !refresh {
+                continue;
+            }
+            if refresh {
                 script += &format!("delete element inet {t} {set} {{ {elem} }}\n");
                 r.refreshed += 1;
-                self.until.insert(
-                    (net, every_port),
-                    Entry {
-                        kernel_until: now + timeout as i64,
-                        ..e
-                    },
-                );
+            } else {
+                r.entries += 1;
             }
+            let kernel_until = now + timeout as i64;
+            self.until.insert((net, every_port), Entry { kernel_until, ..e });
             script += &format!("add element inet {t} {set} {{ {elem} timeout {timeout}s }}\n");
         }
         if !script.is_empty() {
