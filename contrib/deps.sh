@@ -5,9 +5,10 @@
 #                           bindings are generated at build time), pkg-config
 #   contrib/deps.sh test    to build it and run its tests: the real programs the tests drive
 #                           (rsyslog, ipset, iptables, nftables, iproute2, python3,
-#                           systemd-analyze, promtool)
+#                           systemd-analyze, promtool; procps for the unit's /bin/kill)
 #   contrib/deps.sh run     to run the binary on a mail server: libipset, and the ipset and
-#                           iptables programs for the firewall rules (nftables users have nft)
+#                           iptables programs for the firewall rules (nftables users have nft),
+#                           procps for /bin/kill (the systemd unit's ExecReload)
 #
 # Several purposes may be given. Installs only what is missing; needs root (or sudo).
 # Nothing it installs is started: a policy-rc.d refuses every service start during the
@@ -15,8 +16,8 @@
 set -euo pipefail
 
 build=(gcc libc6-dev pkg-config libipset-dev libclang-dev)
-test=("${build[@]}" python3 rsyslog bsdutils iproute2 ipset iptables nftables systemd prometheus)
-run=(libipset13 ipset iptables)
+test=("${build[@]}" python3 rsyslog bsdutils iproute2 ipset iptables nftables systemd procps prometheus)
+run=(libipset13 ipset iptables procps)
 # Packages the tests need only for a program: their service must never run on that account.
 declare -A quiet=([prometheus]=prometheus.service)
 
@@ -50,7 +51,9 @@ $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 for pkg in "${need[@]}"; do
     unit=${quiet[$pkg]:-}
-    if [ -n "$unit" ] && command -v deb-systemd-helper >/dev/null; then
-        $SUDO deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
+    # systemctl disable works offline too (no systemd running, a chroot, a container);
+    # deb-systemd-helper would refuse: it runs only from a dpkg maintainer script.
+    if [ -n "$unit" ] && command -v systemctl >/dev/null; then
+        $SUDO systemctl disable --quiet "$unit"
     fi
 done

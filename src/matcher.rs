@@ -30,8 +30,10 @@ const IPV6: &str = r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:(?:[0-9]{1,3}\
 /// The largest dense DFA (and its determinization) a pipeline may ask for: a bound on the
 /// memory and the time a compile takes.
 pub const MAX_DENSE: usize = 128 << 20;
-/// A rule whose full DFA needs more bytes than this is reported by `check` as slow.
-const HEAVY: usize = 1 << 20;
+/// The lazy DFA's cache. A rule whose full DFA needs more than this cannot keep its states in
+/// it: on long lines the cache is cleared again and again, a state built per byte, so `check`
+/// reports such a rule as slow.
+const CACHE: usize = 8 << 20;
 /// The largest NFA one rule set compiles to.
 const MAX_NFA: usize = 64 << 20;
 
@@ -410,7 +412,7 @@ impl Matcher {
             .map(|r| (self.jail_names[r.jail as usize].as_str(), r.index, r.ignore))
     }
 
-    /// Rules whose own automaton needs more than `HEAVY` bytes as a full DFA, as `(jail, rule
+    /// Rules whose own automaton needs more than `CACHE` bytes as a full DFA, as `(jail, rule
     /// index, is an ignore rule)`. The lazy DFA builds states as lines need them; for such a
     /// rule a long line can build one per byte (`.*a.{20}\[<HOST>\]`: 117 lines/s on 16 KB
     /// lines, against millions for the others), so `check` warns about them. Bounded: each
@@ -424,8 +426,8 @@ impl Matcher {
                     .configure(
                         dfa::dense::Config::new()
                             .start_kind(regex_automata::dfa::StartKind::Anchored)
-                            .dfa_size_limit(Some(HEAVY))
-                            .determinize_size_limit(Some(HEAVY)),
+                            .dfa_size_limit(Some(CACHE))
+                            .determinize_size_limit(Some(CACHE)),
                     )
                     .build(&r.pattern)
                     .is_err()
@@ -581,7 +583,7 @@ fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
                 .configure(
                     hybrid::dfa::Config::new()
                         .starts_for_each_pattern(true)
-                        .cache_capacity(8 << 20)
+                        .cache_capacity(CACHE)
                         .minimum_cache_clear_count(None),
                 )
                 .build_many(patterns)

@@ -8,7 +8,7 @@ use common::Need;
 
 #[test]
 fn systemd_units_verify() {
-    if let Some(why) = common::missing(&[Need::Program("systemd-analyze", "systemd")]) {
+    if let Some(why) = common::missing(&[Need::Program("systemd-analyze", "systemd"), Need::Program("kill", "procps")]) {
         return common::skip(&why);
     }
     let dir = tempfile::tempdir().unwrap();
