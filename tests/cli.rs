@@ -210,7 +210,20 @@ fn pipeline_files_that_could_hang_the_daemon_are_refused() {
     for (text, reason) in cases {
         let text = text.replace("MAIL", concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/mail.ron"));
         let f = write_pipeline(&text);
-        let out = mailpipe().args(["check", "-c"]).arg(f.path()).output().unwrap();
+        // At most 2 GiB of address space: a regression fails here instead of exhausting the machine.
+        let mut cmd = mailpipe();
+        // SAFETY: only setrlimit, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let lim = libc::rlimit {
+                    rlim_cur: 2 << 30,
+                    rlim_max: 2 << 30,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &lim);
+                Ok(())
+            });
+        }
+        let out = cmd.args(["check", "-c"]).arg(f.path()).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.code() == Some(2) && err.contains(reason), "{text}: {err}");
     }
@@ -240,7 +253,21 @@ fn socket_paths_never_replace_other_files() {
             "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], {field})",
             env!("CARGO_MANIFEST_DIR")
         ));
-        let out = mailpipe().args(["run", "-c"]).arg(f.path()).stdin(Stdio::null()).output().unwrap();
+        // It must refuse at once; a daemon that took the path instead is stopped after a while.
+        let child = mailpipe()
+            .args(["run", "-c"])
+            .arg(f.path())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let watchdog = std::thread::spawn(move || {
+            std::thread::park_timeout(std::time::Duration::from_secs(30));
+            common::signal(pid, libc::SIGKILL);
+        });
+        let out = child.wait_with_output().unwrap();
+        watchdog.thread().unpark();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("is not a socket"), "{field}: {err}");
         assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");

@@ -215,7 +215,9 @@ fn sigterm_reads_what_was_already_written() {
 #[test]
 fn a_flood_of_long_lines_stays_within_the_queue_budget() {
     let d = Daemon::start("");
-    let line = rfc3164(&format!("{} {}", sasl("198.51.100.10"), "A".repeat(15_000))) + "\n";
+    // Long lines that pass the prefilter and are matched to their end, so the pipeline falls
+    // behind twelve senders and the queue fills up.
+    let line = rfc3164(&format!("warning: {} SASL LOGIN authentication failed: x", "A".repeat(15_000))) + "\n";
     let senders: Vec<_> = (0..12)
         .map(|_| {
             let (port, line) = (d.tcp, line.clone());
@@ -237,7 +239,7 @@ fn a_flood_of_long_lines_stays_within_the_queue_budget() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap();
-    assert!(peak_kib < 256 << 10, "peak {peak_kib} KiB");
+    assert!(peak_kib < 128 << 10, "peak {peak_kib} KiB");
     let err = d.stop();
     assert!(err.contains("received 24000"), "{err}");
 }
