@@ -381,7 +381,7 @@ mod tests {
             let c = Config::builtin_named(name).unwrap();
             assert!(!c.jails.is_empty(), "{name}");
         }
-        assert_eq!(Config::builtin_named("all.ron").unwrap().jails.len(), 12);
+        assert_eq!(Config::builtin_named("all.ron").unwrap().jails.len(), 13);
     }
 
     #[test]

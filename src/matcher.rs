@@ -2,6 +2,8 @@
 //!
 //! Rules are fail2ban-style regexes anchored at the start of the message. `<HOST>` (alias
 //! `<ADDR>`) stands for an IPv4 or IPv6 address (IPv4-mapped IPv6 becomes IPv4; no DNS, ever),
+//! `<IP4>` and `<IP6>` for one family only (where a separator such as `:` would make an IPv6
+//! address ambiguous),
 //! `<USER>` for a user name. All failure and ignore rules are compiled once into one DFA (lazy
 //! hybrid by default, dense optional) that reports, in one pass, which rules match; only then is
 //! the matching rule's own regex run to extract `<HOST>`. regex-automata has no backtracking, so
@@ -133,11 +135,41 @@ struct HostFinder {
     /// `None` when the rule starts with `<HOST>`.
     pre: Option<(hybrid::dfa::DFA, hybrid::dfa::Cache)>,
     post: (hybrid::dfa::DFA, hybrid::dfa::Cache),
+    family: Family,
+}
+
+/// Which addresses a host placeholder takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `<HOST>`, `<ADDR>`: IPv4 or IPv6.
+    Any,
+    /// `<IP4>`.
+    V4,
+    /// `<IP6>`.
+    V6,
+}
+
+/// The host placeholders, what the rule DFA and the capture see for each, and their family.
+const PLACEHOLDERS: [(&str, &str, Family); 4] = [
+    ("<HOST>", LOOSE_HOST, Family::Any),
+    ("<ADDR>", LOOSE_HOST, Family::Any),
+    ("<IP4>", "[0-9.]+", Family::V4),
+    ("<IP6>", LOOSE_HOST, Family::V6),
+];
+
+impl Family {
+    fn takes(self, ip: &IpAddr) -> bool {
+        match self {
+            Family::Any => true,
+            Family::V4 => ip.is_ipv4(),
+            Family::V6 => ip.is_ipv6(),
+        }
+    }
 }
 
 impl HostFinder {
     /// `None` when the halves do not compile alone (`<HOST>` inside a group): captures are used.
-    fn new(before: &str, after: &str) -> Option<HostFinder> {
+    fn new(before: &str, after: &str, family: Family) -> Option<HostFinder> {
         let dfa = |p: &str| {
             hybrid::dfa::DFA::builder()
                 .syntax(syntax_config())
@@ -154,13 +186,17 @@ impl HostFinder {
                 })
         };
         let pre = if before.is_empty() { None } else { Some(dfa(before)?) };
-        Some(HostFinder { pre, post: dfa(after)? })
+        Some(HostFinder {
+            pre,
+            post: dfa(after)?,
+            family,
+        })
     }
 
     /// The host's span in `msg`, and whether the part before `<HOST>` matched at all.
     fn find(&mut self, msg: &[u8]) -> Probe {
         let Some((pre, cache)) = &mut self.pre else {
-            return Self::host_span(&mut self.post, msg, 0).map_or(Probe::BeforeHost, |(s, ip)| Probe::Host(s, ip));
+            return Self::host_span(&mut self.post, self.family, msg, 0).map_or(Probe::BeforeHost, |(s, ip)| Probe::Host(s, ip));
         };
         let input = Input::new(msg).anchored(Anchored::Yes);
         // The longest P first (MatchKind::All reports the last end): when the host is there, it
@@ -170,7 +206,7 @@ impl HostFinder {
             Ok(None) => return Probe::NoMatch,
             Err(_) => return Probe::BeforeHost,
         };
-        if let Some((span, ip)) = Self::host_span(&mut self.post, msg, last) {
+        if let Some((span, ip)) = Self::host_span(&mut self.post, self.family, msg, last) {
             return Probe::Host(span, ip);
         }
         let mut state = regex_automata::hybrid::dfa::OverlappingState::start();
@@ -180,7 +216,7 @@ impl HostFinder {
                 return Probe::BeforeHost;
             }
             let Some(m) = state.get_match() else { break };
-            if let Some((span, ip)) = Self::host_span(&mut self.post, msg, m.offset()) {
+            if let Some((span, ip)) = Self::host_span(&mut self.post, self.family, msg, m.offset()) {
                 probe = Probe::Host(span, ip);
             }
         }
@@ -188,7 +224,12 @@ impl HostFinder {
     }
 
     /// The longest address starting at `at` after which S matches.
-    fn host_span(post: &mut (hybrid::dfa::DFA, hybrid::dfa::Cache), msg: &[u8], at: usize) -> Option<(std::ops::Range<usize>, IpAddr)> {
+    fn host_span(
+        post: &mut (hybrid::dfa::DFA, hybrid::dfa::Cache),
+        family: Family,
+        msg: &[u8],
+        at: usize,
+    ) -> Option<(std::ops::Range<usize>, IpAddr)> {
         let run = msg[at..]
             .iter()
             .take(45)
@@ -196,7 +237,11 @@ impl HostFinder {
             .count();
         (2..=run).rev().find_map(|len| {
             // The run is ASCII, so this cannot fail.
-            let ip = std::str::from_utf8(&msg[at..at + len]).ok()?.parse::<IpAddr>().ok()?;
+            let ip = std::str::from_utf8(&msg[at..at + len])
+                .ok()?
+                .parse::<IpAddr>()
+                .ok()
+                .filter(|ip| family.takes(ip))?;
             let after = Input::new(msg).range(at + len..).anchored(Anchored::Yes).earliest(true);
             matches!(post.0.try_search_fwd(&mut post.1, &after), Ok(Some(_))).then_some((at..at + len, ip))
         })
@@ -247,27 +292,36 @@ const LOOSE_HOST: &str = "[0-9A-Fa-f:.]+";
 
 /// The rule as the multi-pattern DFA sees it: no groups, loose host.
 fn expand_for_dfa(rule: &str) -> String {
-    rule.replace("<HOST>", LOOSE_HOST)
-        .replace("<ADDR>", LOOSE_HOST)
-        .replace("<USER>", USER)
+    PLACEHOLDERS
+        .iter()
+        .fold(rule.replace("<USER>", USER), |r, (p, loose, _)| r.replace(p, loose))
 }
 
-/// Expands `<HOST>`, `<ADDR>` and `<USER>` into named groups; also returns how many hosts.
+/// Expands the host placeholders and `<USER>` into named groups; also returns how many hosts.
 fn expand(rule: &str) -> (String, usize) {
-    let host = format!("(?P<host>{IPV4}|{IPV6})");
-    let n = rule.matches("<HOST>").count() + rule.matches("<ADDR>").count();
-    let s = rule
-        .replace("<HOST>", &host)
-        .replace("<ADDR>", &host)
-        .replace("<USER>", &format!("(?P<user>{USER})"));
+    let n = PLACEHOLDERS.iter().map(|(p, _, _)| rule.matches(p).count()).sum();
+    let s = PLACEHOLDERS
+        .iter()
+        .fold(rule.replace("<USER>", &format!("(?P<user>{USER})")), |r, (p, _, family)| {
+            let grammar = match family {
+                Family::Any => format!("{IPV4}|{IPV6}"),
+                Family::V4 => IPV4.to_string(),
+                Family::V6 => IPV6.to_string(),
+            };
+            r.replace(p, &format!("(?P<host>{grammar})"))
+        });
     (s, n)
 }
 
-/// The rule's text before and after its one `<HOST>`, for `HostFinder`.
-fn split_at_host(rule: &str) -> Option<(String, String)> {
-    let i = rule.find("<HOST>").or_else(|| rule.find("<ADDR>"))?;
+/// The rule's text before and after its one host placeholder, and the placeholder's family,
+/// for `HostFinder`.
+fn split_at_host(rule: &str) -> Option<(String, String, Family)> {
+    let (i, p, family) = PLACEHOLDERS
+        .iter()
+        .filter_map(|(p, _, f)| rule.find(p).map(|i| (i, p, *f)))
+        .min_by_key(|(i, _, _)| *i)?;
     let plain = |s: &str| s.replace("<USER>", USER);
-    Some((plain(&rule[..i]), plain(&rule[i + "<HOST>".len()..])))
+    Some((plain(&rule[..i]), plain(&rule[i + p.len()..]), family))
 }
 
 /// Turns a program glob (`postfix*/smtpd`) into an anchored regex.
@@ -336,7 +390,7 @@ impl Matcher {
                 let finder = if ignore {
                     None
                 } else {
-                    split_at_host(&full).and_then(|(b, a)| HostFinder::new(&b, &a))
+                    split_at_host(&full).and_then(|(b, a, family)| HostFinder::new(&b, &a, family))
                 };
                 let has_user = full.contains("<USER>");
                 rules.push(Rule {
@@ -723,6 +777,34 @@ mod tests {
                     user: None
                 },
                 Found::BadHost("999.1.1.1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn ip4_takes_ipv4_only() {
+        // `sql(user:IP)`: after the last colon, only an IPv4 address is unambiguous.
+        let mut m = matcher(&[jail("d", &[], &[r"sql\([^\s\)]*:<IP4>\): Password mismatch"], &[])]);
+        let hosts: Vec<_> = [
+            "sql(u@d:192.0.2.1): Password mismatch",
+            "sql(x:6.6.6.6:192.0.2.2): Password mismatch",
+            "sql(u@d:2001:db8::5): Password mismatch",
+        ]
+        .into_iter()
+        .flat_map(|msg| found(&mut m, "", msg))
+        .map(|m| m.found)
+        .collect();
+        assert_eq!(
+            hosts,
+            vec![
+                Found::Failure {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    user: None
+                },
+                Found::Failure {
+                    ip: "192.0.2.2".parse().unwrap(),
+                    user: None
+                },
             ]
         );
     }

@@ -250,9 +250,17 @@ impl Parser {
             tai64n(line)?
         } else if b.first() == Some(&b'[') {
             bracketed(line)?
-        } else if b.len() > 19 && b[4] == b'-' && b[10] == b' ' && b[13] == b':' {
-            let naive = NaiveDateTime::parse_from_str(line.get(..19)?, "%Y-%m-%d %H:%M:%S").ok()?;
-            (self.wall_to_unix(naive.and_utc().timestamp()), line[19..].trim_start())
+        } else if b.len() > 19 && (b[4] == b'-' || b[4] == b'/') && b[7] == b[4] && b[10] == b' ' && b[13] == b':' {
+            // `2013-08-11 03:56:40` (Dovecot), `2015/05/27 15:45:58` (qmailadmin), optionally with
+            // a fraction (`2022-02-18 16:23:03.719762500`, qmail's multilog with accustamp).
+            let format = if b[4] == b'-' { "%Y-%m-%d %H:%M:%S" } else { "%Y/%m/%d %H:%M:%S" };
+            let naive = NaiveDateTime::parse_from_str(line.get(..19)?, format).ok()?;
+            let rest = &line[19..];
+            let rest = match rest.strip_prefix('.') {
+                Some(f) => f.trim_start_matches(|c: char| c.is_ascii_digit()),
+                None => rest,
+            };
+            (self.wall_to_unix(naive.and_utc().timestamp()), rest.trim_start())
         } else {
             return None;
         };
@@ -574,6 +582,13 @@ mod tests {
         );
         let r = p.parse("2013-08-11 03:56:40 auth-worker(default): Info: m", 0, false);
         assert_eq!((r.time, r.msg), (Some(at("2013-08-11T03:56:40")), "auth-worker(default): Info: m"));
+        let r = p.parse("2022-02-18 16:23:03.719762500 helo-dns-check: blocked", 0, false);
+        assert_eq!((r.time, r.msg), (Some(at("2022-02-18T16:23:03")), "helo-dns-check: blocked"));
+        let r = p.parse("2015/05/27 15:45:58 user:a@b ip:192.0.2.1 auth:failed", 0, false);
+        assert_eq!(
+            (r.time, r.msg),
+            (Some(at("2015-05-27T15:45:58")), "user:a@b ip:192.0.2.1 auth:failed")
+        );
         let r = p.parse("[22-Jan-2013 22:28:21 +0200]: FAILED login for u from 192.0.2.1", 0, false);
         assert_eq!(
             (r.time, r.msg),

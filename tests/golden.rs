@@ -10,6 +10,7 @@ const CASES: &[(&str, &str, &str, &[&str])] = &[
     ("postfix.matches", "pipelines/all.ron", "postfix.log", &["--matches"]),
     ("dovecot.matches", "pipelines/all.ron", "dovecot.log", &["--matches"]),
     ("other.matches", "pipelines/all.ron", "other.log", &["--matches"]),
+    ("guides.matches", "pipelines/all.ron", "guides.log", &["--matches", "--missed"]),
     (
         "bad-input.missed",
         "pipelines/mail.ron",
