@@ -72,6 +72,9 @@ pub enum Found<'a> {
         ip: IpAddr,
         /// The `<USER>` text, if the rule has one.
         user: Option<&'a str>,
+        /// The `<FORWARDED>` text (an `X-Forwarded-For` list), if the rule has one and the line
+        /// carries it; the policy decides whether it is believed.
+        forwarded: Option<&'a str>,
     },
     /// The jail's ignore rule `rule` matched: not a failure.
     Ignored,
@@ -106,6 +109,8 @@ struct Rule {
     re: meta::Regex,
     caps: Captures,
     has_user: bool,
+    /// The rule has `<FORWARDED>`: its text is captured with the host.
+    has_forwarded: bool,
     finder: Option<HostFinder>,
     has_literal: bool,
     /// The rule as the rule DFA sees it (for `heavy_rules`).
@@ -284,6 +289,8 @@ fn syntax_config() -> syntax::Config {
 
 /// `<USER>`: a user name as logs print it.
 const USER: &str = r"[^\s,>)]*";
+/// `<FORWARDED>`: an `X-Forwarded-For` list, addresses separated by commas and spaces.
+const FORWARDED: &str = r"[0-9A-Fa-f:., ]*";
 
 /// `<HOST>` in the rule DFA: any run of address characters. The exact address grammar
 /// (counted repetitions, IPv4 inside IPv6) multiplies DFA states wherever a rule has `\S*`
@@ -292,24 +299,29 @@ const LOOSE_HOST: &str = "[0-9A-Fa-f:.]+";
 
 /// The rule as the multi-pattern DFA sees it: no groups, loose host.
 fn expand_for_dfa(rule: &str) -> String {
-    PLACEHOLDERS
-        .iter()
-        .fold(rule.replace("<USER>", USER), |r, (p, loose, _)| r.replace(p, loose))
+    PLACEHOLDERS.iter().fold(plain(rule), |r, (p, loose, _)| r.replace(p, loose))
+}
+
+/// `<USER>` and `<FORWARDED>` as plain regexes, without groups.
+fn plain(rule: &str) -> String {
+    rule.replace("<USER>", USER).replace("<FORWARDED>", FORWARDED)
 }
 
 /// Expands the host placeholders and `<USER>` into named groups; also returns how many hosts.
 fn expand(rule: &str) -> (String, usize) {
     let n = PLACEHOLDERS.iter().map(|(p, _, _)| rule.matches(p).count()).sum();
-    let s = PLACEHOLDERS
-        .iter()
-        .fold(rule.replace("<USER>", &format!("(?P<user>{USER})")), |r, (p, _, family)| {
+    let s = PLACEHOLDERS.iter().fold(
+        rule.replace("<USER>", &format!("(?P<user>{USER})"))
+            .replace("<FORWARDED>", &format!("(?P<fwd>{FORWARDED})")),
+        |r, (p, _, family)| {
             let grammar = match family {
                 Family::Any => format!("{IPV4}|{IPV6}"),
                 Family::V4 => IPV4.to_string(),
                 Family::V6 => IPV6.to_string(),
             };
             r.replace(p, &format!("(?P<host>{grammar})"))
-        });
+        },
+    );
     (s, n)
 }
 
@@ -320,7 +332,6 @@ fn split_at_host(rule: &str) -> Option<(String, String, Family)> {
         .iter()
         .filter_map(|(p, _, f)| rule.find(p).map(|i| (i, p, *f)))
         .min_by_key(|(i, _, _)| *i)?;
-    let plain = |s: &str| s.replace("<USER>", USER);
     Some((plain(&rule[..i]), plain(&rule[i + p.len()..]), family))
 }
 
@@ -393,6 +404,7 @@ impl Matcher {
                     split_at_host(&full).and_then(|(b, a, family)| HostFinder::new(&b, &a, family))
                 };
                 let has_user = full.contains("<USER>");
+                let has_forwarded = full.contains("<FORWARDED>");
                 rules.push(Rule {
                     jail: jid,
                     index,
@@ -400,6 +412,7 @@ impl Matcher {
                     caps: re.create_captures(),
                     re,
                     has_user,
+                    has_forwarded,
                     finder,
                     has_literal: lits.is_some(),
                     pattern: expand_for_dfa(&full),
@@ -590,13 +603,14 @@ impl Matcher {
     fn extract<'a>(&mut self, rec: &Record<'a>, i: usize, host: Option<(std::ops::Range<usize>, IpAddr)>) -> Option<Match<'a>> {
         let want_user = self.want_user && self.rules[i].has_user;
         let r = &mut self.rules[i];
-        if let (Some((_, ip)), false) = (&host, want_user) {
+        if let (Some((_, ip)), false, false) = (&host, want_user, r.has_forwarded) {
             return Some(Match {
                 jail: r.jail,
                 rule: r.index,
                 found: Found::Failure {
                     ip: ip.to_canonical(),
                     user: None,
+                    forwarded: None,
                 },
             });
         }
@@ -612,9 +626,11 @@ impl Matcher {
                 } else {
                     None
                 };
+                let forwarded = r.caps.get_group_by_name("fwd").map(|s| &rec.msg[s.range()]);
                 Found::Failure {
                     ip: ip.to_canonical(),
                     user,
+                    forwarded,
                 }
             }
             Err(_) => Found::BadHost(host),
@@ -743,7 +759,8 @@ mod tests {
                 rule: 0,
                 found: Found::Failure {
                     ip: "192.0.2.1".parse().unwrap(),
-                    user: None
+                    user: None,
+                    forwarded: None
                 }
             }]
         );
@@ -770,11 +787,13 @@ mod tests {
             vec![
                 Found::Failure {
                     ip: "192.0.2.7".parse().unwrap(),
-                    user: None
+                    user: None,
+                    forwarded: None
                 },
                 Found::Failure {
                     ip: "2001:db8::1".parse().unwrap(),
-                    user: None
+                    user: None,
+                    forwarded: None
                 },
                 Found::BadHost("999.1.1.1"),
             ]
@@ -799,11 +818,13 @@ mod tests {
             vec![
                 Found::Failure {
                     ip: "192.0.2.1".parse().unwrap(),
-                    user: None
+                    user: None,
+                    forwarded: None
                 },
                 Found::Failure {
                     ip: "192.0.2.2".parse().unwrap(),
-                    user: None
+                    user: None,
+                    forwarded: None
                 },
             ]
         );

@@ -361,6 +361,9 @@ impl Pipeline {
         // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
         let mut matches: Vec<Match<'_>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
         self.matcher.find(&rec, self.prefilter.candidates(any), &mut matches);
+        for m in &mut matches {
+            self.resolve_client(m);
+        }
         let mut matched = false;
         for m in &matches {
             matched |= self.account(*m, placed.time, placed.now);
@@ -377,6 +380,17 @@ impl Pipeline {
         self.matches = matches.into_iter().map(|_| unreachable!()).collect();
         self.lossy = lossy;
         matched
+    }
+
+    /// A failure reported by a trusted proxy becomes the client's; one whose proxy names no
+    /// usable client is a bad host (the list is what was found).
+    fn resolve_client<'a>(&self, m: &mut Match<'a>) {
+        if let Found::Failure { ip, forwarded, .. } = &mut m.found {
+            match self.policy.client(*ip, *forwarded) {
+                Some(client) => *ip = client,
+                None => m.found = Found::BadHost(forwarded.unwrap_or("")),
+            }
+        }
     }
 
     /// Counts one match at line time `time`, clock `now`, through policy and window; true for a
@@ -459,6 +473,9 @@ impl Pipeline {
         let mut matches = Vec::new();
         self.matcher.set_want_user(true);
         self.matcher.find(&rec, &candidates, &mut matches);
+        for m in &mut matches {
+            self.resolve_client(m);
+        }
         if matches.is_empty() {
             let _ = writeln!(o, "matcher:   no rule of any jail matches (rules are anchored at the start of msg)");
         }
@@ -475,7 +492,7 @@ impl Pipeline {
                         m.rule
                     );
                 }
-                Found::Failure { ip, user } => {
+                Found::Failure { ip, user, .. } => {
                     let _ = writeln!(
                         o,
                         "matcher:   jail {jail}: rule {} matches, host {ip}{}",

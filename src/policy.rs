@@ -54,6 +54,10 @@ pub struct PolicyConfig {
     pub recidive: Option<Recidive>,
     /// Addresses and networks never banned.
     pub ignore: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` (a rule's `<FORWARDED>`) is believed: a failure
+    /// reported by one of them is the client's in that list. Anyone can send the header, so
+    /// without this the direct address is banned.
+    pub trusted_proxies: Vec<String>,
     /// Prefix IPv6 bans are aggregated to.
     pub ipv6_prefix: u8,
     /// How long an address's ban history is remembered for escalation.
@@ -67,6 +71,7 @@ impl Default for PolicyConfig {
             increment: None,
             recidive: None,
             ignore: vec!["127.0.0.0/8".into(), "::1".into()],
+            trusted_proxies: Vec::new(),
             ipv6_prefix: 64,
             forget: Dur(7 * 86400),
         }
@@ -192,6 +197,7 @@ struct Offences {
 pub struct Policy {
     cfg: PolicyConfig,
     ignore: Vec<IpNet>,
+    proxies: Vec<IpNet>,
     jails: Vec<(Arc<str>, u64)>,
     recidive_name: Arc<str>,
     history: HashMap<IpNet, Offences, foldhash::fast::RandomState>,
@@ -216,21 +222,23 @@ fn bits(ip: IpAddr) -> u128 {
 impl Policy {
     /// Builds the policy for jails given as (name, own bantime).
     pub fn new(cfg: &PolicyConfig, jails: &[(String, Option<Dur>)], origin: &Origin) -> Result<Policy, ConfigError> {
-        let ignore = cfg
-            .ignore
-            .iter()
-            .map(|s| {
-                s.parse::<IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                    .map(|n| match n.addr().to_canonical() {
-                        // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
-                        IpAddr::V4(v4) if n.addr().is_ipv6() => IpNet::new(v4.into(), n.prefix_len().saturating_sub(96)).unwrap_or(n),
-                        _ => n,
-                    })
-                    .map(|n| n.trunc())
-                    .map_err(|_| origin.error_at(&[&format!("\"{s}\"")], format!("ignore: {s:?} is not an address or CIDR network")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let nets = |list: &[String], field: &str| {
+            list.iter()
+                .map(|s| {
+                    s.parse::<IpNet>()
+                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                        .map(|n| match n.addr().to_canonical() {
+                            // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
+                            IpAddr::V4(v4) if n.addr().is_ipv6() => IpNet::new(v4.into(), n.prefix_len().saturating_sub(96)).unwrap_or(n),
+                            _ => n,
+                        })
+                        .map(|n| n.trunc())
+                        .map_err(|_| origin.error_at(&[&format!("\"{s}\"")], format!("{field}: {s:?} is not an address or CIDR network")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let ignore = nets(&cfg.ignore, "ignore")?;
+        let proxies = nets(&cfg.trusted_proxies, "trusted_proxies")?;
         if !(1..=128).contains(&cfg.ipv6_prefix) {
             return Err(origin.error_at(&["ipv6_prefix"], "ipv6_prefix must be 1..=128"));
         }
@@ -257,6 +265,7 @@ impl Policy {
         Ok(Policy {
             cfg: cfg.clone(),
             ignore,
+            proxies,
             jails,
             recidive_name: Arc::from("recidive"),
             history: HashMap::default(),
@@ -285,6 +294,26 @@ impl Policy {
         } else {
             Admit::Count(key)
         }
+    }
+
+    /// Who a failure is: `direct`, or, when `direct` is a trusted proxy, the client it names in
+    /// `forwarded`: the list is read from its end, where each trusted proxy appended the address
+    /// it saw, skipping trusted proxies; what a client wrote itself (the list's start) is never
+    /// reached. `None` when a trusted proxy names no usable client: banning the proxy would shut
+    /// out everyone behind it.
+    pub fn client(&self, direct: IpAddr, forwarded: Option<&str>) -> Option<IpAddr> {
+        let trusted = |ip: &IpAddr| self.proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&direct) {
+            return Some(direct);
+        }
+        let list = forwarded?;
+        for entry in list.rsplit(',').map(str::trim) {
+            let ip = entry.parse::<IpAddr>().ok()?.to_canonical();
+            if !trusted(&ip) {
+                return Some(ip);
+            }
+        }
+        None
     }
 
     /// How long ban history is kept, in seconds.
@@ -557,6 +586,26 @@ mod tests {
         assert_eq!((d.net, d.narrowed_from), (net("2001:db8:1:2::80/121"), Some(64)));
         let d = p.manual_ban(ip("::ffff:198.51.100.99"), "manual", 60, 0, false).unwrap();
         assert_eq!(d.net, net("198.51.100.99/32"));
+    }
+
+    #[test]
+    fn forwarded_addresses_only_from_trusted_proxies() {
+        let p = policy(PolicyConfig {
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        });
+        // A proxy we trust: the client it saw, past further trusted proxies, never what the
+        // client wrote at the start of the list itself.
+        assert_eq!(p.client(ip("10.0.0.2"), Some("2.42.23.100")), Some(ip("2.42.23.100")));
+        assert_eq!(
+            p.client(ip("10.0.0.2"), Some("6.6.6.6, 198.51.100.40, 10.0.0.3")),
+            Some(ip("198.51.100.40"))
+        );
+        assert_eq!(p.client(ip("10.0.0.2"), Some("10.0.0.3")), None, "never the proxy itself");
+        assert_eq!(p.client(ip("10.0.0.2"), None), None);
+        assert_eq!(p.client(ip("10.0.0.2"), Some("garbage, 198.51.100.40")), Some(ip("198.51.100.40")));
+        // Anyone else: the header is theirs to write, so the direct address counts.
+        assert_eq!(p.client(ip("198.51.100.9"), Some("192.0.2.1")), Some(ip("198.51.100.9")));
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub fn run(
             let matched = pipeline.process(line, reference, |e| {
                 let v = match e {
                     Event::Match { m, time } if opts.matches => match m.found {
-                        Found::Failure { ip, user } => {
+                        Found::Failure { ip, user, .. } => {
                             let mut v = json!({"kind": "match", "file": file, "line": lineno, "jail": names[m.jail as usize], "rule": m.rule, "host": ip.to_string(), "time": rfc3339(time)});
                             if let Some(u) = user {
                                 v["user"] = u.into();

@@ -139,3 +139,41 @@ fn a_prefix_ban_spares_ignored_addresses() {
     drop(stdin);
     mp.stop();
 }
+
+#[test]
+fn forwarded_addresses_count_only_behind_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("errors.log");
+    let now = chrono::Utc::now().format("%d-%b-%Y %H:%M:%S +0000");
+    let line = |list: &str| {
+        format!(
+            "[{now}]: <3lq5onb8> Failed login for postmaster from 10.0.0.2 (X-Forwarded-For: {list}) in session 3lq5onb87b7oqnc7 (error: 1)\n"
+        )
+    };
+    // The client wrote the first address itself; the proxies appended the rest.
+    std::fs::write(&log, line("6.6.6.6, 198.51.100.40, 10.0.0.3").repeat(5)).unwrap();
+    let banned = |policy: &str| {
+        let cfg = dir.path().join("p.ron");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Pipeline(include: [(file: \"{}/pipelines/roundcube.ron\")], policy: ({policy}))",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+            .env("TZ", "UTC")
+            .args(["test", "--decisions", "-c"])
+            .arg(&cfg)
+            .arg(&log)
+            .output()
+            .unwrap();
+        let out = String::from_utf8(out.stdout).unwrap();
+        let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        first["ip"].as_str().unwrap_or("none").to_string()
+    };
+    assert_eq!(banned("trusted_proxies: [\"10.0.0.0/8\"]"), "198.51.100.40");
+    // Without trusting the proxy, its own address: a header never plants one.
+    assert_eq!(banned(""), "10.0.0.2");
+}
