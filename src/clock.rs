@@ -14,6 +14,13 @@
 //! Bans start and end by this clock's `now`; windows count by line times.
 //! Imports nothing of ours.
 
+/// The wall clock, in Unix seconds (0 before 1970).
+pub fn wall_clock() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// How the clock advances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -25,6 +25,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::wall_clock;
 use crate::config::Dur;
 use crate::input::net::{self, Allow, InputStats, Queue, Shutdown, TcpLimits};
 use crate::input::{Budget, InputConfig, LineSplitter, Msg};
@@ -86,12 +87,6 @@ pub type InputReport = Vec<(String, Arc<InputStats>)>;
 
 /// Builds the pipeline anew from its file (a reload); runs off the pipeline thread.
 pub type Reloader = Arc<dyn Fn() -> Result<Pipeline, String> + Send + Sync>;
-
-fn wall_clock() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 fn allow_list(input: &str, allow: &[String]) -> Result<Allow, DaemonError> {
     allow

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mailpipe::clock::Mode;
+use mailpipe::clock::{Mode, wall_clock};
 use mailpipe::config::{Config, ConfigError};
 use mailpipe::daemon::DaemonError;
 use mailpipe::pipeline::Pipeline;
@@ -168,12 +168,6 @@ fn ask(socket: &std::path::Path, req: &mailpipe::control::Request) -> anyhow::Re
         anyhow::bail!("{}", v["error"].as_str().unwrap_or("refused"));
     }
     Ok(v)
-}
-
-fn wall_clock() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A failure and the exit code it earns.

@@ -362,9 +362,7 @@ impl Store {
     /// Renames a damaged file to `<name>.damaged-<unix time>` and says so.
     fn move_aside(&mut self, why: &str) {
         self.db = None;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let stamp = crate::clock::wall_clock();
         let mut aside = self.path.clone().into_os_string();
         aside.push(format!(".damaged-{stamp}"));
         match std::fs::rename(&self.path, &aside) {

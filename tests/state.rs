@@ -93,18 +93,6 @@ fn daemon(dir: &std::path::Path, state: &std::path::Path, name: &str) -> (Mailpi
     (mp, stdin, socket)
 }
 
-fn listed(socket: &std::path::Path) -> Vec<String> {
-    let (ok, out, err) = common::cli(socket, &["list", "--json"]);
-    assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["bans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["ip"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn a_damaged_state_file_is_moved_aside_and_the_daemon_protects() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +164,10 @@ fn a_full_disk_loses_no_ban_once_space_is_back() {
     mp.stop();
     // Restarted: every ban made while the disk was full is restored.
     let (mp, stdin, socket) = daemon(dir.path(), &state, "d");
-    let restored = listed(&socket);
+    let restored: Vec<String> = common::listed(&socket)
+        .iter()
+        .map(|b| b["ip"].as_str().unwrap().to_string())
+        .collect();
     let lost: Vec<&String> = attackers.iter().filter(|ip| !restored.contains(ip)).collect();
     assert!(lost.is_empty(), "lost across the full disk: {lost:?}");
     drop(stdin);

@@ -21,15 +21,6 @@ fn failure_2099(ip: &str) -> String {
     format!("2099-01-01T00:00:00+00:00 mx1 postfix/smtpd[7]: warning: unknown[{ip}]: SASL LOGIN authentication failed: x\n")
 }
 
-fn listed(socket: &std::path::Path) -> Vec<serde_json::Value> {
-    let (ok, out, err) = cli(socket, &["list", "--json"]);
-    assert!(ok, "{err}");
-    serde_json::from_str::<serde_json::Value>(&out).unwrap()["bans"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn find<'a>(bans: &'a [serde_json::Value], ip: &str) -> Option<&'a serde_json::Value> {
     bans.iter().find(|b| b["ip"] == ip)
 }
@@ -61,7 +52,7 @@ fn forged_and_late_dates_neither_stop_lift_nor_stretch_bans() {
     // A backlog two hours late still bans, for an hour from now.
     send(failure_at("198.51.100.2", now - chrono::Duration::hours(2)).repeat(5));
     assert_eq!(mp.next_ban()["ip"], "198.51.100.2");
-    let bans = listed(&socket);
+    let bans = common::listed(&socket);
     for ip in ["198.51.100.1", "203.0.113.99", "198.51.100.2"] {
         let b = find(&bans, ip).unwrap_or_else(|| panic!("{ip} is not listed: {bans:?}"));
         let left = b["left_s"].as_i64().unwrap();
@@ -74,7 +65,7 @@ fn forged_and_late_dates_neither_stop_lift_nor_stretch_bans() {
     // Restarted: the same three bans come back, each with at most an hour left.
     let cfg = common::pipeline_with(dir.path(), "u.ron", "Udp(listen: \"127.0.0.1:0\")", &extra);
     let mp = Mailpipe::start(&cfg, 2);
-    let bans = listed(&socket);
+    let bans = common::listed(&socket);
     for ip in ["198.51.100.1", "203.0.113.99", "198.51.100.2"] {
         let left = find(&bans, ip).unwrap_or_else(|| panic!("{ip} was not restored: {bans:?}"))["left_s"]
             .as_i64()

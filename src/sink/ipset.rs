@@ -17,6 +17,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::kernel::{Entry, Repairs};
 use crate::policy::Decision;
 use ipset::Session;
 use ipset::types::{AddOption, HashIp, HashNet, NetDataType};
@@ -42,36 +43,6 @@ pub(crate) fn default_set6() -> String {
 }
 pub(crate) fn default_maxelem() -> u32 {
     1 << 20
-}
-
-/// The kernel's largest per-entry timeout (about 24.8 days).
-pub const MAX_TIMEOUT: u64 = 2_147_483;
-/// An entry whose kernel timeout ends sooner than this, but whose ban does not, is refreshed.
-const REFRESH: i64 = 86_400;
-
-/// What a reconciliation found and put right.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Repairs {
-    /// Bans checked.
-    pub checked: usize,
-    /// Bans missing from the kernel, added again.
-    pub entries: usize,
-    /// Sets that were gone, created again.
-    pub sets: usize,
-    /// Address families whose rules were missing or changed, put back.
-    pub rules: usize,
-    /// Bans longer than the kernel's timeout, refreshed.
-    pub refreshed: usize,
-}
-
-impl std::ops::AddAssign for Repairs {
-    fn add_assign(&mut self, o: Repairs) {
-        self.checked += o.checked;
-        self.entries += o.entries;
-        self.sets += o.sets;
-        self.rules += o.rules;
-        self.refreshed += o.refreshed;
-    }
 }
 
 /// Why the ipset sink failed.
@@ -178,14 +149,6 @@ impl Sets {
     }
 }
 
-/// A ban the kernel should hold: when it ends, and when the kernel's entry does (sooner for a
-/// ban longer than `MAX_TIMEOUT`).
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    until: i64,
-    kernel_until: i64,
-}
-
 /// Open sessions on the mail-port sets and on the all-ports sets (`<name>-all`, for recidive).
 pub struct Ipset {
     mail: Sets,
@@ -246,18 +209,14 @@ impl Ipset {
         self.until.retain(|_, e| e.until > now);
         let held = [self.mail.members()?, self.all.members()?];
         for (&(net, every_port), e) in &mut self.until {
-            let left = e.until - now;
-            // About to end anyway: the kernel may already have let it go.
-            if left < 2 {
+            if e.ending(now) {
                 continue;
             }
             r.checked += 1;
             let sets = if every_port { &mut self.all } else { &mut self.mail };
-            let refresh = e.kernel_until < e.until && e.kernel_until - now < REFRESH;
+            let refresh = e.needs_refresh(now);
             if refresh || !held[usize::from(every_port)].contains(&net) {
-                let timeout = (left as u64).min(MAX_TIMEOUT);
-                sets.add(net, timeout as u32)?;
-                e.kernel_until = now + timeout as i64;
+                sets.add(net, e.renew(now) as u32)?;
                 if refresh { r.refreshed += 1 } else { r.entries += 1 }
             }
         }
@@ -269,23 +228,15 @@ impl Ipset {
     /// all-ports sets.
     /// Longer bans than the kernel's timeout get the longest it takes and are refreshed.
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), IpsetError> {
-        let ban_for = d.ban_for.max(1);
-        let timeout = ban_for.min(MAX_TIMEOUT) as u32;
-        let until = now.saturating_add(ban_for as i64);
+        let (entry, timeout) = Entry::new(now, d.ban_for);
         let every_port = d.reason == crate::policy::Reason::Recidive;
         let key = (d.net, every_port);
-        if self.until.get(&key).is_some_and(|e| e.until >= until) {
+        if self.until.get(&key).is_some_and(|e| e.until >= entry.until) {
             return Ok(());
         }
         let sets = if every_port { &mut self.all } else { &mut self.mail };
-        sets.add(d.net, timeout)?;
-        self.until.insert(
-            key,
-            Entry {
-                until,
-                kernel_until: now + i64::from(timeout),
-            },
-        );
+        sets.add(d.net, timeout as u32)?;
+        self.until.insert(key, entry);
         // Forget expired entries now and then, not on every ban.
         if self.until.len() >= self.sweep_at {
             self.until.retain(|_, e| e.until > now);

@@ -4,6 +4,7 @@
 //! firewall: a ban that cannot be applied is retried with backoff, logged and counted there.
 
 pub mod ipset;
+pub mod kernel;
 pub mod nft;
 pub mod rules;
 
@@ -367,9 +368,7 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
 /// One reconciliation of the kernel with the bans: its cost and repairs to metrics, repairs to
 /// the log.
 fn reconcile<W: Write>(sink: &mut Sink<W>, stats: &SinkStats) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.as_secs() as i64);
+    let now = crate::clock::wall_clock();
     let t0 = Instant::now();
     let result = match sink {
         Sink::DryRun(_) => return,
@@ -482,9 +481,7 @@ impl<W: Write> Sink<W> {
                 w.flush()?;
             }
             kernel => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |t| t.as_secs() as i64);
+                let now = crate::clock::wall_clock();
                 match kernel {
                     Sink::Ipset(s) => s.apply(d, now)?,
                     Sink::Nft(s) => s.apply(d, now)?,

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 
+use super::kernel::{Entry, Repairs};
 use crate::policy::Decision;
 
 /// Where the nftables sink writes.
@@ -26,13 +27,6 @@ pub struct NftConfig {
     pub set6: String,
     /// Keep the table's `input` chain (the drop rules) in place.
     pub rules: bool,
-}
-
-/// A ban the kernel should hold, and when its element (capped at the kernel timeout) ends.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    until: i64,
-    kernel_until: i64,
 }
 
 /// Why nft refused.
@@ -143,8 +137,8 @@ impl Nft {
 
     /// Puts the kernel in line with the bans: a missing table (sets, chain) comes back, every ban
     /// missing from its set is added again, long bans are refreshed.
-    pub fn reconcile(&mut self, now: i64) -> Result<super::ipset::Repairs, NftError> {
-        let mut r = super::ipset::Repairs::default();
+    pub fn reconcile(&mut self, now: i64) -> Result<Repairs, NftError> {
+        let mut r = Repairs::default();
         let names = [
             self.cfg.set4.clone(),
             self.cfg.set6.clone(),
@@ -160,32 +154,27 @@ impl Nft {
         }
         self.until.retain(|_, e| e.until > now);
         let mut script = String::new();
-        let keys: Vec<_> = self.until.keys().copied().collect();
-        for (net, every_port) in keys {
-            let e = self.until[&(net, every_port)];
-            let left = e.until - now;
-            if left < 2 {
+        let (cfg, until) = (&self.cfg, &mut self.until);
+        for (&(net, every_port), e) in until.iter_mut() {
+            if e.ending(now) {
                 continue;
             }
             r.checked += 1;
-            let (set, elem) = self.element(net, every_port);
-            let t = &self.cfg.table;
-            let timeout = (left as u64).min(super::ipset::MAX_TIMEOUT);
             let which = usize::from(net.addr().is_ipv6()) + 2 * usize::from(every_port);
             let present = held[which].as_ref().is_some_and(|h| h.contains(&net));
-            let refresh = e.kernel_until < e.until && e.kernel_until - now < 86_400;
+            let refresh = e.needs_refresh(now);
             if present && !refresh {
                 continue;
             }
+            let (set, elem) = element(cfg, net, every_port);
+            let t = &cfg.table;
             if refresh {
                 script += &format!("delete element inet {t} {set} {{ {elem} }}\n");
                 r.refreshed += 1;
             } else {
                 r.entries += 1;
             }
-            let kernel_until = now + timeout as i64;
-            self.until.insert((net, every_port), Entry { kernel_until, ..e });
-            script += &format!("add element inet {t} {set} {{ {elem} timeout {timeout}s }}\n");
+            script += &format!("add element inet {t} {set} {{ {elem} timeout {}s }}\n", e.renew(now));
         }
         if !script.is_empty() {
             run(&script)?;
@@ -193,27 +182,17 @@ impl Nft {
         Ok(r)
     }
 
-    fn element(&self, net: IpNet, every_port: bool) -> (String, String) {
-        let suffix = if every_port { "_all" } else { "" };
-        match net.addr() {
-            IpAddr::V4(ip) => (format!("{}{suffix}", self.cfg.set4), ip.to_string()),
-            IpAddr::V6(_) => (format!("{}{suffix}", self.cfg.set6), net.to_string()),
-        }
-    }
-
     /// Adds the element with the ban time as its timeout; one already there is replaced only
     /// by a longer ban.
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), NftError> {
-        let ban_for = d.ban_for.max(1);
-        let timeout = ban_for.min(super::ipset::MAX_TIMEOUT);
-        let until = now.saturating_add(ban_for as i64);
+        let (entry, timeout) = Entry::new(now, d.ban_for);
         let every_port = d.reason == crate::policy::Reason::Recidive;
         let key = (d.net, every_port);
         let known = self.until.get(&key).copied();
-        if known.is_some_and(|e| e.until >= until) {
+        if known.is_some_and(|e| e.until >= entry.until) {
             return Ok(());
         }
-        let (set, elem) = self.element(d.net, every_port);
+        let (set, elem) = element(&self.cfg, d.net, every_port);
         let t = &self.cfg.table;
         let mut script = String::new();
         if known.is_some_and(|e| e.until > now) {
@@ -221,13 +200,7 @@ impl Nft {
         }
         script += &format!("add element inet {t} {set} {{ {elem} timeout {timeout}s }}\n");
         run(&script)?;
-        self.until.insert(
-            key,
-            Entry {
-                until,
-                kernel_until: now + timeout as i64,
-            },
-        );
+        self.until.insert(key, entry);
         if self.until.len() > 4096 {
             self.until.retain(|_, e| e.until > now);
         }
@@ -238,7 +211,7 @@ impl Nft {
     pub fn remove(&mut self, net: IpNet) -> Result<(), NftError> {
         for every_port in [false, true] {
             self.until.remove(&(net, every_port));
-            let (set, elem) = self.element(net, every_port);
+            let (set, elem) = element(&self.cfg, net, every_port);
             // `destroy` would not fail on a missing element, but needs nft >= 1.0.8; ignore instead.
             match run(&format!("delete element inet {} {set} {{ {elem} }}\n", self.cfg.table)) {
                 Err(e) if e.0.contains("No such file") => {}
@@ -246,5 +219,14 @@ impl Nft {
             }
         }
         Ok(())
+    }
+}
+
+/// The set an address or network goes to, and how nft writes it.
+fn element(cfg: &NftConfig, net: IpNet, every_port: bool) -> (String, String) {
+    let suffix = if every_port { "_all" } else { "" };
+    match net.addr() {
+        IpAddr::V4(ip) => (format!("{}{suffix}", cfg.set4), ip.to_string()),
+        IpAddr::V6(_) => (format!("{}{suffix}", cfg.set6), net.to_string()),
     }
 }

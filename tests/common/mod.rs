@@ -344,3 +344,13 @@ pub fn cli(socket: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8(out.stderr).unwrap(),
     )
 }
+
+/// The daemon's active bans (`mailpipe list --json`) through the control socket `socket`.
+pub fn listed(socket: &Path) -> Vec<serde_json::Value> {
+    let (ok, out, err) = cli(socket, &["list", "--json"]);
+    assert!(ok, "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["bans"]
+        .as_array()
+        .unwrap()
+        .clone()
+}

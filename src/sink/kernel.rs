@@ -1,0 +1,81 @@
+//! What the kernel sinks (ipset, nftables) share: the kernel's timeout limit, the bans they keep
+//! there, and what a reconciliation put right.
+
+/// The kernel's largest per-entry timeout (about 24.8 days).
+pub const MAX_TIMEOUT: u64 = 2_147_483;
+/// An entry whose kernel timeout ends sooner than this, but whose ban does not, is refreshed.
+const REFRESH: i64 = 86_400;
+
+/// A ban the kernel should hold: when it ends, and when the kernel's entry does (sooner for a
+/// ban longer than `MAX_TIMEOUT`).
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// When the ban ends (Unix seconds).
+    pub until: i64,
+    /// When the kernel's entry ends.
+    pub kernel_until: i64,
+}
+
+impl Entry {
+    /// A ban of `ban_for` seconds from `now`, and the timeout the kernel gets for it.
+    pub fn new(now: i64, ban_for: u64) -> (Entry, u64) {
+        let ban_for = ban_for.max(1);
+        let timeout = ban_for.min(MAX_TIMEOUT);
+        let e = Entry {
+            until: now.saturating_add(ban_for as i64),
+            kernel_until: now + timeout as i64,
+        };
+        (e, timeout)
+    }
+
+    /// About to end anyway: the kernel may already have let it go.
+    pub fn ending(&self, now: i64) -> bool {
+        self.until - now < 2
+    }
+
+    /// The kernel's entry runs out soon while the ban goes on.
+    pub fn needs_refresh(&self, now: i64) -> bool {
+        self.kernel_until < self.until && self.kernel_until - now < REFRESH
+    }
+
+    /// Put in the kernel again at `now`: the timeout it gets (noted).
+    pub fn renew(&mut self, now: i64) -> u64 {
+        let timeout = ((self.until - now).max(1) as u64).min(MAX_TIMEOUT);
+        self.kernel_until = now + timeout as i64;
+        timeout
+    }
+}
+
+/// What a reconciliation found and put right.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// Bans checked.
+    pub checked: usize,
+    /// Bans missing from the kernel, added again.
+    pub entries: usize,
+    /// Sets that were gone, created again.
+    pub sets: usize,
+    /// Address families whose rules were missing or changed, put back.
+    pub rules: usize,
+    /// Bans longer than the kernel's timeout, refreshed.
+    pub refreshed: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_bans_get_the_kernels_longest_timeout_and_are_refreshed() {
+        let (mut e, timeout) = Entry::new(0, 100 * 86_400);
+        assert_eq!((timeout, e.until), (MAX_TIMEOUT, 8_640_000));
+        assert!(!e.needs_refresh(0));
+        let late = MAX_TIMEOUT as i64 - 3600;
+        assert!(e.needs_refresh(late));
+        assert_eq!(e.renew(late), MAX_TIMEOUT);
+        assert!(!e.needs_refresh(late));
+        let (short, t) = Entry::new(0, 60);
+        assert_eq!(t, 60);
+        assert!(!short.needs_refresh(30) && short.ending(59));
+    }
+}
