@@ -289,8 +289,10 @@ fn syntax_config() -> syntax::Config {
 
 /// `<USER>`: a user name as logs print it.
 const USER: &str = r"[^\s,>)]*";
-/// `<FORWARDED>`: an `X-Forwarded-For` list, addresses separated by commas and spaces.
-const FORWARDED: &str = r"[0-9A-Fa-f:., ]*";
+/// `<FORWARDED>`: an `X-Forwarded-For` list. Its start is whatever the client sent (letters, a
+/// `)`), so it takes anything: what follows it in the rule must be the server's own text, and
+/// the policy reads the list from its end, where the proxies wrote.
+const FORWARDED: &str = r".*";
 
 /// `<HOST>` in the rule DFA: any run of address characters. The exact address grammar
 /// (counted repetitions, IPv4 inside IPv6) multiplies DFA states wherever a rule has `\S*`

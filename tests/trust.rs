@@ -165,6 +165,9 @@ fn forwarded_addresses_count_only_behind_trusted_proxies() {
         first["ip"].as_str().unwrap_or("none").to_string()
     };
     assert_eq!(banned("trusted_proxies: [\"10.0.0.0/8\"]"), "198.51.100.40");
+    // What the client wrote cannot hide it either: letters, a `)` and a fake tail.
+    std::fs::write(&log, line("zz) in session x (error: 1, 6.6.6.6, 198.51.100.41").repeat(5)).unwrap();
+    assert_eq!(banned("trusted_proxies: [\"10.0.0.0/8\"]"), "198.51.100.41");
     // Without trusting the proxy, its own address: a header never plants one.
     assert_eq!(banned(""), "10.0.0.2");
 }
