@@ -12,6 +12,7 @@ use crate::input::InputConfig;
 use crate::matcher::MatcherConfig;
 use crate::parse::ParseConfig;
 use crate::policy::PolicyConfig;
+use crate::ports::{PortSpec, Ports};
 use crate::sink::SinkConfig;
 use crate::window::WindowConfig;
 
@@ -74,17 +75,70 @@ pub struct Jail {
     /// This jail's first ban time, instead of the policy's.
     #[serde(default)]
     pub bantime: Option<Dur>,
+    /// The TCP ports its bans drop (numbers, service names, ranges); `[]`: every port; unset:
+    /// the mail ports.
+    #[serde(default)]
+    pub ports: Option<Vec<PortSpec>>,
 }
 
-/// An included pipeline file, optionally only some of its jails.
+/// An included pipeline file, optionally only some of its jails, with some of their settings
+/// changed.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Include {
-    /// Path, relative to the including file.
+    /// Path, relative to the including file; a shipped file's name (`postfix.ron`) not found
+    /// there is the built-in copy.
     pub file: String,
     /// Jails to take; empty: all of them.
     #[serde(default)]
     pub jails: Vec<String>,
+    /// Settings changed per included jail, by name: the rules stay the shipped ones.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, JailSet>,
+}
+
+/// What an include may change in a jail it takes (every field optional).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JailSet {
+    /// `false` drops the jail.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Replaces the program globs.
+    #[serde(default)]
+    pub programs: Option<Vec<String>>,
+    /// Replaces maxretry.
+    #[serde(default)]
+    pub maxretry: Option<u32>,
+    /// Replaces findtime.
+    #[serde(default)]
+    pub findtime: Option<Dur>,
+    /// Replaces the jail's bantime.
+    #[serde(default)]
+    pub bantime: Option<Dur>,
+    /// Replaces the ports its bans drop.
+    #[serde(default)]
+    pub ports: Option<Vec<PortSpec>>,
+}
+
+impl JailSet {
+    fn apply(&self, j: &mut Jail) {
+        if let Some(v) = &self.programs {
+            j.programs.clone_from(v);
+        }
+        if let Some(v) = self.maxretry {
+            j.maxretry = v;
+        }
+        if let Some(v) = self.findtime {
+            j.findtime = v;
+        }
+        if let Some(v) = self.bantime {
+            j.bantime = Some(v);
+        }
+        if let Some(v) = &self.ports {
+            j.ports = Some(v.clone());
+        }
+    }
 }
 
 /// A pipeline file as written.
@@ -100,6 +154,9 @@ pub struct PipelineFile {
     /// Where decisions go.
     #[serde(default)]
     pub sink: Option<SinkConfig>,
+    /// More places decisions go (every sink gets every decision).
+    #[serde(default)]
+    pub sinks: Option<Vec<SinkConfig>>,
     /// The control socket (`mailpipe status`, `ban`, `unban`); none: no control.
     #[serde(default)]
     pub control: Option<String>,
@@ -134,8 +191,8 @@ pub struct PipelineFile {
 pub struct Config {
     /// Where lines come from.
     pub inputs: Vec<InputConfig>,
-    /// Where decisions go.
-    pub sink: SinkConfig,
+    /// Where decisions go: `sink` then `sinks`, or a dry run when neither is set.
+    pub sinks: Vec<SinkConfig>,
     /// The control socket path, if any.
     pub control: Option<String>,
     /// The state file, if any.
@@ -212,6 +269,20 @@ pub fn regex_needles(re: &str) -> [String; 2] {
 }
 
 impl Config {
+    /// Each jail's port scope, resolved (service names through `/etc/services` where this
+    /// program does not know them).
+    pub fn jail_ports(&self) -> Result<Vec<Ports>, ConfigError> {
+        self.jails
+            .iter()
+            .zip(&self.origins)
+            .map(|(j, origin)| match &j.ports {
+                None => Ok(Ports::mail()),
+                Some(specs) => Ports::resolve(specs, crate::ports::etc_services)
+                    .map_err(|e| origin.error_at(&[&jail_needles(j)], format!("jail {}: ports: {e}", j.name))),
+            })
+            .collect()
+    }
+
     /// Loads a pipeline file and its includes.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_file(path).map_err(|e| ConfigError {
@@ -255,7 +326,10 @@ impl Config {
         let f = acc.file;
         Ok(Config {
             inputs: f.inputs.unwrap_or_else(|| vec![InputConfig::Stdin]),
-            sink: f.sink.unwrap_or_default(),
+            sinks: match (f.sink, f.sinks) {
+                (None, None) => vec![SinkConfig::DryRun],
+                (one, more) => one.into_iter().chain(more.into_iter().flatten()).collect(),
+            },
             control: f.control,
             state: f.state,
             metrics: f.metrics,
@@ -329,7 +403,12 @@ impl Acc {
                 ..file.clone()
             };
         } else {
-            take!(inputs, sink, control, state, metrics, daemon, parse, matcher, window, policy);
+            take!(inputs, control, state, metrics, daemon, parse, matcher, window, policy);
+            // `sink` and `sinks` are one setting: a file that names either replaces both.
+            if self.file.sink.is_none() && self.file.sinks.is_none() {
+                self.file.sink = file.sink.clone();
+                self.file.sinks = file.sinks.clone();
+            }
         }
         for inc in &file.include {
             let path = dir.join(&inc.file);
@@ -337,7 +416,10 @@ impl Acc {
             if stack.contains(&canon) || stack.len() > 16 {
                 return Err(origin.error_at(&[&inc.file], format!("include cycle through {:?}", inc.file)));
             }
-            let text = if dir == Path::new(BUILTIN_DIR) {
+            // A shipped file's name that is not on disk is the built-in copy, so an
+            // /etc/mailpipe file can include `postfix.ron` without the package's pipelines dir.
+            let builtin = dir == Path::new(BUILTIN_DIR) || (!path.exists() && builtin_text(&inc.file).is_some());
+            let text = if builtin {
                 builtin_text(&inc.file)
                     .map(str::to_string)
                     .ok_or_else(|| origin.error_at(&[&inc.file], format!("no built-in pipeline {:?}", inc.file)))?
@@ -346,19 +428,30 @@ impl Acc {
             };
             stack.push(canon);
             let before = self.jails.len();
-            let sub = if dir == Path::new(BUILTIN_DIR) {
-                dir
-            } else {
-                path.parent().unwrap_or(dir)
-            };
-            self.add(&path.display().to_string(), &text, sub, &inc.jails, stack)?;
+            let path = if builtin { Path::new(BUILTIN_DIR).join(&inc.file) } else { path };
+            let sub = path.parent().unwrap_or(dir).to_path_buf();
+            self.add(&path.display().to_string(), &text, &sub, &inc.jails, stack)?;
             stack.pop();
-            let got: Vec<&str> = self.jails[before..].iter().map(|j| j.name.as_str()).collect();
-            if let Some(missing) = inc.jails.iter().find(|j| !got.contains(&j.as_str())) {
+            let got: Vec<String> = self.jails[before..].iter().map(|j| j.name.clone()).collect();
+            if let Some(missing) = inc.jails.iter().find(|j| !got.contains(j)) {
                 return Err(origin.error_at(
                     &[&format!("\"{missing}\"")],
                     format!("unknown jail {missing:?} in include {:?} (it has: {})", inc.file, got.join(", ")),
                 ));
+            }
+            for (name, set) in &inc.set {
+                let Some(i) = (before..self.jails.len()).find(|&i| self.jails[i].name == *name) else {
+                    return Err(origin.error_at(
+                        &[&format!("\"{name}\"")],
+                        format!("set: no jail {name:?} in include {:?} (it has: {})", inc.file, got.join(", ")),
+                    ));
+                };
+                if set.enabled == Some(false) {
+                    self.jails.remove(i);
+                    self.origins.remove(i);
+                } else {
+                    set.apply(&mut self.jails[i]);
+                }
             }
         }
         for jail in file.jails {

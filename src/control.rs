@@ -113,6 +113,7 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
                 .collect();
             let (tracked, evicted) = p.tracked();
             let up = p.uptime().max(1e-9);
+            let sinks = sink.stats();
             let state = sink.store.as_ref().map(|s| {
                 let lag = s.lag();
                 json!({"pending": lag.pending, "dropped": lag.dropped, "error": lag.error})
@@ -121,7 +122,11 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
                    "bans_per_hour": (st.bans as f64 * 3600.0 / up).round(),
                    "parsed": st.parsed, "matched": st.matched_lines, "time_clamped": st.time_clamped, "bans": st.bans,
                    "currently_banned": p.bans().len(), "tracked": tracked, "evicted": evicted, "jails": jails,
-                   "sink": sink.stats.summary(), "state": state})
+                   "sink": sinks.first().map(|(_, s)| s.summary()), "sinks": sinks.iter().map(|(n, s)| {
+                       let mut v = s.summary();
+                       v["name"] = n.clone().into();
+                       v
+                   }).collect::<Vec<_>>(), "state": state})
         }
         Request::List { jail } => {
             let bans: Vec<Value> = p
@@ -131,7 +136,7 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
                 .map(|b| {
                     json!({"ip": b.net.addr().to_string(), "prefix": b.net.prefix_len(), "jail": &*b.jail,
                            "reason": b.reason.name(), "offence": b.offence, "since": rfc3339(b.since),
-                           "until": rfc3339(b.until), "left_s": b.until - now})
+                           "until": rfc3339(b.until), "left_s": b.until - now, "ports": b.ports.json()})
                 })
                 .collect();
             json!({"ok": true, "bans": bans})
@@ -139,7 +144,7 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
         Request::Ban { ip, jail, for_s, force } => match p.manual_ban(ip, jail.as_deref().unwrap_or("manual"), for_s, now, force) {
             Ok(d) => {
                 let v = json!({"ok": true, "ip": d.net.addr().to_string(), "prefix": d.net.prefix_len(), "ban_for_s": d.ban_for,
-                               "narrowed_from": d.narrowed_from});
+                               "narrowed_from": d.narrowed_from, "ports": d.ports.json()});
                 sink.ban(vec![d], std::time::Instant::now());
                 v
             }

@@ -73,7 +73,7 @@ pub enum DaemonError {
     },
     /// The sink could not be opened.
     #[error(transparent)]
-    Sink(#[from] crate::sink::ipset::IpsetError),
+    Sink(#[from] crate::sink::OpenError),
     /// The state file cannot be used at all (another process has it, or it is not a file).
     #[error(transparent)]
     State(#[from] crate::state::StateError),
@@ -138,8 +138,22 @@ pub fn run<W: Write + Send + 'static>(
         })?;
         eprintln!("mailpipe: listening on metrics {bound}");
     }
-    let sink_cfg = if dry_run { &SinkConfig::DryRun } else { &cfg.sink };
-    let sink = sink::spawn(sink_cfg, out, store)?;
+    let sinks = if dry_run { &[SinkConfig::DryRun][..] } else { &cfg.sinks };
+    // A mail sink quotes the lines behind each ban: the pipeline keeps recent ones for it.
+    let quoted = sinks
+        .iter()
+        .map(|s| match s {
+            SinkConfig::Mail { lines, .. } => *lines,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    pipeline.keep_evidence(quoted);
+    let scopes = cfg.jail_ports().map_err(|e| DaemonError::Config {
+        input: "ports".into(),
+        reason: e.to_string(),
+    })?;
+    let sink = sink::spawn(sinks, out, store, &scopes)?;
     let now = wall_clock();
     sink.reapply(restored.iter().map(|b| restored_decision(b, now)).collect());
     raise_fd_limit();
@@ -153,7 +167,7 @@ pub fn run<W: Write + Send + 'static>(
         budget: Budget::new(cfg.daemon.queue_bytes.max(1 << 20)),
     };
     let edges = Edges {
-        sink: sink.stats.clone(),
+        sinks: sink.stats(),
         budget: queue.budget.clone(),
     };
     let worker = spawn_pipeline(pipeline, sink, rx, cfg.parse.max_line, cfg.metrics.is_some())?;
@@ -187,7 +201,7 @@ fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result
 /// What the edges report alongside the pipeline's own counters.
 #[derive(Debug, Clone)]
 struct Edges {
-    sink: Arc<crate::sink::SinkStats>,
+    sinks: crate::sink::SinkReport,
     budget: Budget,
 }
 
@@ -267,8 +281,9 @@ fn spawn_pipeline(
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
             sink.ban(std::mem::take(&mut decided), Instant::now());
-            let st = sink.finish();
-            eprintln!("mailpipe: sink: {}", st.summary());
+            for (name, st) in sink.finish() {
+                eprintln!("mailpipe: sink {name}: {}", st.summary());
+            }
         })
         .map_err(DaemonError::Runtime)
 }
@@ -314,7 +329,7 @@ async fn serve(
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => crate::telemetry::publish_edges(&inputs, &edges.sink, edges.budget.used()),
+                    _ = tick.tick() => crate::telemetry::publish_edges(&inputs, &edges.sinks, edges.budget.used()),
                 }
             }
         });
@@ -449,6 +464,8 @@ fn restored_decision(b: &Ban, now: i64) -> Decision {
         since: now,
         reason: b.reason,
         narrowed_from: None,
+        ports: b.ports.clone(),
+        evidence: Default::default(),
     }
 }
 

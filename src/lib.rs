@@ -17,7 +17,9 @@
 //! - [`prefilter`]: Aho-Corasick over literals derived from the rules.
 //! - [`matcher`]: all rules in one DFA → [`matcher::Match`].
 //! - [`window`]: failures per (jail, address) within findtime.
+//! - [`evidence`]: the recent log lines behind a ban, for the ban mail.
 //! - [`policy`]: ignore lists, IPv6 aggregation, escalation, recidive → [`policy::Decision`].
+//! - [`ports`]: the ports a ban drops (each jail's scope).
 //! - [`sink`]: where decisions go.
 //! - [`telemetry`]: Prometheus metrics, handles registered once, copied per batch.
 //! - [`state`]: bans and ban history that survive restarts (redb).
@@ -29,11 +31,13 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod evidence;
 pub mod input;
 pub mod matcher;
 pub mod parse;
 pub mod pipeline;
 pub mod policy;
+pub mod ports;
 pub mod prefilter;
 pub mod replay;
 pub mod sink;

@@ -104,7 +104,7 @@ enum Command {
     Ban {
         /// The address (IPv6 is banned as its network).
         ip: std::net::IpAddr,
-        /// Jail name to record.
+        /// Jail name to record; a configured jail's name also bans on its ports only (default: every port).
         #[arg(long)]
         jail: Option<String>,
         /// How long (`90m`, `2h`, `1d`; default: the policy's bantime).
@@ -333,8 +333,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Firewall { config } => {
             let cfg = load(&config)?;
-            mailpipe::sink::open(&cfg.sink, std::io::sink()).context("setting up the firewall")?;
-            println!("ok: {:?}", cfg.sink);
+            let scopes = cfg.jail_ports().map_err(|e| anyhow::anyhow!("{e}"))?;
+            for sink in &cfg.sinks {
+                mailpipe::sink::open(sink, None::<std::io::Sink>, &scopes).context("setting up the firewall")?;
+                println!("ok: {sink:?}");
+            }
             Ok(())
         }
         Command::Status { socket, json } => {
@@ -363,7 +366,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     i["summary"].as_str().unwrap_or("")
                 );
             }
-            println!("  sink: {}", v["sink"]);
+            for sink in v["sinks"].as_array().into_iter().flatten() {
+                println!("  sink {}: {sink}", sink["name"].as_str().unwrap_or(""));
+            }
             Ok(())
         }
         Command::List { socket, jail, json } => {
@@ -374,8 +379,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             for b in v["bans"].as_array().into_iter().flatten() {
                 let net = format!("{}/{}", b["ip"].as_str().unwrap_or(""), b["prefix"]);
+                let ports = match b["ports"].as_array().map(Vec::as_slice) {
+                    Some([]) | None => "every port".to_string(),
+                    Some(p) => p.iter().map(|v| v.to_string().trim_matches('"').to_string()).collect::<Vec<_>>().join(","),
+                };
                 println!(
-                    "{net:<24} {:<20} until {} ({} s left)",
+                    "{net:<24} {:<20} until {} ({} s left) on {ports}",
                     b["jail"].as_str().unwrap_or(""),
                     b["until"].as_str().unwrap_or(""),
                     b["left_s"]

@@ -703,6 +703,7 @@ mod tests {
             maxretry: 1,
             findtime: Dur(60),
             bantime: None,
+            ports: None,
         }
     }
 

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use crate::clock::{Clock, Mode};
 use crate::config::Config;
+use crate::evidence::Evidence;
 use crate::matcher::{Found, JailId, Match, Matcher};
 use crate::parse::{Parser, Record, Zone};
 use crate::policy::{Admit, Ban, Decision, History, Policy};
@@ -89,6 +90,8 @@ pub struct Pipeline {
     texts: Vec<(Vec<String>, Vec<String>)>,
     /// When this pipeline started (kept across reloads), for rates.
     started: std::time::Instant,
+    /// Recent counted lines and how many a decision quotes, when a sink wants them.
+    evidence: Option<(Evidence, usize)>,
 }
 
 /// A pipeline that cannot be built.
@@ -143,7 +146,12 @@ impl Pipeline {
             })
             .collect();
         let window = Window::new(thresholds, &cfg.window);
-        let names: Vec<_> = cfg.jails.iter().map(|j| (j.name.clone(), j.bantime)).collect();
+        let names: Vec<_> = cfg
+            .jails
+            .iter()
+            .zip(cfg.jail_ports()?)
+            .map(|(j, ports)| (j.name.clone(), j.bantime, ports))
+            .collect();
         let policy = Policy::new(&cfg.policy, &names, &first)?;
         let stats = Stats {
             jails: cfg
@@ -170,7 +178,14 @@ impl Pipeline {
             lossy: String::new(),
             texts: cfg.jails.iter().map(|j| (j.rules.clone(), j.ignore.clone())).collect(),
             started: std::time::Instant::now(),
+            evidence: None,
         })
+    }
+
+    /// Makes each decision carry up to `lines` of the log lines that counted toward it (for the
+    /// ban mail); 0 turns it off.
+    pub fn keep_evidence(&mut self, lines: usize) {
+        self.evidence = (lines > 0).then(|| (Evidence::default(), lines));
     }
 
     /// Whether matches report `<USER>` (for reports; banning needs only the host).
@@ -245,7 +260,7 @@ impl Pipeline {
         let d = self
             .policy
             .manual_ban(ip, jail, ban_for.unwrap_or_else(|| self.policy.bantime()), now, force)?;
-        for j in 0..self.stats.jails.len() as JailId {
+        for j in self.policy.jails_covered(&d.ports) {
             self.window.forget(j, d.net);
         }
         Ok(d)
@@ -271,6 +286,11 @@ impl Pipeline {
             }
         }
         next.started = self.started;
+        // Jail ids name the lines' jails: the ring is kept only when they mean the same.
+        next.evidence = self.evidence.map(|(ring, n)| {
+            let same = old == next.matcher.jail_names();
+            (if same { ring } else { Evidence::default() }, n)
+        });
         let jails = std::mem::take(&mut next.stats.jails);
         next.stats = Stats {
             jails,
@@ -366,7 +386,7 @@ impl Pipeline {
         }
         let mut matched = false;
         for m in &matches {
-            matched |= self.account(*m, placed.time, placed.now);
+            matched |= self.account(*m, placed.time, placed.now, text);
             on(Event::Match { m: *m, time: placed.time });
         }
         let ignored = !matched && matches.iter().any(|m| m.found == Found::Ignored);
@@ -395,7 +415,7 @@ impl Pipeline {
 
     /// Counts one match at line time `time`, clock `now`, through policy and window; true for a
     /// failure.
-    fn account(&mut self, m: Match<'_>, time: i64, now: i64) -> bool {
+    fn account(&mut self, m: Match<'_>, time: i64, now: i64, line: &str) -> bool {
         let js = &mut self.stats.jails[m.jail as usize];
         let ip = match m.found {
             Found::Ignored => {
@@ -409,17 +429,30 @@ impl Pipeline {
             Found::Failure { ip, .. } => ip,
         };
         js.rules[m.rule] += 1;
-        match self.policy.admit(ip, now) {
+        match self.policy.admit(ip, m.jail, now) {
             Admit::Ignored => js.ignored_ip += 1,
             Admit::Banned => js.already_banned += 1,
             Admit::Count(key) => {
+                if let Some((ev, _)) = &mut self.evidence {
+                    ev.record(m.jail, key, line);
+                }
                 if let Some(n) = self.window.record(m.jail, key, time, now) {
                     let before = self.decisions.len();
                     self.policy.decide(m.jail, key, n, time, now, &mut self.decisions);
+                    if let Some((ev, max)) = &self.evidence {
+                        let lines = ev.lines(m.jail, key, *max);
+                        for d in &mut self.decisions[before..] {
+                            d.evidence = lines.clone();
+                        }
+                    }
                     js.bans += 1;
                     self.stats.bans += (self.decisions.len() - before) as u64;
-                    for jail in 0..self.stats.jails.len() as JailId {
-                        self.window.forget(jail, key);
+                    // Jails whose ports the new bans drop stop counting the address; the others
+                    // (another service's ports) go on.
+                    for d in &self.decisions[before..] {
+                        for jail in self.policy.jails_covered(&d.ports) {
+                            self.window.forget(jail, key);
+                        }
                     }
                 }
             }
@@ -499,13 +532,14 @@ impl Pipeline {
                         m.rule,
                         user.map(|u| format!(", user {u:?}")).unwrap_or_default()
                     );
-                    let verdict = match self.policy.verdict(ip) {
+                    let ports = self.policy.jail_ports(m.jail);
+                    let verdict = match self.policy.verdict(ip, m.jail) {
                         Admit::Ignored => "ignored: the address is in policy.ignore, never banned".to_string(),
-                        Admit::Banned => "already banned".to_string(),
+                        Admit::Banned => format!("already banned on {ports}"),
                         Admit::Count(key) if key.prefix_len() == key.max_prefix_len() => {
-                            format!("counted as {} toward maxretry", key.addr())
+                            format!("counted as {} toward maxretry; a ban drops {ports}", key.addr())
                         }
-                        Admit::Count(key) => format!("counted as {key} toward maxretry"),
+                        Admit::Count(key) => format!("counted as {key} toward maxretry; a ban drops {ports}"),
                     };
                     let _ = writeln!(o, "policy:    {verdict}");
                 }

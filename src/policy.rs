@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Dur, Origin};
+use crate::ports::Ports;
 
 /// Escalation for repeat offenders.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
@@ -126,6 +127,8 @@ pub struct Ban {
     pub reason: Reason,
     /// Which ban of this address it is (1 = first).
     pub offence: u32,
+    /// The ports it drops.
+    pub ports: Ports,
 }
 
 /// A ban to apply.
@@ -149,6 +152,11 @@ pub struct Decision {
     pub reason: Reason,
     /// The IPv6 prefix the ban would have had, when it was narrowed to spare an ignored address.
     pub narrowed_from: Option<u8>,
+    /// The ports it drops: the jail's; every port for recidive.
+    pub ports: Ports,
+    /// The log lines that counted toward it, oldest first, as far as the pipeline keeps them
+    /// (only when a sink asks for them: `Pipeline::keep_evidence`).
+    pub evidence: Arc<[Box<str>]>,
 }
 
 impl Decision {
@@ -166,6 +174,7 @@ impl Decision {
             until: self.until(),
             reason: self.reason,
             offence: self.offence,
+            ports: self.ports.clone(),
         }
     }
 }
@@ -198,17 +207,32 @@ pub struct Policy {
     cfg: PolicyConfig,
     ignore: Vec<IpNet>,
     proxies: Vec<IpNet>,
-    jails: Vec<(Arc<str>, u64)>,
+    jails: Vec<JailPolicy>,
     recidive_name: Arc<str>,
+    /// Every port, built once: the hot path only clones it (no allocation).
+    every: Ports,
     history: HashMap<IpNet, Offences, foldhash::fast::RandomState>,
-    banned: HashMap<IpNet, Ban, foldhash::fast::RandomState>,
+    /// Active bans by (network, ports): one address may be banned from the webmail by one jail
+    /// and from SMTP by another.
+    banned: HashMap<(IpNet, Ports), Ban, foldhash::fast::RandomState>,
     /// Ban ends, soonest first; an entry whose ban was replaced or lifted is skipped when it
     /// comes up. Expiring costs only the bans that end, never a scan of all of them.
-    ends: BinaryHeap<Reverse<(i64, IpNet)>>,
+    ends: BinaryHeap<Reverse<(i64, IpNet, Ports)>>,
     /// Active bans per jail name, kept as bans come and go (metrics read it every batch).
     active: HashMap<Arc<str>, usize>,
     /// The clock at the last history sweep.
     swept: i64,
+}
+
+/// What the policy needs of a jail.
+#[derive(Debug, Clone)]
+pub struct JailPolicy {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its first ban time, in seconds.
+    pub bantime: u64,
+    /// The ports its bans drop.
+    pub ports: Ports,
 }
 
 /// `net`'s address as bits, for prefix arithmetic (IPv4 in the top 32 bits, unused here).
@@ -220,8 +244,8 @@ fn bits(ip: IpAddr) -> u128 {
 }
 
 impl Policy {
-    /// Builds the policy for jails given as (name, own bantime).
-    pub fn new(cfg: &PolicyConfig, jails: &[(String, Option<Dur>)], origin: &Origin) -> Result<Policy, ConfigError> {
+    /// Builds the policy for jails given as (name, own bantime, ports).
+    pub fn new(cfg: &PolicyConfig, jails: &[(String, Option<Dur>, Ports)], origin: &Origin) -> Result<Policy, ConfigError> {
         let nets = |list: &[String], field: &str| {
             list.iter()
                 .map(|s| {
@@ -250,7 +274,7 @@ impl Policy {
         let lengths = [("bantime", Some(cfg.bantime)), ("maxtime", cfg.increment.map(|i| i.maxtime))]
             .into_iter()
             .chain(cfg.recidive.iter().map(|r| ("bantime", Some(r.bantime))))
-            .chain(jails.iter().map(|(_, b)| ("bantime", *b)));
+            .chain(jails.iter().map(|(_, b, _)| ("bantime", *b)));
         for (field, d) in lengths {
             if let Some(d) = d
                 && !(1..=MAX_BAN).contains(&d.secs())
@@ -260,7 +284,11 @@ impl Policy {
         }
         let jails = jails
             .iter()
-            .map(|(n, b)| (Arc::from(n.as_str()), b.unwrap_or(cfg.bantime).secs()))
+            .map(|(n, b, ports)| JailPolicy {
+                name: Arc::from(n.as_str()),
+                bantime: b.unwrap_or(cfg.bantime).secs(),
+                ports: ports.clone(),
+            })
             .collect();
         Ok(Policy {
             cfg: cfg.clone(),
@@ -268,6 +296,7 @@ impl Policy {
             proxies,
             jails,
             recidive_name: Arc::from("recidive"),
+            every: Ports::every(),
             history: HashMap::default(),
             banned: HashMap::default(),
             ends: BinaryHeap::new(),
@@ -276,24 +305,47 @@ impl Policy {
         })
     }
 
-    /// Ignore check and aggregation, before a failure is counted; `now` is the clock.
-    pub fn admit(&mut self, ip: IpAddr, now: i64) -> Admit {
+    /// Ignore check and aggregation, before a failure for `jail` is counted; `now` is the clock.
+    pub fn admit(&mut self, ip: IpAddr, jail: u16, now: i64) -> Admit {
         self.expire(now);
-        self.verdict(ip)
+        self.verdict(ip, jail)
     }
 
-    /// `admit` without expiring anything (for `explain`).
-    pub fn verdict(&self, ip: IpAddr) -> Admit {
+    /// `admit` without expiring anything (for `explain`). An address is already banned for a
+    /// jail when a ban on its ports, or on every port, holds it.
+    pub fn verdict(&self, ip: IpAddr, jail: u16) -> Admit {
         let ip = ip.to_canonical();
         if self.is_ignored(ip) {
             return Admit::Ignored;
         }
         let key = self.key(ip).0;
-        if self.banned.contains_key(&key) {
+        if self.banned_for(key, &self.jails[jail as usize].ports) {
             Admit::Banned
         } else {
             Admit::Count(key)
         }
+    }
+
+    /// Whether a ban on `key` already drops `ports`.
+    fn banned_for(&self, key: IpNet, ports: &Ports) -> bool {
+        // Two lookups on the hot path, no scan: the scopes that can cover a jail's are its own
+        // and every port.
+        self.banned.contains_key(&(key, ports.clone())) || self.banned.contains_key(&(key, self.every.clone()))
+    }
+
+    /// The ports `jail`'s bans drop.
+    pub fn jail_ports(&self, jail: u16) -> &Ports {
+        &self.jails[jail as usize].ports
+    }
+
+    /// The jails a ban on `ports` covers (their counting for the address can stop).
+    pub fn jails_covered(&self, ports: &Ports) -> impl Iterator<Item = u16> + '_ {
+        let ports = ports.clone();
+        self.jails
+            .iter()
+            .enumerate()
+            .filter(move |(_, j)| ports.covers(&j.ports))
+            .map(|(i, _)| i as u16)
     }
 
     /// Who a failure is: `direct`, or, when `direct` is a trusted proxy, the client it names in
@@ -356,7 +408,7 @@ impl Policy {
     /// recidive ban if due.
     pub fn decide(&mut self, jail: u16, key: IpNet, failures: u32, time: i64, now: i64, out: &mut Vec<Decision>) {
         self.expire(now);
-        let (name, base) = self.jails[jail as usize].clone();
+        let JailPolicy { name, bantime: base, ports } = self.jails[jail as usize].clone();
         let offence = self.offend(key, now);
         let ban_for = match self.cfg.increment {
             Some(inc) => {
@@ -379,6 +431,8 @@ impl Policy {
             since: now,
             reason: Reason::Threshold,
             narrowed_from,
+            ports,
+            evidence: Arc::default(),
         };
         if let Some(r) = self.cfg.recidive {
             let h = self.history.get_mut(&key).expect("offend inserted it");
@@ -395,6 +449,7 @@ impl Policy {
                     failures: bans,
                     ban_for: r.bantime.secs().max(ban_for),
                     reason: Reason::Recidive,
+                    ports: self.every.clone(),
                     ..decision
                 };
             }
@@ -415,8 +470,9 @@ impl Policy {
         h.count
     }
 
-    /// An operator's ban of `ip` (its IPv6 network) for `ban_for` seconds from `now`; refused
-    /// for an address in `ignore` unless `force`, which then bans that one address only.
+    /// An operator's ban of `ip` (its IPv6 network) for `ban_for` seconds from `now`, on the
+    /// ports of the jail it names, or every port; refused for an address in `ignore` unless
+    /// `force`, which then bans that one address only.
     pub fn manual_ban(&mut self, ip: IpAddr, jail: &str, ban_for: u64, now: i64, force: bool) -> Result<Decision, String> {
         if !(1..=MAX_BAN).contains(&ban_for) {
             return Err(format!("a ban lasts from 1 s to 100 years (asked for {ban_for} s)"));
@@ -439,16 +495,22 @@ impl Policy {
             since: now,
             reason: Reason::Manual,
             narrowed_from,
+            ports: self
+                .jails
+                .iter()
+                .find(|j| &*j.name == jail)
+                .map_or_else(|| self.every.clone(), |j| j.ports.clone()),
+            evidence: Arc::default(),
         };
         self.insert(d.ban());
         Ok(d)
     }
 
-    /// Records an active ban (replacing one of the same key).
+    /// Records an active ban (replacing one of the same network and ports).
     fn insert(&mut self, ban: Ban) {
-        self.ends.push(Reverse((ban.until, ban.net)));
+        self.ends.push(Reverse((ban.until, ban.net, ban.ports.clone())));
         *self.active.entry(ban.jail.clone()).or_default() += 1;
-        if let Some(old) = self.banned.insert(ban.net, ban) {
+        if let Some(old) = self.banned.insert((ban.net, ban.ports.clone()), ban) {
             self.forget_active(&old.jail);
         }
     }
@@ -459,30 +521,34 @@ impl Policy {
         }
     }
 
-    /// Lifts the ban on `ip`: the one it is counted under, or any ban holding it. The network
-    /// lifted, if there was one.
+    /// Lifts the bans on `ip`, on every port scope: those of the network it is counted under,
+    /// or else of any network holding it. The network lifted, if there was one.
     pub fn unban(&mut self, ip: IpAddr) -> Option<IpNet> {
         let ip = ip.to_canonical();
         let key = self.key(ip).0;
-        let key = if self.banned.contains_key(&key) {
+        let net = if self.banned.keys().any(|(n, _)| *n == key) {
             key
         } else {
-            *self.banned.keys().find(|n| n.contains(&ip))?
+            self.banned.keys().find(|(n, _)| n.contains(&ip))?.0
         };
-        let old = self.banned.remove(&key)?;
-        self.forget_active(&old.jail);
-        Some(key)
+        let gone: Vec<_> = self.banned.keys().filter(|(n, _)| *n == net).cloned().collect();
+        for k in gone {
+            let old = self.banned.remove(&k).expect("just seen");
+            self.forget_active(&old.jail);
+        }
+        Some(net)
     }
 
     /// Ends the bans whose time is up at `now`; sweeps forgotten histories once an hour.
     pub fn expire(&mut self, now: i64) {
-        while let Some(&Reverse((until, net))) = self.ends.peek() {
-            if until > now {
+        while let Some(Reverse((until, _, _))) = self.ends.peek() {
+            if *until > now {
                 break;
             }
-            self.ends.pop();
-            if self.banned.get(&net).is_some_and(|b| b.until == until) {
-                let old = self.banned.remove(&net).expect("just seen");
+            let Reverse((until, net, ports)) = self.ends.pop().expect("just seen");
+            let key = (net, ports);
+            if self.banned.get(&key).is_some_and(|b| b.until == until) {
+                let old = self.banned.remove(&key).expect("just seen");
                 self.forget_active(&old.jail);
             }
         }
@@ -533,7 +599,7 @@ mod tests {
             file: "t".into(),
             text: "".into(),
         };
-        Policy::new(&cfg, &[("j".into(), None)], &origin).unwrap()
+        Policy::new(&cfg, &[("j".into(), None, Ports::mail())], &origin).unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -554,30 +620,30 @@ mod tests {
     #[test]
     fn ignore_and_ipv6_aggregation() {
         let mut p = policy(ignoring(&["127.0.0.0/8", "::1", "192.0.2.0/24"]));
-        assert_eq!(p.admit(ip("127.0.0.2"), 0), Admit::Ignored);
-        assert_eq!(p.admit(ip("::1"), 0), Admit::Ignored);
-        assert_eq!(p.admit(ip("192.0.2.200"), 0), Admit::Ignored);
-        assert_eq!(p.admit(ip("::ffff:192.0.2.200"), 0), Admit::Ignored, "IPv4-mapped is IPv4");
-        assert_eq!(p.admit(ip("2001:db8:1:0:aa::5"), 0), Admit::Count(net("2001:db8:1::/64")));
-        assert_eq!(p.admit(ip("198.51.100.1"), 0), Admit::Count(net("198.51.100.1/32")));
+        assert_eq!(p.admit(ip("127.0.0.2"), 0, 0), Admit::Ignored);
+        assert_eq!(p.admit(ip("::1"), 0, 0), Admit::Ignored);
+        assert_eq!(p.admit(ip("192.0.2.200"), 0, 0), Admit::Ignored);
+        assert_eq!(p.admit(ip("::ffff:192.0.2.200"), 0, 0), Admit::Ignored, "IPv4-mapped is IPv4");
+        assert_eq!(p.admit(ip("2001:db8:1:0:aa::5"), 0, 0), Admit::Count(net("2001:db8:1::/64")));
+        assert_eq!(p.admit(ip("198.51.100.1"), 0, 0), Admit::Count(net("198.51.100.1/32")));
     }
 
     #[test]
     fn a_prefix_ban_never_covers_an_ignored_address() {
         let mut p = policy(ignoring(&["2001:db8:1:2::10", "2001:db8:7::/48"]));
         // The /64 holds ::10: narrowed to the largest network around ::99 that does not.
-        let Admit::Count(key) = p.admit(ip("2001:db8:1:2::99"), 0) else {
+        let Admit::Count(key) = p.admit(ip("2001:db8:1:2::99"), 0, 0) else {
             panic!()
         };
         assert_eq!(key, net("2001:db8:1:2::80/121"));
         assert!(!key.contains(&ip("2001:db8:1:2::10")));
         // Down to the single address when they differ only in the last bit.
-        let Admit::Count(key) = p.admit(ip("2001:db8:1:2::11"), 0) else {
+        let Admit::Count(key) = p.admit(ip("2001:db8:1:2::11"), 0, 0) else {
             panic!()
         };
         assert_eq!(key, net("2001:db8:1:2::11/128"));
         // An ignored network wider than the /64 is ignored outright; one inside a /64 narrows.
-        assert_eq!(p.admit(ip("2001:db8:7:5::1"), 0), Admit::Ignored);
+        assert_eq!(p.admit(ip("2001:db8:7:5::1"), 0, 0), Admit::Ignored);
         let mut out = Vec::new();
         p.decide(0, net("2001:db8:1:2::80/121"), 5, 0, 0, &mut out);
         assert_eq!(out[0].narrowed_from, Some(64));
@@ -633,9 +699,9 @@ mod tests {
         // Triggered by a line two hours old: the ban still runs an hour from now.
         p.decide(0, net("198.51.100.1/32"), 5, 100 - 7200, 100, &mut out);
         assert_eq!((out[0].since, out[0].until(), out[0].time), (100, 3700, 100 - 7200));
-        assert_eq!(p.admit(ip("198.51.100.1"), 200), Admit::Banned);
+        assert_eq!(p.admit(ip("198.51.100.1"), 0, 200), Admit::Banned);
         assert_eq!(p.active("j"), 1);
-        assert_eq!(p.admit(ip("198.51.100.1"), 3700), Admit::Count(net("198.51.100.1/32")));
+        assert_eq!(p.admit(ip("198.51.100.1"), 0, 3700), Admit::Count(net("198.51.100.1/32")));
         assert_eq!(p.active("j"), 0, "expired bans leave the count");
     }
 
@@ -651,10 +717,38 @@ mod tests {
         );
         let d = p.manual_ban(ip("2001:db8::7"), "manual", 60, 0, false).unwrap();
         assert_eq!((d.net, d.reason), (net("2001:db8::/64"), Reason::Manual));
-        assert_eq!(p.admit(ip("2001:db8::9"), 10), Admit::Banned);
+        assert_eq!(p.admit(ip("2001:db8::9"), 0, 10), Admit::Banned);
         assert_eq!(p.bans().len(), 2);
         assert_eq!(p.unban(ip("2001:db8::1")), Some(net("2001:db8::/64")));
-        assert_eq!(p.admit(ip("2001:db8::9"), 10), Admit::Count(net("2001:db8::/64")));
+        assert_eq!(p.admit(ip("2001:db8::9"), 0, 10), Admit::Count(net("2001:db8::/64")));
+    }
+
+    #[test]
+    fn each_jail_bans_on_its_own_ports() {
+        let origin = Origin {
+            file: "t".into(),
+            text: "".into(),
+        };
+        let web = Ports::resolve(&[crate::ports::PortSpec::Name("http,https".into())], |_| None).unwrap();
+        let smtp = Ports::resolve(&[crate::ports::PortSpec::Number(25)], |_| None).unwrap();
+        let jails = [("web".into(), None, web.clone()), ("smtp".into(), None, smtp.clone())];
+        let mut p = Policy::new(&PolicyConfig::default(), &jails, &origin).unwrap();
+        let mut out = Vec::new();
+        p.decide(0, net("198.51.100.1/32"), 5, 0, 0, &mut out);
+        assert_eq!(out[0].ports, web);
+        // Banned from the webmail, still counted (and bannable) for SMTP.
+        assert_eq!(p.admit(ip("198.51.100.1"), 0, 1), Admit::Banned);
+        assert_eq!(p.admit(ip("198.51.100.1"), 1, 1), Admit::Count(net("198.51.100.1/32")));
+        p.decide(1, net("198.51.100.1/32"), 5, 1, 1, &mut out);
+        assert_eq!((out[1].ports.clone(), p.bans().len()), (smtp.clone(), 2));
+        assert_eq!(p.jails_covered(&smtp).collect::<Vec<_>>(), vec![1]);
+        // A manual ban names a jail's ports, or takes every port; unban lifts every scope.
+        assert_eq!(p.manual_ban(ip("192.0.2.9"), "web", 60, 2, false).unwrap().ports, web);
+        let all = p.manual_ban(ip("192.0.2.8"), "manual", 60, 2, false).unwrap();
+        assert!(all.ports.is_every());
+        assert_eq!(p.admit(ip("192.0.2.8"), 1, 3), Admit::Banned);
+        assert_eq!(p.unban(ip("198.51.100.1")), Some(net("198.51.100.1/32")));
+        assert_eq!(p.bans().len(), 2);
     }
 
     #[test]
@@ -682,6 +776,7 @@ mod tests {
             ]
         );
         assert_eq!(out[3].ban_for, 86_400);
+        assert!(out[3].ports.is_every(), "recidive bans every port");
     }
 
     #[test]

@@ -23,8 +23,10 @@ use ipnet::IpNet;
 use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition, TableHandle};
 
 use crate::policy::{Ban, Decision, History, MAX_BAN, Reason};
+use crate::ports::Ports;
 
-/// net key → since, until, reason, offence, jail
+/// ban key (net key, `P`, port ranges) → since, until, reason, offence, jail; a key without
+/// ports is a ban from before jails had their own (the mail ports; every port for recidive)
 const BANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bans.v2");
 /// net key → offences, last ban time
 const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history.v2");
@@ -105,6 +107,29 @@ fn key(net: IpNet) -> Vec<u8> {
     k
 }
 
+/// A ban's key: its network, then its ports, so one address can hold bans on several scopes.
+fn ban_key(net: IpNet, ports: &Ports) -> Vec<u8> {
+    let mut k = key(net);
+    k.push(b'P');
+    k.extend_from_slice(&ports.to_bytes());
+    k
+}
+
+/// The network and ports of a ban key (`None` ports: a key from before ports).
+fn ban_of(k: &[u8]) -> Option<(IpNet, Option<Ports>)> {
+    let len = match k.first()? {
+        4 => 6,
+        6 => 18,
+        _ => return None,
+    };
+    let net = net_of(k.get(..len)?)?;
+    match k.get(len..)? {
+        [] => Some((net, None)),
+        [b'P', ranges @ ..] => Some((net, Some(Ports::from_bytes(ranges)?))),
+        _ => None,
+    }
+}
+
 fn net_of(k: &[u8]) -> Option<IpNet> {
     let (addr, prefix) = match k {
         [4, a @ .., p] if a.len() == 4 => (IpAddr::from(<[u8; 4]>::try_from(a).ok()?), *p),
@@ -134,7 +159,7 @@ fn encode_ban(b: &Ban) -> Vec<u8> {
 
 /// A stored ban, made sane at `now`: a ban cannot have started in the future (a clock that went
 /// back, or a damaged value) nor last longer than any ban may.
-fn decode_ban(net: IpNet, v: &[u8], now: i64) -> Option<Ban> {
+fn decode_ban((net, ports): (IpNet, Option<Ports>), v: &[u8], now: i64) -> Option<Ban> {
     let i64_at = |i: usize| Some(i64::from_le_bytes(v.get(i..i + 8)?.try_into().ok()?));
     let (since, until) = (i64_at(0)?, i64_at(8)?);
     let reason = match v.get(16)? {
@@ -147,6 +172,7 @@ fn decode_ban(net: IpNet, v: &[u8], now: i64) -> Option<Ban> {
     let jail: Arc<str> = String::from_utf8_lossy(v.get(21..)?).into();
     let length = until.saturating_sub(since).clamp(0, MAX_BAN as i64);
     let since = since.min(now);
+    let ports = ports.unwrap_or_else(|| if reason == Reason::Recidive { Ports::every() } else { Ports::mail() });
     Some(Ban {
         net,
         jail,
@@ -154,6 +180,7 @@ fn decode_ban(net: IpNet, v: &[u8], now: i64) -> Option<Ban> {
         until: since.saturating_add(length),
         reason,
         offence,
+        ports,
     })
 }
 
@@ -290,7 +317,7 @@ impl Store {
             let mut stale = Vec::new();
             for e in bans.iter()? {
                 let (k, v) = e?;
-                match net_of(k.value()).and_then(|n| decode_ban(n, v.value(), now)) {
+                match ban_of(k.value()).and_then(|n| decode_ban(n, v.value(), now)) {
                     Some(b) if b.until > now => loaded.bans.push(b),
                     _ => stale.push(k.value().to_vec()),
                 }
@@ -338,8 +365,9 @@ impl Store {
                         until,
                         reason: Reason::Threshold,
                         offence: 1,
+                        ports: Ports::mail(),
                     };
-                    bans.insert(key(net).as_slice(), encode_ban(&ban).as_slice())?;
+                    bans.insert(ban_key(net, &ban.ports).as_slice(), encode_ban(&ban).as_slice())?;
                 }
             }
             w.delete_table(OLD_BANS)?;
@@ -460,13 +488,21 @@ impl Store {
             for op in ops {
                 match op {
                     Op::Ban(b) => {
-                        bans.insert(key(b.net).as_slice(), encode_ban(b).as_slice())?;
+                        bans.insert(ban_key(b.net, &b.ports).as_slice(), encode_ban(b).as_slice())?;
                     }
                     Op::History(h) => {
                         history.insert(key(h.0).as_slice(), encode_history(h).as_slice())?;
                     }
                     Op::Unban(net) => {
-                        bans.remove(key(*net).as_slice())?;
+                        // Every scope's ban of the network: the keys that start with it.
+                        let start = key(*net);
+                        let keys: Vec<Vec<u8>> = bans
+                            .range(start.as_slice()..)?
+                            .map_while(|e| e.ok().map(|(k, _)| k.value().to_vec()).filter(|k| k.starts_with(&start)))
+                            .collect();
+                        for k in keys {
+                            bans.remove(k.as_slice())?;
+                        }
                     }
                 }
             }
@@ -547,6 +583,8 @@ mod tests {
             since,
             reason: Reason::Threshold,
             narrowed_from: None,
+            ports: Ports::mail(),
+            evidence: Default::default(),
         }
     }
 
@@ -618,10 +656,34 @@ mod tests {
     fn garbage_values_never_panic() {
         let net: IpNet = "192.0.2.1/32".parse().unwrap();
         for v in [&b""[..], b"\xff", &[0xff; 21], &[0u8; 20]] {
-            let _ = decode_ban(net, v, 0);
+            let _ = decode_ban((net, None), v, 0);
             let _ = decode_history(net, v);
         }
         assert_eq!(net_of(&[4, 1, 2, 3]), None);
         assert_eq!(net_of(&[4, 1, 2, 3, 4, 99]), None, "prefix longer than the address");
+        assert_eq!(ban_of(&[4, 1, 2, 3, 4, 32, b'P', 1]), None, "half a port range");
+        assert_eq!(ban_of(&[4, 1, 2, 3, 4, 32, b'X']), None);
+    }
+
+    #[test]
+    fn one_address_keeps_a_ban_per_port_scope_and_unban_lifts_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (mut s, _) = Store::open(&path, 0, 86_400).unwrap();
+        let web = Ports::resolve(&[crate::ports::PortSpec::Name("80,443".into())], |_| None).unwrap();
+        let (a, mut b) = (decision("192.0.2.1", 100, 3600, 1), decision("192.0.2.1", 100, 3600, 2));
+        b.ports = web.clone();
+        s.record(&[a, b, decision("192.0.2.10", 100, 3600, 1)]);
+        drop(s);
+        let (mut s, loaded) = Store::open(&path, 200, 86_400).unwrap();
+        let mut scopes: Vec<_> = loaded.bans.iter().filter(|b| b.net.addr().to_string() == "192.0.2.1").map(|b| b.ports.clone()).collect();
+        scopes.sort();
+        let mut want = vec![Ports::mail(), web];
+        want.sort();
+        assert_eq!(scopes, want);
+        s.remove("192.0.2.1/32".parse().unwrap());
+        drop(s);
+        let left = Store::open(&path, 200, 86_400).unwrap().1.bans;
+        assert_eq!(left.len(), 1, "another address keeps its ban");
     }
 }

@@ -187,7 +187,7 @@ pub fn publish_state(lag: &crate::state::Lag) {
 
 /// Copies the inputs' and the sink's counters, and the bytes queued for the pipeline (the
 /// daemon calls it every second).
-pub fn publish_edges(inputs: &[(String, std::sync::Arc<InputStats>)], sink: &SinkStats, queued: usize) {
+pub fn publish_edges(inputs: &[(String, std::sync::Arc<InputStats>)], sinks: &[(String, std::sync::Arc<SinkStats>)], queued: usize) {
     gauge!("mailpipe_queue_bytes").set(queued as f64);
     use std::sync::atomic::Ordering::Relaxed;
     for (name, st) in inputs {
@@ -203,6 +203,8 @@ pub fn publish_edges(inputs: &[(String, std::sync::Arc<InputStats>)], sink: &Sin
             counter!("mailpipe_input_dropped_total", "input" => name.clone(), "reason" => reason).absolute(v.load(Relaxed));
         }
     }
-    counter!("mailpipe_sink_applied_total").absolute(sink.applied.load(Relaxed));
-    counter!("mailpipe_sink_errors_total").absolute(sink.errors.load(Relaxed));
+    for (name, st) in sinks {
+        counter!("mailpipe_sink_applied_total", "sink" => name.clone()).absolute(st.applied.load(Relaxed));
+        counter!("mailpipe_sink_errors_total", "sink" => name.clone()).absolute(st.errors.load(Relaxed));
+    }
 }

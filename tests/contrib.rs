@@ -72,3 +72,23 @@ fn grafana_dashboard_is_json_with_panels() {
         assert!(titles.contains(&want), "{titles:?}");
     }
 }
+
+/// Each guide's set-up as a pipeline file (`contrib/guides/`) is valid, and the README shows it
+/// as it is shipped.
+#[test]
+fn guide_pipelines_check_and_match_the_readme() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(format!("{root}/contrib/guides"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 5, "one per guide");
+    for f in files {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailpipe")).arg("check").arg("-c").arg(&f).output().unwrap();
+        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(readme.contains(&text), "README.md does not show {} as shipped", f.display());
+    }
+}

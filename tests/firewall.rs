@@ -1,9 +1,11 @@
 //! Bans that reach the kernel, with real packets: two network namespaces joined by a veth pair,
-//! mailpipe in the server one with a kernel sink and the shipped firewall rules (ipset +
-//! iptables, and nftables), a client that
-//! brute-forces SMTP AUTH. Its TCP connections to port 25 must succeed before the ban, time out
-//! during it, and succeed again once the kernel has expired the entry; for IPv4 and for IPv6
-//! (banned as its /64). Needs root, ip, ipset, iptables and python3; skips, saying why, without.
+//! mailpipe in the server one with a kernel sink and the rules it puts in place (ipset +
+//! iptables, and nftables), a client that brute-forces SMTP AUTH or the webmail. Its TCP
+//! connections must succeed before the ban, time out during it on the ports of the jail that
+//! banned it (and only those), and succeed again once the kernel has expired the entry; for IPv4
+//! and for IPv6 (banned as its /64). A third namespace behind the server, which forwards to it,
+//! shows the FORWARD option. Needs root, ip, ipset, iptables, nft and python3; skips, saying why,
+//! without.
 
 mod common;
 
@@ -50,12 +52,16 @@ fn nftables_drops_packets_while_banned() {
     if let Some(why) = common::missing(&[Need::Program("nft", "nftables")]) {
         return common::skip(&why);
     }
-    let root = env!("CARGO_MANIFEST_DIR");
-    bans_drop_packets_and_expire(
-        "n",
-        &["nft", "-f", &format!("{root}/contrib/firewall/mailpipe.nft")],
-        "Nftables(table: \"mailpipe\")",
+    bans_drop_packets_and_expire("n", &["true"], "Nftables(table: \"mailpipe\")");
+}
+
+/// Python serving dual-stack TCP listeners on `ports` (accept, close), in namespace `ns`.
+fn listen(ns: &str, ports: &[u16]) -> Reaper {
+    let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let code = format!(
+        "import socket, threading\ndef serve(port):\n    s = socket.socket(socket.AF_INET6)\n    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    s.bind(('::', port))\n    s.listen(64)\n    while True:\n        c, _ = s.accept()\n        c.close()\nfor p in [{list}][1:]:\n    threading.Thread(target=serve, args=(p,), daemon=True).start()\nserve([{list}][0])"
     );
+    Reaper(Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &code]).spawn().unwrap())
 }
 
 /// Two namespaces joined by a veth pair: a server (192.0.2.1, 2001:db8:1::1) listening on
@@ -93,14 +99,10 @@ impl Testbed {
             common::run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
             common::run(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
-        // Something to connect to: dual-stack listeners on ports 25 and 8080.
-        let listener = Command::new("ip")
-            .args(["netns", "exec", &srv.name, "python3", "-c"])
-            .arg("import socket, threading\ndef serve(port):\n    s = socket.socket(socket.AF_INET6)\n    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n    s.bind(('::', port))\n    s.listen(64)\n    while True:\n        c, _ = s.accept()\n        c.close()\nthreading.Thread(target=serve, args=(8080,), daemon=True).start()\nserve(25)")
-            .spawn()
-            .unwrap();
+        // Something to connect to: mail, the webmail, and a port no jail protects.
+        let listener = listen(&srv.name, &[25, 443, 8080]);
         Some(Testbed {
-            children: vec![Reaper(listener)],
+            children: vec![listener],
             srv,
             cli,
             _dir: tempfile::tempdir().unwrap(),
@@ -115,15 +117,21 @@ impl Testbed {
     /// Starts mailpipe in the server with mail.ron's jails and these other fields; its stdin,
     /// and its stderr line by line.
     fn mailpipe(&mut self, fields: &str) -> (std::process::ChildStdin, mpsc::Receiver<String>) {
+        let ns = self.srv.name.clone();
+        self.mailpipe_in(&ns, "mail.ron", fields)
+    }
+
+    /// Starts mailpipe in namespace `ns` with `pipeline`'s jails and these other fields.
+    fn mailpipe_in(&mut self, ns: &str, pipeline: &str, fields: &str) -> (std::process::ChildStdin, mpsc::Receiver<String>) {
         let cfg = self._dir.path().join("fw.ron");
         let root = env!("CARGO_MANIFEST_DIR");
         std::fs::write(
             &cfg,
-            format!("Pipeline(include: [(file: \"{root}/pipelines/mail.ron\")], inputs: [Stdin],\n{fields})"),
+            format!("Pipeline(include: [(file: \"{root}/pipelines/{pipeline}\")], inputs: [Stdin],\n{fields})"),
         )
         .unwrap();
         let mut mp = Command::new("ip")
-            .args(["netns", "exec", &self.srv.name, env!("CARGO_BIN_EXE_mailpipe"), "run", "-c"])
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_mailpipe"), "run", "-c"])
             .arg(&cfg)
             .env("TZ", "UTC")
             .stdin(Stdio::piped())
@@ -200,11 +208,85 @@ fn bans_drop_packets_and_expire(tag: &str, setup: &[&str], sink: &str) {
     drop(stdin);
 }
 
+/// The webmail's failures (roundcube-auth bans 80 and 443) and SMTP AUTH failures (postfix-sasl:
+/// 25, 465, 587), from two clients: each is shut out of the service it attacked only.
+fn each_jail_bans_its_own_ports(tag: &str, sink: &str) {
+    let Some(mut bed) = Testbed::new(tag) else { return };
+    let ns = bed.srv.name.clone();
+    let (mut stdin, log) = bed.mailpipe_in(&ns, "all.ron", &format!("sink: {sink}"));
+    let cli = bed.cli.name.clone();
+    let both = |addr: &str| (connects_port(&cli, addr, 25), connects_port(&cli, addr, 443));
+    assert!((0..20).any(|_| both("192.0.2.1") == (true, true)), "open before");
+    for _ in 0..5 {
+        let line = "[17-Jun-2024 06:14:40 +0200]: <3lq5onb8> Failed login for postmaster from 192.0.2.2 in session 3lq5onb87b7oqnc7 (error: 1)\n";
+        stdin.write_all(line.as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    wait_log(&log, "banned 192.0.2.2/32 for 3600 s on 80,443 (jail roundcube-auth");
+    assert_eq!(both("192.0.2.1"), (true, false), "the webmail's attacker still reaches SMTP, not 443");
+    fail5(&mut stdin, "2001:db8:1::2");
+    wait_log(&log, "banned 2001:db8:1::/64 for 3600 s on 25,465,587 (jail postfix-sasl");
+    assert_eq!(both("2001:db8:1::1"), (false, true), "the SMTP attacker still reaches the webmail");
+    drop(stdin);
+}
+
+#[test]
+fn ipset_bans_each_jails_own_ports() {
+    each_jail_bans_its_own_ports("p", "Ipset()");
+}
+
+#[test]
+fn nftables_bans_each_jails_own_ports() {
+    if let Some(why) = common::missing(&[Need::Program("nft", "nftables")]) {
+        return common::skip(&why);
+    }
+    each_jail_bans_its_own_ports("o", "Nftables()");
+}
+
+/// A host that forwards to the mail service (a container behind it, here a third namespace at
+/// 198.51.100.2): with `forward: true` its bans hold for forwarded traffic too.
+fn forwarded_traffic_is_dropped(tag: &str, sink: &str) {
+    let Some(mut bed) = Testbed::new(tag) else { return };
+    let inner = Netns::create(&format!("f{tag}"));
+    let (srv, cli) = (bed.srv.name.clone(), bed.cli.name.clone());
+    common::run(&["ip", "-n", &srv, "link", "add", "vr", "type", "veth", "peer", "name", "vi", "netns", &inner.name]);
+    common::run(&["ip", "-n", &srv, "addr", "add", "198.51.100.1/24", "dev", "vr"]);
+    common::run(&["ip", "-n", &srv, "link", "set", "vr", "up"]);
+    common::run(&["ip", "-n", &inner.name, "addr", "add", "198.51.100.2/24", "dev", "vi"]);
+    common::run(&["ip", "-n", &inner.name, "link", "set", "vi", "up"]);
+    common::run(&["ip", "-n", &inner.name, "route", "add", "default", "via", "198.51.100.1"]);
+    common::run(&["ip", "-n", &cli, "route", "add", "198.51.100.0/24", "via", "192.0.2.1"]);
+    bed.server(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    bed.children.push(listen(&inner.name, &[25]));
+    let (mut stdin, log) = bed.mailpipe(&format!("sink: {sink}"));
+    assert!(until_connects(&cli, "198.51.100.2", true, 20), "the inner host is reachable through the server");
+    fail5(&mut stdin, "192.0.2.2");
+    wait_log(&log, "banned 192.0.2.2/32");
+    assert!(!connects(&cli, "198.51.100.2"), "forwarded SMTP dropped while banned");
+    assert!(!connects(&cli, "192.0.2.1"), "and the server's own");
+    drop(stdin);
+    drop(bed);
+    drop(inner);
+}
+
+#[test]
+fn ipset_forward_drops_forwarded_traffic() {
+    forwarded_traffic_is_dropped("w", "Ipset(forward: true)");
+}
+
+#[test]
+fn nftables_forward_drops_forwarded_traffic() {
+    if let Some(why) = common::missing(&[Need::Program("nft", "nftables")]) {
+        return common::skip(&why);
+    }
+    forwarded_traffic_is_dropped("v", "Nftables(forward: true)");
+}
+
 #[test]
 fn bans_lost_from_ipsets_come_back() {
     let losses: &[&[&[&str]]] = &[
-        &[&["ipset", "del", "mailpipe4", "192.0.2.2"]],
-        &[&["iptables", "-F", "mailpipe"], &["ipset", "destroy", "mailpipe4"]],
+        &[&["ipset", "del", "mailpipe4-25-465-587", "192.0.2.2"]],
+        &[&["iptables", "-F", "mailpipe"], &["ipset", "destroy", "mailpipe4-25-465-587"]],
         &[
             &["iptables", "-D", "INPUT", "-j", "mailpipe"],
             &["iptables", "-F", "mailpipe"],
@@ -215,7 +297,7 @@ fn bans_lost_from_ipsets_come_back() {
         "r",
         "Ipset(set4: \"mailpipe4\", set6: \"mailpipe6\", reconcile: \"1s\")",
         losses,
-        &["ipset", "list", "mailpipe4"],
+        &["ipset", "list", "mailpipe4-all"],
         "192.0.2.77 timeout 2147",
     );
 }
@@ -226,14 +308,14 @@ fn bans_lost_from_nftables_come_back() {
         return common::skip(&why);
     }
     let losses: &[&[&[&str]]] = &[
-        &[&["nft", "delete element inet mailpipe banned4 { 192.0.2.2 }"]],
+        &[&["nft", "delete element inet mailpipe banned4_25_465_587 { 192.0.2.2 }"]],
         &[&["nft", "delete table inet mailpipe"]],
     ];
     lost_bans_come_back(
         "q",
         "Nftables(table: \"mailpipe\", reconcile: \"1s\")",
         losses,
-        &["nft", "list", "set", "inet", "mailpipe", "banned4"],
+        &["nft", "list", "set", "inet", "mailpipe", "banned4_all"],
         "192.0.2.77 timeout 24d",
     );
 }

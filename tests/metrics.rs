@@ -54,7 +54,7 @@ fn counters_equal_what_was_sent() {
     let deadline = std::time::Instant::now() + common::LIMIT;
     let body = loop {
         let b = scrape(port);
-        if value(&b, input) == Some(7.0) && value(&b, "mailpipe_sink_applied_total") == Some(1.0) {
+        if value(&b, input) == Some(7.0) && value(&b, "mailpipe_sink_applied_total{sink=\"dry-run\"}") == Some(1.0) {
             break b;
         }
         assert!(std::time::Instant::now() < deadline, "metrics never showed the 7 lines:\n{b}");

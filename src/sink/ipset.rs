@@ -6,19 +6,22 @@
 //! not thread-safe. So only `create`, `add`, `del` and `save` are used, never `list()`, and the
 //! sessions are owned by the one sink thread.
 //!
+//! Each port scope (a jail's `ports`) has its own pair of sets, dropped on those ports only.
+//!
 //! The kernel is reconciled with mailpipe's bans every `reconcile` period: a set that is gone (a
 //! reboot, `ipset destroy`) is created again, every ban missing from its set (`ipset del`, a new
 //! set) is added again with the time it has left, the rules are put back (`rules.rs`), and a ban
 //! longer than the kernel's longest timeout (about 24.8 days) is refreshed before its entry runs
 //! out. What each set holds is read with one `save` (libipset writes it to an in-memory file).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::kernel::{Entry, Repairs};
 use crate::policy::Decision;
+use crate::ports::Ports;
 use ipset::Session;
 use ipset::types::{AddOption, HashIp, HashNet, NetDataType};
 
@@ -33,6 +36,8 @@ pub struct IpsetConfig {
     pub maxelem: u32,
     /// Keep the iptables rules that use the sets in place.
     pub rules: bool,
+    /// Drop banned traffic forwarded to other hosts too (FORWARD chain).
+    pub forward: bool,
 }
 
 pub(crate) fn default_set4() -> String {
@@ -149,92 +154,118 @@ impl Sets {
     }
 }
 
-/// Open sessions on the mail-port sets and on the all-ports sets (`<name>-all`, for recidive).
+/// Open sessions on one pair of sets per port scope: `<set4>`/`<set6>` for the mail ports,
+/// `<set>-all` for every port (recidive, manual bans), `<set>-25-465-587` and so on for the jails'
+/// own ports.
 pub struct Ipset {
-    mail: Sets,
-    all: Sets,
-    /// Every ban we put in the kernel, by (network, every port): a re-ban only ever lengthens a
-    /// ban, and reconciliation knows what should be there.
-    until: HashMap<(IpNet, bool), Entry>,
+    cfg: IpsetConfig,
+    scopes: BTreeMap<Ports, Sets>,
+    /// Every ban we put in the kernel, by (network, ports): a re-ban only ever lengthens a ban,
+    /// and reconciliation knows what should be there.
+    until: HashMap<(IpNet, Ports), Entry>,
     /// Size of `until` at which expired entries are next dropped.
     sweep_at: usize,
-    /// Whether the iptables rules are ours to keep in place.
-    rules: bool,
 }
 
 impl std::fmt::Debug for Ipset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ipset")
-            .field("set4", &self.mail.n4)
-            .field("set6", &self.mail.n6)
+            .field("set4", &self.cfg.set4)
+            .field("set6", &self.cfg.set6)
+            .field("scopes", &self.scopes.len())
             .field("entries", &self.until.len())
             .finish()
     }
 }
 
 impl Ipset {
-    /// Creates the sets with timeouts, or adopts them if they exist: `set4`/`set6` for bans on
-    /// the mail ports, `set4-all`/`set6-all` for recidive bans on every port.
-    pub fn open(cfg: &IpsetConfig) -> Result<Ipset, IpsetError> {
-        let mail = Sets::open(&cfg.set4, &cfg.set6, cfg.maxelem)?;
-        let all = Sets::open(&format!("{}-all", cfg.set4), &format!("{}-all", cfg.set6), cfg.maxelem)?;
-        if cfg.rules {
-            super::rules::ensure(&cfg.set4, &cfg.set6).map_err(|reason| IpsetError::Create {
-                set: cfg.set4.clone(),
-                reason: format!("its iptables rules: {reason}"),
-            })?;
-        }
-        Ok(Ipset {
-            mail,
-            all,
+    /// Creates the sets with timeouts for each of `scopes` and for every port, or adopts them if
+    /// they exist, and (with `rules`) the iptables rules that use them.
+    pub fn open(cfg: &IpsetConfig, scopes: &[Ports]) -> Result<Ipset, IpsetError> {
+        let mut s = Ipset {
+            cfg: cfg.clone(),
+            scopes: BTreeMap::new(),
             until: HashMap::new(),
             sweep_at: 1024,
-            rules: cfg.rules,
+        };
+        for ports in scopes.iter().cloned().chain([Ports::every()]) {
+            s.open_scope(&ports)?;
+        }
+        s.ensure_rules()?;
+        Ok(s)
+    }
+
+    /// Opens (creates or adopts) a scope's sets the first time it is seen; whether it was new.
+    fn open_scope(&mut self, ports: &Ports) -> Result<bool, IpsetError> {
+        if self.scopes.contains_key(ports) {
+            return Ok(false);
+        }
+        let name = |base: &str| super::kernel::scope_set(base, ports, '-', 31);
+        let sets = Sets::open(&name(&self.cfg.set4), &name(&self.cfg.set6), self.cfg.maxelem)?;
+        self.scopes.insert(ports.clone(), sets);
+        Ok(true)
+    }
+
+    /// Puts the rules for every known scope in place; how many families needed repair.
+    fn ensure_rules(&self) -> Result<usize, IpsetError> {
+        if !self.cfg.rules {
+            return Ok(0);
+        }
+        let scopes: Vec<_> = self
+            .scopes
+            .iter()
+            .map(|(p, s)| super::rules::Scope {
+                set4: &s.n4,
+                set6: &s.n6,
+                ports: p,
+            })
+            .collect();
+        super::rules::ensure(&scopes, self.cfg.forward).map_err(|reason| IpsetError::Create {
+            set: self.cfg.set4.clone(),
+            reason: format!("its iptables rules: {reason}"),
         })
     }
 
     /// Puts the kernel in line with the bans: missing sets, entries and rules come back, and
     /// entries about to outlive the kernel's timeout are refreshed.
     pub fn reconcile(&mut self, now: i64) -> Result<Repairs, IpsetError> {
-        let mut r = Repairs {
-            sets: self.mail.ensure()? + self.all.ensure()?,
-            ..Repairs::default()
-        };
-        if self.rules {
-            r.rules = super::rules::ensure(&self.mail.n4, &self.mail.n6).map_err(|reason| IpsetError::Create {
-                set: self.mail.n4.clone(),
-                reason: format!("its iptables rules: {reason}"),
-            })?;
+        let mut r = Repairs::default();
+        let mut held = HashMap::new();
+        for (ports, sets) in &mut self.scopes {
+            r.sets += sets.ensure()?;
+            held.insert(ports.clone(), sets.members()?);
         }
+        r.rules = self.ensure_rules()?;
         self.until.retain(|_, e| e.until > now);
-        let held = [self.mail.members()?, self.all.members()?];
-        for (&(net, every_port), e) in &mut self.until {
+        for ((net, ports), e) in &mut self.until {
             if e.ending(now) {
                 continue;
             }
             r.checked += 1;
-            let sets = if every_port { &mut self.all } else { &mut self.mail };
             let refresh = e.needs_refresh(now);
-            if refresh || !held[usize::from(every_port)].contains(&net) {
-                sets.add(net, e.renew(now) as u32)?;
+            if refresh || !held.get(ports).is_some_and(|h| h.contains(net)) {
+                let sets = self.scopes.get_mut(ports).expect("a ban's scope is opened before it is added");
+                sets.add(*net, e.renew(now) as u32)?;
                 if refresh { r.refreshed += 1 } else { r.entries += 1 }
             }
         }
         Ok(r)
     }
 
-    /// Adds the decision's address (or network) with its ban time as the entry's timeout; an
-    /// entry already there is replaced only when the new ban ends later. Recidive bans go to the
-    /// all-ports sets.
+    /// Adds the decision's address (or network) to its scope's set with its ban time as the
+    /// entry's timeout; an entry already there is replaced only when the new ban ends later.
     /// Longer bans than the kernel's timeout get the longest it takes and are refreshed.
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), IpsetError> {
         let (entry, timeout) = Entry::new(now, d.ban_for);
-        let every_port = d.reason == crate::policy::Reason::Recidive;
-        let key = (d.net, every_port);
+        let key = (d.net, d.ports.clone());
         if self.until.get(&key).is_some_and(|e| e.until >= entry.until) {
             return Ok(());
         }
-        let sets = if every_port { &mut self.all } else { &mut self.mail };
+        // A reload or a restored ban may bring a scope the start did not know.
+        if self.open_scope(&d.ports)? {
+            self.ensure_rules()?;
+        }
+        let sets = self.scopes.get_mut(&d.ports).expect("opened above");
         sets.add(d.net, timeout as u32)?;
         self.until.insert(key, entry);
         // Forget expired entries now and then, not on every ban.
@@ -245,12 +276,13 @@ impl Ipset {
         Ok(())
     }
 
-    /// Deletes the entry from both kinds of sets (absent is fine: the kernel may have expired it).
+    /// Deletes the entry from every scope's sets (absent is fine: the kernel may have expired it).
     pub fn remove(&mut self, net: IpNet) -> Result<(), IpsetError> {
-        self.until.remove(&(net, false));
-        self.until.remove(&(net, true));
-        self.mail.del(net)?;
-        self.all.del(net)
+        self.until.retain(|(n, _), _| *n != net);
+        for sets in self.scopes.values_mut() {
+            sets.del(net)?;
+        }
+        Ok(())
     }
 }
 

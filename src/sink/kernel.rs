@@ -1,5 +1,7 @@
 //! What the kernel sinks (ipset, nftables) share: the kernel's timeout limit, the bans they keep
-//! there, and what a reconciliation put right.
+//! there, how a port scope's sets are named, and what a reconciliation put right.
+
+use crate::ports::Ports;
 
 /// The kernel's largest per-entry timeout (about 24.8 days).
 pub const MAX_TIMEOUT: u64 = 2_147_483;
@@ -46,6 +48,25 @@ impl Entry {
     }
 }
 
+/// The name of the set holding bans on `ports`: `base` for the mail ports (the sets bans always
+/// went to), `base<sep>all` for every port, `base<sep>25<sep>465<sep>587` otherwise, or, where
+/// that is longer than `max` bytes, `base<sep>p<hash of the ports>`.
+pub fn scope_set(base: &str, ports: &Ports, sep: char, max: usize) -> String {
+    let Some(label) = ports.label(sep) else {
+        return base.to_string();
+    };
+    let name = format!("{base}{sep}{label}");
+    if name.len() <= max {
+        return name;
+    }
+    // FNV-1a: stable across versions and hosts, unlike the std hasher.
+    let hash = ports
+        .to_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{base}{sep}p{:08x}", hash as u32)
+}
+
 /// What a reconciliation found and put right.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Repairs {
@@ -77,5 +98,16 @@ mod tests {
         let (short, t) = Entry::new(0, 60);
         assert_eq!(t, 60);
         assert!(!short.needs_refresh(30) && short.ending(59));
+    }
+
+    #[test]
+    fn scope_sets_are_named_after_their_ports() {
+        use crate::ports::PortSpec;
+        let ports = |s: &str| Ports::resolve(&[PortSpec::Name(s.into())], |_| None).unwrap();
+        assert_eq!(scope_set("mailpipe4", &Ports::mail(), '-', 31), "mailpipe4");
+        assert_eq!(scope_set("mailpipe4", &Ports::every(), '-', 31), "mailpipe4-all");
+        assert_eq!(scope_set("banned4", &ports("80,443"), '_', 64), "banned4_80_443");
+        let long = scope_set("mailpipe4", &ports("1,3,5,7,9,11,13,15,17,19,21"), '-', 31);
+        assert!(long.len() <= 31 && long.starts_with("mailpipe4-p"), "{long}");
     }
 }

@@ -1,10 +1,13 @@
-//! Stage 6: where decisions go: printed (`DryRun`) or into the kernel (`Ipset`).
+//! Stage 6: where decisions go: printed (`DryRun`), into the kernel (`Ipset`, `Nftables`),
+//! mailed to the admin (`Mail`); several at once with `sinks: [...]`.
 //!
-//! The sink runs on its own thread behind a bounded queue, so the pipeline never waits for the
-//! firewall: a ban that cannot be applied is retried with backoff, logged and counted there.
+//! Each sink runs on its own thread behind its own bounded queue, so the pipeline never waits
+//! for the firewall, and a slow or failing sink never delays another: a ban that cannot be
+//! applied is retried with backoff, logged and counted there.
 
 pub mod ipset;
 pub mod kernel;
+pub mod mail;
 pub mod nft;
 pub mod rules;
 
@@ -20,6 +23,7 @@ use serde::Deserialize;
 use ipnet::IpNet;
 
 use crate::policy::Decision;
+use crate::ports::Ports;
 
 /// Sink settings of a pipeline file.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
@@ -41,6 +45,9 @@ pub enum SinkConfig {
         /// Keep the iptables/ip6tables rules that use the sets in place (chain `mailpipe`).
         #[serde(default = "yes")]
         rules: bool,
+        /// Also drop banned traffic this host forwards (to containers, VMs): jump from FORWARD.
+        #[serde(default)]
+        forward: bool,
         /// How often the kernel is checked against the bans (sets, entries, rules).
         #[serde(default = "default_reconcile")]
         reconcile: crate::config::Dur,
@@ -59,10 +66,77 @@ pub enum SinkConfig {
         /// Keep the table's `input` chain (the drop rules) in place.
         #[serde(default = "yes")]
         rules: bool,
+        /// Also drop banned traffic this host forwards (a `forward` chain).
+        #[serde(default)]
+        forward: bool,
         /// How often the kernel is checked against the bans (table, elements).
         #[serde(default = "default_reconcile")]
         reconcile: crate::config::Dur,
     },
+    /// Mail the admin about bans through the local `sendmail`, one mail per batch.
+    Mail {
+        /// Recipients: one address or a list.
+        #[serde(deserialize_with = "one_or_many")]
+        to: Vec<String>,
+        /// Sender (envelope and header).
+        #[serde(default = "default_from")]
+        from: String,
+        /// The sendmail program.
+        #[serde(default = "default_sendmail")]
+        sendmail: String,
+        /// Bans gathered into one mail: the first starts the clock.
+        #[serde(default = "default_batch")]
+        batch: crate::config::Dur,
+        /// Log lines quoted per ban.
+        #[serde(default = "default_lines")]
+        lines: usize,
+        /// Bans described one by one per mail (the rest are counted).
+        #[serde(default = "default_max_bans")]
+        max_bans: usize,
+        /// A whois program summarising each banned network (first 20 per mail); none: no whois.
+        #[serde(default)]
+        whois: Option<String>,
+    },
+}
+
+impl SinkConfig {
+    /// The kind, for logs, metrics and `status`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::DryRun => "dry-run",
+            SinkConfig::Ipset { .. } => "ipset",
+            SinkConfig::Nftables { .. } => "nftables",
+            SinkConfig::Mail { .. } => "mail",
+        }
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+fn default_from() -> String {
+    "root".into()
+}
+fn default_sendmail() -> String {
+    "/usr/sbin/sendmail".into()
+}
+fn default_batch() -> crate::config::Dur {
+    crate::config::Dur(600)
+}
+fn default_lines() -> usize {
+    10
+}
+fn default_max_bans() -> usize {
+    100
 }
 
 fn yes() -> bool {
@@ -124,10 +198,12 @@ impl Latency {
 }
 
 /// What the sink thread is asked to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SinkCmd {
     /// Apply a ban; the instant its line arrived, for the ban-latency figures.
     Ban(Decision, Instant),
+    /// Apply a ban saved before a restart (the firewall needs it again; nobody needs telling).
+    Restore(Decision),
     /// Lift a ban (`mailpipe unban`).
     Unban(IpNet),
 }
@@ -143,29 +219,45 @@ impl SinkStats {
     }
 }
 
-/// The pipeline's end of the sink thread.
+/// One sink's thread, as the pipeline sees it.
 #[derive(Debug)]
-pub struct SinkHandle {
+struct Worker {
+    name: String,
     tx: Option<mpsc::SyncSender<SinkCmd>>,
-    /// Bans are written here before they are applied.
-    pub store: Option<crate::state::Store>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Counters.
-    pub stats: Arc<SinkStats>,
+    stats: Arc<SinkStats>,
 }
 
+/// The pipeline's end of the sink threads.
+#[derive(Debug)]
+pub struct SinkHandle {
+    workers: Vec<Worker>,
+    /// Bans are written here before they are applied.
+    pub store: Option<crate::state::Store>,
+}
+
+/// Each sink's name and counters.
+pub type SinkReport = Vec<(String, Arc<SinkStats>)>;
+
 impl SinkHandle {
-    /// Queues a decision; never waits.
+    /// Queues a command for every sink; never waits.
     ///
     /// Only a full queue makes it wait (counted): a ban is never dropped for lack of room. A
-    /// failing firewall does not fill the queue, since the sink thread keeps taking decisions
-    /// while it retries the failed ones.
-    fn send(&self, cmd: SinkCmd) {
-        let Some(tx) = &self.tx else { return };
-        if let Err(mpsc::TrySendError::Full(cmd)) = tx.try_send(cmd) {
-            self.stats.waited.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(cmd);
+    /// failing sink does not fill its queue, since its thread keeps taking decisions while it
+    /// retries the failed ones.
+    fn send(&self, cmd: &SinkCmd) {
+        for w in &self.workers {
+            let Some(tx) = &w.tx else { continue };
+            if let Err(mpsc::TrySendError::Full(cmd)) = tx.try_send(cmd.clone()) {
+                w.stats.waited.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(cmd);
+            }
         }
+    }
+
+    /// Each sink's name and counters.
+    pub fn stats(&self) -> SinkReport {
+        self.workers.iter().map(|w| (w.name.clone(), w.stats.clone())).collect()
     }
 
     /// Records `bans` in the state file (one transaction), then queues them for the firewall;
@@ -180,15 +272,15 @@ impl SinkHandle {
             s.record(&bans);
         }
         for d in bans {
-            self.send(SinkCmd::Ban(d, arrived));
+            self.send(&SinkCmd::Ban(d, arrived));
         }
     }
 
     /// Re-applies bans read back from the state file, without writing them again.
     pub fn reapply(&self, bans: Vec<Decision>) {
-        let now = Instant::now();
         for d in bans {
-            self.send(SinkCmd::Ban(d, now));
+            // Restored bans go to the firewall again, not to the admin's mailbox again.
+            self.send(&SinkCmd::Restore(d));
         }
     }
 
@@ -197,7 +289,7 @@ impl SinkHandle {
         if let Some(s) = &mut self.store {
             s.remove(net);
         }
-        self.send(SinkCmd::Unban(net));
+        self.send(&SinkCmd::Unban(net));
     }
 
     /// Retries writing what the state file still lacks (the daemon calls it every second).
@@ -207,47 +299,93 @@ impl SinkHandle {
         }
     }
 
-    /// Lets the sink apply what is queued, then stops it.
-    pub fn finish(mut self) -> Arc<SinkStats> {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Lets every sink apply what is queued (a mail sink sends its batch), then stops them.
+    pub fn finish(mut self) -> SinkReport {
+        let report = self.stats();
+        for w in &mut self.workers {
+            w.tx.take();
         }
-        self.stats.clone()
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+        report
     }
 }
 
-/// Opens the sink (creating ipsets, which may fail with a clear reason) and starts its thread.
+/// Opens every sink (creating ipsets for each port scope, which may fail with a clear reason)
+/// and starts a thread for each; `out` is the dry-run sink's writer (one dry-run sink at most).
 pub fn spawn<W: Write + Send + 'static>(
-    cfg: &SinkConfig,
+    cfgs: &[SinkConfig],
     out: W,
     store: Option<crate::state::Store>,
-) -> Result<SinkHandle, ipset::IpsetError> {
-    let (mut sink, period) = open(cfg, out)?;
-    let stats = Arc::new(SinkStats::default());
-    let (tx, rx) = mpsc::sync_channel::<SinkCmd>(QUEUE);
-    let st = stats.clone();
-    let thread = std::thread::Builder::new()
-        .name("sink".into())
-        .spawn(move || run(&mut sink, &rx, &st, period))
-        .expect("spawning the sink thread");
-    Ok(SinkHandle {
-        tx: Some(tx),
-        store,
-        thread: Some(thread),
-        stats,
-    })
+    scopes: &[Ports],
+) -> Result<SinkHandle, OpenError> {
+    let mut out = Some(out);
+    let mut workers = Vec::new();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let writer = match cfg {
+            SinkConfig::DryRun => Some(
+                out.take()
+                    .ok_or_else(|| OpenError::Config("only one DryRun sink can print decisions".into()))?,
+            ),
+            _ => None,
+        };
+        let (mut sink, period) = open(cfg, writer, scopes)?;
+        let name = match cfgs.iter().filter(|c| c.kind() == cfg.kind()).count() {
+            1 => cfg.kind().to_string(),
+            _ => format!("{}-{}", cfg.kind(), i + 1),
+        };
+        let stats = Arc::new(SinkStats::default());
+        let (tx, rx) = mpsc::sync_channel::<SinkCmd>(QUEUE);
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sink {name}"))
+            .spawn(move || run(&mut sink, &rx, &st, period))
+            .expect("spawning a sink thread");
+        workers.push(Worker {
+            name,
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+        });
+    }
+    Ok(SinkHandle { workers, store })
 }
 
-/// Opens the sink: sets (and rules) created or adopted; and how often to reconcile it.
-pub fn open<W: Write>(cfg: &SinkConfig, out: W) -> Result<(Sink<W>, Option<Duration>), ipset::IpsetError> {
+/// Opens a sink: sets of each port scope (and rules) created or adopted; and how often to
+/// reconcile it. `out` is where a dry-run sink prints (nothing: it prints nowhere).
+pub fn open<W: Write>(cfg: &SinkConfig, out: Option<W>, scopes: &[Ports]) -> Result<(Sink<W>, Option<Duration>), OpenError> {
     Ok(match cfg {
         SinkConfig::DryRun => (Sink::DryRun(out), None),
+        SinkConfig::Mail {
+            to,
+            from,
+            sendmail,
+            batch,
+            lines,
+            max_bans,
+            whois,
+        } => {
+            let c = mail::MailConfig {
+                to: to.clone(),
+                from: from.clone(),
+                sendmail: sendmail.clone(),
+                batch: Duration::from_secs(batch.secs()),
+                lines: *lines,
+                max_bans: *max_bans,
+                whois: whois.clone(),
+            };
+            c.check().map_err(OpenError::Config)?;
+            (Sink::Mail(Box::new(mail::Mailer::new(c))), None)
+        }
         SinkConfig::Ipset {
             set4,
             set6,
             maxelem,
             rules,
+            forward,
             reconcile,
         } => {
             let c = ipset::IpsetConfig {
@@ -255,9 +393,10 @@ pub fn open<W: Write>(cfg: &SinkConfig, out: W) -> Result<(Sink<W>, Option<Durat
                 set6: set6.clone(),
                 maxelem: *maxelem,
                 rules: *rules,
+                forward: *forward,
             };
             (
-                Sink::Ipset(Box::new(ipset::Ipset::open(&c)?)),
+                Sink::Ipset(Box::new(ipset::Ipset::open(&c, scopes)?)),
                 Some(Duration::from_secs(reconcile.secs().max(1))),
             )
         }
@@ -266,6 +405,7 @@ pub fn open<W: Write>(cfg: &SinkConfig, out: W) -> Result<(Sink<W>, Option<Durat
             set4,
             set6,
             rules,
+            forward,
             reconcile,
         } => {
             let c = nft::NftConfig {
@@ -273,11 +413,9 @@ pub fn open<W: Write>(cfg: &SinkConfig, out: W) -> Result<(Sink<W>, Option<Durat
                 set4: set4.clone(),
                 set6: set6.clone(),
                 rules: *rules,
+                forward: *forward,
             };
-            let sink = nft::Nft::open(&c).map_err(|e| ipset::IpsetError::Create {
-                set: table.clone(),
-                reason: e.0,
-            })?;
+            let sink = nft::Nft::open(&c, scopes)?;
             (Sink::Nft(sink), Some(Duration::from_secs(reconcile.secs().max(1))))
         }
     })
@@ -286,12 +424,15 @@ pub fn open<W: Write>(cfg: &SinkConfig, out: W) -> Result<(Sink<W>, Option<Durat
 /// Retries: 0.1 s doubling to 30 s, at most this many attempts before a decision is given up.
 const ATTEMPTS: u32 = 12;
 
+/// A sink thread: applies what comes, retries what failed, reconciles the kernel every `period`,
+/// sends a mail batch when it is due; when the queue closes, a last attempt for what waits.
 fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkStats, period: Option<Duration>) {
     let mut retry: VecDeque<(Decision, u32, Instant)> = VecDeque::new();
     let mut arrived = Instant::now();
     // Registered once; a no-op when no metrics exporter is installed.
     let ban_latency = metrics::histogram!("mailpipe_ban_latency_seconds");
     let mut reconcile_at = period.map(|p| Instant::now() + p);
+    let mut mail_failures = 0u32;
     loop {
         if let (Some(at), Some(p)) = (reconcile_at, period)
             && Instant::now() >= at
@@ -299,7 +440,18 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
             reconcile(sink, stats);
             reconcile_at = Some(Instant::now() + p);
         }
-        let due = retry.front().map(|(_, _, d)| *d).into_iter().chain(reconcile_at).min();
+        if let Sink::Mail(m) = sink
+            && m.due().is_some_and(|d| d <= Instant::now())
+        {
+            send_mail(m, stats, &mut mail_failures);
+        }
+        let due = retry
+            .front()
+            .map(|(_, _, d)| *d)
+            .into_iter()
+            .chain(reconcile_at)
+            .chain(sink.due())
+            .min();
         let next = match due {
             Some(due) => rx
                 .recv_timeout(due.saturating_duration_since(Instant::now()))
@@ -309,6 +461,13 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
         let (d, tries) = match next {
             Ok(SinkCmd::Ban(d, at)) => {
                 arrived = at;
+                (d, 0)
+            }
+            Ok(SinkCmd::Restore(d)) => {
+                arrived = Instant::now();
+                if matches!(sink, Sink::Mail(_)) {
+                    continue;
+                }
                 (d, 0)
             }
             Ok(SinkCmd::Unban(net)) => {
@@ -326,7 +485,7 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                     let (d, tries, _) = retry.pop_front().expect("just seen");
                     (d, tries)
                 }
-                // The reconciliation was due: it runs at the top of the loop.
+                // A reconciliation or a mail was due: it runs at the top of the loop.
                 _ => continue,
             },
             // Closed: one last attempt for what waits, then stop.
@@ -335,6 +494,9 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                     if sink.apply(&d).is_err() {
                         stats.dropped.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                if let Sink::Mail(m) = sink {
+                    send_mail(m, stats, &mut mail_failures);
                 }
                 return;
             }
@@ -365,13 +527,31 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
     }
 }
 
+/// Sends the mail batch; a failure keeps it and tries again later (10 s doubling to 10 min).
+fn send_mail(m: &mut mail::Mailer, stats: &SinkStats, failures: &mut u32) {
+    match m.send() {
+        Ok(0) => {}
+        Ok(n) => {
+            *failures = 0;
+            eprintln!("mailpipe: mailed {n} bans");
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            let wait = Duration::from_secs(10 << (*failures).min(6)).min(Duration::from_secs(600));
+            *failures += 1;
+            eprintln!("mailpipe: error: ban mail: {e}; retrying in {wait:?}");
+            m.retry_in(wait);
+        }
+    }
+}
+
 /// One reconciliation of the kernel with the bans: its cost and repairs to metrics, repairs to
 /// the log.
 fn reconcile<W: Write>(sink: &mut Sink<W>, stats: &SinkStats) {
     let now = crate::clock::wall_clock();
     let t0 = Instant::now();
     let result = match sink {
-        Sink::DryRun(_) => return,
+        Sink::DryRun(_) | Sink::Mail(_) => return,
         Sink::Ipset(s) => s.reconcile(now).map_err(ApplyError::from),
         Sink::Nft(s) => s.reconcile(now).map_err(ApplyError::from),
     };
@@ -413,6 +593,7 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
         "ban_for_s": d.ban_for,
         "offence": d.offence,
         "reason": d.reason.name(),
+        "ports": d.ports.json(),
         "time": crate::parse::rfc3339(d.time),
     });
     if let Some(p) = d.narrowed_from {
@@ -424,12 +605,28 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
 /// A running sink.
 #[derive(Debug)]
 pub enum Sink<W: Write> {
-    /// Decisions printed to a writer.
-    DryRun(W),
+    /// Decisions printed to a writer (or nowhere).
+    DryRun(Option<W>),
     /// Decisions added to ipsets.
     Ipset(Box<ipset::Ipset>),
     /// Decisions added to nftables sets.
     Nft(nft::Nft),
+    /// Decisions mailed in batches.
+    Mail(Box<mail::Mailer>),
+}
+
+/// Why a sink could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Its sets or rules could not be made.
+    #[error(transparent)]
+    Ipset(#[from] ipset::IpsetError),
+    /// Its nftables table could not be made.
+    #[error("nftables table: {0}")]
+    Nft(#[from] nft::NftError),
+    /// Its settings are wrong.
+    #[error("sink: {0}")]
+    Config(String),
 }
 
 /// Why a decision could not be applied.
@@ -446,18 +643,29 @@ pub enum ApplyError {
     Nft(#[from] nft::NftError),
 }
 
+/// Writes one JSON line and flushes it, so a reader sees it as it happens.
+fn print(w: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *w, v).map_err(std::io::Error::from)?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
 impl<W: Write> Sink<W> {
+    /// When this sink next needs its thread without a command (a mail batch).
+    fn due(&self) -> Option<Instant> {
+        match self {
+            Sink::Mail(m) => m.due(),
+            _ => None,
+        }
+    }
+
     /// Lifts a ban.
     pub fn remove(&mut self, net: IpNet) -> Result<(), ApplyError> {
         match self {
             Sink::DryRun(w) => {
-                serde_json::to_writer(
-                    &mut *w,
-                    &serde_json::json!({"kind": "unban", "ip": net.addr().to_string(), "prefix": net.prefix_len()}),
-                )
-                .map_err(std::io::Error::from)?;
-                w.write_all(b"\n")?;
-                w.flush()?;
+                if let Some(w) = w {
+                    print(w, &serde_json::json!({"kind": "unban", "ip": net.addr().to_string(), "prefix": net.prefix_len()}))?;
+                }
             }
             Sink::Ipset(s) => {
                 s.remove(net)?;
@@ -467,38 +675,40 @@ impl<W: Write> Sink<W> {
                 s.remove(net)?;
                 eprintln!("mailpipe: unbanned {net}");
             }
+            Sink::Mail(_) => {}
         }
         Ok(())
     }
 
     /// Applies one decision. Dry-run lines are flushed so a reader sees bans as they happen;
-    /// kernel bans are logged on stderr.
+    /// kernel bans are logged on stderr; mail bans wait for their batch.
     pub fn apply(&mut self, d: &Decision) -> Result<(), ApplyError> {
+        let now = crate::clock::wall_clock();
         match self {
             Sink::DryRun(w) => {
-                serde_json::to_writer(&mut *w, &decision_json(d)).map_err(std::io::Error::from)?;
-                w.write_all(b"\n")?;
-                w.flush()?;
-            }
-            kernel => {
-                let now = crate::clock::wall_clock();
-                match kernel {
-                    Sink::Ipset(s) => s.apply(d, now)?,
-                    Sink::Nft(s) => s.apply(d, now)?,
-                    Sink::DryRun(_) => unreachable!("matched above"),
+                if let Some(w) = w {
+                    print(w, &decision_json(d))?;
                 }
-                eprintln!(
-                    "mailpipe: banned {} for {} s (jail {}, offence {}{})",
-                    d.net,
-                    d.ban_for,
-                    d.jail,
-                    d.offence,
-                    d.narrowed_from
-                        .map(|p| format!(", narrowed from /{p} to spare an ignored address"))
-                        .unwrap_or_default()
-                );
+                return Ok(());
             }
+            Sink::Mail(m) => {
+                m.push(d);
+                return Ok(());
+            }
+            Sink::Ipset(s) => s.apply(d, now)?,
+            Sink::Nft(s) => s.apply(d, now)?,
         }
+        eprintln!(
+            "mailpipe: banned {} for {} s on {} (jail {}, offence {}{})",
+            d.net,
+            d.ban_for,
+            d.ports,
+            d.jail,
+            d.offence,
+            d.narrowed_from
+                .map(|p| format!(", narrowed from /{p} to spare an ignored address"))
+                .unwrap_or_default()
+        );
         Ok(())
     }
 }
@@ -518,18 +728,20 @@ mod tests {
             since: 0,
             reason: crate::policy::Reason::Threshold,
             narrowed_from: None,
+            ports: Ports::resolve(&[crate::ports::PortSpec::Name("imap,imaps".into())], |_| None).unwrap(),
+            evidence: Arc::default(),
         }
     }
 
     #[test]
     fn dry_run_prints_json_lines() {
         let d = decision("2001:db8:1::", 64, "dovecot-auth", 7, 3600);
-        let mut s = Sink::DryRun(Vec::new());
+        let mut s = Sink::DryRun(Some(Vec::new()));
         s.apply(&d).unwrap();
-        let Sink::DryRun(out) = s else { unreachable!() };
+        let Sink::DryRun(Some(out)) = s else { unreachable!() };
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"kind\":\"ban\",\"ip\":\"2001:db8:1::\",\"prefix\":64,\"jail\":\"dovecot-auth\",\"failures\":7,\"ban_for_s\":3600,\"offence\":1,\"reason\":\"threshold\",\"time\":\"1970-01-01T00:00:00Z\"}\n"
+            "{\"kind\":\"ban\",\"ip\":\"2001:db8:1::\",\"prefix\":64,\"jail\":\"dovecot-auth\",\"failures\":7,\"ban_for_s\":3600,\"offence\":1,\"reason\":\"threshold\",\"ports\":[143,993],\"time\":\"1970-01-01T00:00:00Z\"}\n"
         );
     }
 
@@ -556,14 +768,14 @@ mod tests {
     #[test]
     fn a_refused_ban_is_retried_and_counted() {
         let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut h = spawn(&SinkConfig::DryRun, Flaky { n: 2, out: out.clone() }, None).unwrap();
+        let mut h = spawn(&[SinkConfig::DryRun], Flaky { n: 2, out: out.clone() }, None, &[]).unwrap();
         h.ban(vec![decision("192.0.2.1", 32, "j", 5, 60)], Instant::now());
         // The retries come 0.1 s and 0.2 s later; wait for the outcome, with a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while h.stats.applied.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        while h.stats()[0].1.applied.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
             std::thread::yield_now();
         }
-        let st = h.finish();
+        let st = h.finish().remove(0).1;
         assert_eq!((st.applied.load(Ordering::Relaxed), st.errors.load(Ordering::Relaxed)), (1, 2));
         assert!(String::from_utf8(out.lock().unwrap().clone()).unwrap().contains("192.0.2.1"));
     }

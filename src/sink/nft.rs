@@ -6,7 +6,7 @@
 //! read (`nft -j list set`), and every ban missing from them is added again in one batch, with
 //! bans longer than the kernel timeout refreshed before their element runs out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
@@ -15,6 +15,7 @@ use ipnet::IpNet;
 
 use super::kernel::{Entry, Repairs};
 use crate::policy::Decision;
+use crate::ports::Ports;
 
 /// Where the nftables sink writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct NftConfig {
     pub set6: String,
     /// Keep the table's `input` chain (the drop rules) in place.
     pub rules: bool,
+    /// Also drop banned traffic forwarded to other hosts (a `forward` chain).
+    pub forward: bool,
 }
 
 /// Why nft refused.
@@ -38,7 +41,9 @@ pub struct NftError(pub String);
 #[derive(Debug)]
 pub struct Nft {
     cfg: NftConfig,
-    until: HashMap<(IpNet, bool), Entry>,
+    /// Each port scope's (IPv4 set, IPv6 set).
+    scopes: BTreeMap<Ports, (String, String)>,
+    until: HashMap<(IpNet, Ports), Entry>,
 }
 
 /// Names go into nft's grammar: keep them to identifier characters.
@@ -71,34 +76,59 @@ fn run(script: &str) -> Result<(), NftError> {
 }
 
 impl Nft {
-    /// Creates the table and sets if missing (an existing table keeps its contents and rules).
-    pub fn open(cfg: &NftConfig) -> Result<Nft, NftError> {
+    /// Creates the table and the sets of each of `scopes` and of every port if missing (an
+    /// existing table keeps its contents).
+    pub fn open(cfg: &NftConfig, scopes: &[Ports]) -> Result<Nft, NftError> {
         for n in [&cfg.table, &cfg.set4, &cfg.set6] {
             if !valid(n) {
                 return Err(NftError(format!("{n:?}: names are letters, digits, _ and -")));
             }
         }
-        let nft = Nft {
+        let mut nft = Nft {
             cfg: cfg.clone(),
+            scopes: BTreeMap::new(),
             until: HashMap::new(),
         };
+        for ports in scopes.iter().cloned().chain([Ports::every()]) {
+            nft.add_scope(ports);
+        }
         run(&nft.table_script())?;
         Ok(nft)
     }
 
-    /// The table, its sets and (with `rules`) its chain, idempotent: existing sets keep their
-    /// elements, the chain's rules are replaced.
+    /// Names a scope's sets; whether it was new.
+    fn add_scope(&mut self, ports: Ports) -> bool {
+        if self.scopes.contains_key(&ports) {
+            return false;
+        }
+        let name = |base: &str| super::kernel::scope_set(base, &ports, '_', 64);
+        let names = (name(&self.cfg.set4), name(&self.cfg.set6));
+        self.scopes.insert(ports, names);
+        true
+    }
+
+    /// The table, its sets and (with `rules`) its chains, idempotent: existing sets keep their
+    /// elements, the chains' rules are replaced.
     fn table_script(&self) -> String {
-        let (t, s4, s6) = (&self.cfg.table, &self.cfg.set4, &self.cfg.set6);
-        // `<set>_all`: recidive bans, dropped on every port.
-        let mut script = format!(
-            "table inet {t} {{\n set {s4} {{ type ipv4_addr; flags timeout; }}\n set {s6} {{ type ipv6_addr; flags interval, timeout; }}\n set {s4}_all {{ type ipv4_addr; flags timeout; }}\n set {s6}_all {{ type ipv6_addr; flags interval, timeout; }}\n}}\n"
-        );
-        if self.cfg.rules {
-            let ports = super::rules::MAIL_PORTS.replace(',', ", ");
+        let t = &self.cfg.table;
+        let mut script = format!("table inet {t} {{\n");
+        for (s4, s6) in self.scopes.values() {
+            script += &format!(" set {s4} {{ type ipv4_addr; flags timeout; }}\n set {s6} {{ type ipv6_addr; flags interval, timeout; }}\n");
+        }
+        script += "}\n";
+        if !self.cfg.rules {
+            return script;
+        }
+        let mut rules = String::new();
+        for (ports, (s4, s6)) in &self.scopes {
+            let dport = if ports.is_every() { String::new() } else { format!("tcp dport {} ", ports.nft()) };
+            rules += &format!("  {dport}ip saddr @{s4} drop\n  {dport}ip6 saddr @{s6} drop\n");
+        }
+        let hooks: &[&str] = if self.cfg.forward { &["input", "forward"] } else { &["input"] };
+        for hook in hooks {
             script += &format!(
-                "table inet {t} {{\n chain input {{ type filter hook input priority filter - 10; policy accept; }}\n}}\nflush chain inet {t} input\n\
-                 table inet {t} {{\n chain input {{\n  tcp dport {{ {ports} }} ip saddr @{s4} drop\n  tcp dport {{ {ports} }} ip6 saddr @{s6} drop\n  ip saddr @{s4}_all drop\n  ip6 saddr @{s6}_all drop\n }}\n}}\n"
+                "table inet {t} {{\n chain {hook} {{ type filter hook {hook} priority filter - 10; policy accept; }}\n}}\nflush chain inet {t} {hook}\n\
+                 table inet {t} {{\n chain {hook} {{\n{rules} }}\n}}\n"
             );
         }
         script
@@ -139,35 +169,28 @@ impl Nft {
     /// missing from its set is added again, long bans are refreshed.
     pub fn reconcile(&mut self, now: i64) -> Result<Repairs, NftError> {
         let mut r = Repairs::default();
-        let names = [
-            self.cfg.set4.clone(),
-            self.cfg.set6.clone(),
-            format!("{}_all", self.cfg.set4),
-            format!("{}_all", self.cfg.set6),
-        ];
-        let mut held: Vec<_> = names.iter().map(|n| self.members(n)).collect();
-        if held.iter().any(Option::is_none) {
+        let names: Vec<String> = self.scopes.values().flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+        let mut held: HashMap<String, Option<_>> = names.iter().map(|n| (n.clone(), self.members(n))).collect();
+        if held.values().any(Option::is_none) {
             run(&self.table_script())?;
-            r.sets += held.iter().filter(|h| h.is_none()).count();
+            r.sets += held.values().filter(|h| h.is_none()).count();
             r.rules += usize::from(self.cfg.rules);
-            held = names.iter().map(|n| self.members(n)).collect();
+            held = names.iter().map(|n| (n.clone(), self.members(n))).collect();
         }
         self.until.retain(|_, e| e.until > now);
         let mut script = String::new();
-        let (cfg, until) = (&self.cfg, &mut self.until);
-        for (&(net, every_port), e) in until.iter_mut() {
+        let (t, scopes, until) = (&self.cfg.table, &self.scopes, &mut self.until);
+        for ((net, ports), e) in until.iter_mut() {
             if e.ending(now) {
                 continue;
             }
             r.checked += 1;
-            let which = usize::from(net.addr().is_ipv6()) + 2 * usize::from(every_port);
-            let present = held[which].as_ref().is_some_and(|h| h.contains(&net));
+            let (set, elem) = element(scopes, *net, ports);
+            let present = held.get(set).and_then(Option::as_ref).is_some_and(|h| h.contains(net));
             let refresh = e.needs_refresh(now);
             if present && !refresh {
                 continue;
             }
-            let (set, elem) = element(cfg, net, every_port);
-            let t = &cfg.table;
             if refresh {
                 script += &format!("delete element inet {t} {set} {{ {elem} }}\n");
                 r.refreshed += 1;
@@ -186,13 +209,16 @@ impl Nft {
     /// by a longer ban.
     pub fn apply(&mut self, d: &Decision, now: i64) -> Result<(), NftError> {
         let (entry, timeout) = Entry::new(now, d.ban_for);
-        let every_port = d.reason == crate::policy::Reason::Recidive;
-        let key = (d.net, every_port);
+        let key = (d.net, d.ports.clone());
         let known = self.until.get(&key).copied();
         if known.is_some_and(|e| e.until >= entry.until) {
             return Ok(());
         }
-        let (set, elem) = element(&self.cfg, d.net, every_port);
+        // A reload or a restored ban may bring a scope the start did not know.
+        if self.add_scope(d.ports.clone()) {
+            run(&self.table_script())?;
+        }
+        let (set, elem) = element(&self.scopes, d.net, &d.ports);
         let t = &self.cfg.table;
         let mut script = String::new();
         if known.is_some_and(|e| e.until > now) {
@@ -207,11 +233,11 @@ impl Nft {
         Ok(())
     }
 
-    /// Deletes the element from both kinds of sets (absent is fine: it may have expired).
+    /// Deletes the element from every scope's sets (absent is fine: it may have expired).
     pub fn remove(&mut self, net: IpNet) -> Result<(), NftError> {
-        for every_port in [false, true] {
-            self.until.remove(&(net, every_port));
-            let (set, elem) = element(&self.cfg, net, every_port);
+        self.until.retain(|(n, _), _| *n != net);
+        for ports in self.scopes.keys() {
+            let (set, elem) = element(&self.scopes, net, ports);
             // `destroy` would not fail on a missing element, but needs nft >= 1.0.8; ignore instead.
             match run(&format!("delete element inet {} {set} {{ {elem} }}\n", self.cfg.table)) {
                 Err(e) if e.0.contains("No such file") => {}
@@ -222,11 +248,11 @@ impl Nft {
     }
 }
 
-/// The set an address or network goes to, and how nft writes it.
-fn element(cfg: &NftConfig, net: IpNet, every_port: bool) -> (String, String) {
-    let suffix = if every_port { "_all" } else { "" };
+/// The set an address or network goes to (its scope is known), and how nft writes it.
+fn element<'a>(scopes: &'a BTreeMap<Ports, (String, String)>, net: IpNet, ports: &Ports) -> (&'a str, String) {
+    let (s4, s6) = &scopes[ports];
     match net.addr() {
-        IpAddr::V4(ip) => (format!("{}{suffix}", cfg.set4), ip.to_string()),
-        IpAddr::V6(_) => (format!("{}{suffix}", cfg.set6), net.to_string()),
+        IpAddr::V4(ip) => (s4, ip.to_string()),
+        IpAddr::V6(_) => (s6, net.to_string()),
     }
 }

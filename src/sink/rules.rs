@@ -1,23 +1,41 @@
 //! The iptables and ip6tables rules that make the ipset sink's sets drop packets: a chain
-//! `mailpipe` (traffic to the mail ports from the mail sets, every port from the `-all` sets) and
-//! the jump to it from INPUT. The sink puts them in place at start and checks them every
+//! `mailpipe` (per port scope, traffic to its ports from its sets; every port from the `-all`
+//! sets) and the jump to it from INPUT, and from FORWARD for hosts that forward to the mail
+//! services (containers, VMs). The sink puts them in place at start and checks them every
 //! reconciliation, so a reboot or a flush that lost them does not leave bans without effect.
 //! Through the `iptables` programs (their restore format is atomic per chain), never a shell.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// The mail ports the mail sets are dropped on.
-pub const MAIL_PORTS: &str = "25,465,587,110,143,993,995,4190";
 /// The chain the rules live in.
 pub const CHAIN: &str = "mailpipe";
 
-/// The rules of one family, as `iptables -S CHAIN` prints them.
-fn expected(set: &str) -> Vec<String> {
-    vec![
-        format!("-A {CHAIN} -p tcp -m multiport --dports {MAIL_PORTS} -m set --match-set {set} src -j DROP"),
-        format!("-A {CHAIN} -m set --match-set {set}-all src -j DROP"),
-    ]
+/// One port scope's sets, for the rules that drop them.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The IPv4 set.
+    pub set4: &'a str,
+    /// The IPv6 set.
+    pub set6: &'a str,
+    /// The ports its bans drop.
+    pub ports: &'a crate::ports::Ports,
+}
+
+/// The rules of one family, as `iptables -S CHAIN` prints them: per scope, a drop on its ports
+/// (several rules where multiport's 15 slots do not hold them) or on every port.
+fn expected(scopes: &[Scope<'_>], v6: bool) -> Vec<String> {
+    let mut rules = Vec::new();
+    for s in scopes {
+        let set = if v6 { s.set6 } else { s.set4 };
+        if s.ports.is_every() {
+            rules.push(format!("-A {CHAIN} -m set --match-set {set} src -j DROP"));
+        }
+        for dports in s.ports.multiport() {
+            rules.push(format!("-A {CHAIN} -p tcp -m multiport --dports {dports} -m set --match-set {set} src -j DROP"));
+        }
+    }
+    rules
 }
 
 fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, String> {
@@ -39,12 +57,13 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, Stri
     }
 }
 
-/// Puts the chain, its rules and the jump from INPUT in place for IPv4 (`set4`) and IPv6
-/// (`set6`), where they are missing or differ; how many families needed repair.
-pub fn ensure(set4: &str, set6: &str) -> Result<usize, String> {
+/// Puts the chain, its rules and the jumps to it (from INPUT, and from FORWARD with
+/// `forward`) in place for IPv4 and IPv6, where they are missing or differ; how many families
+/// needed repair.
+pub fn ensure(scopes: &[Scope<'_>], forward: bool) -> Result<usize, String> {
     let mut repaired = 0;
-    for (program, set) in [("iptables", set4), ("ip6tables", set6)] {
-        let want = expected(set);
+    for (program, v6) in [("iptables", false), ("ip6tables", true)] {
+        let want = expected(scopes, v6);
         let have = run(program, &["-w", "-S", CHAIN], None).unwrap_or_default();
         let mut fixed = false;
         if !have.lines().filter(|l| l.starts_with("-A")).eq(want.iter().map(String::as_str)) {
@@ -53,9 +72,12 @@ pub fn ensure(set4: &str, set6: &str) -> Result<usize, String> {
             run(&format!("{program}-restore"), &["-w", "--noflush"], Some(&script))?;
             fixed = true;
         }
-        if run(program, &["-w", "-C", "INPUT", "-j", CHAIN], None).is_err() {
-            run(program, &["-w", "-I", "INPUT", "-j", CHAIN], None)?;
-            fixed = true;
+        let hooks: &[&str] = if forward { &["INPUT", "FORWARD"] } else { &["INPUT"] };
+        for hook in hooks {
+            if run(program, &["-w", "-C", hook, "-j", CHAIN], None).is_err() {
+                run(program, &["-w", "-I", hook, "-j", CHAIN], None)?;
+                fixed = true;
+            }
         }
         repaired += usize::from(fixed);
     }

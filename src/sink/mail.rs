@@ -1,0 +1,332 @@
+//! The ban-mail sink: what fail2ban's `mail`/`sendmail-whois-lines` actions do, batched. These
+//! hosts are mail servers, so the local `sendmail` program delivers: run directly (never through
+//! a shell), with the recipients from the pipeline file as arguments after `--`, and one message
+//! on its standard input per batch, however many bans the batch holds.
+//!
+//! Everything in the message that an attacker could have written (the log lines) is in the body,
+//! cut to a bounded length with control characters replaced, so it can neither add headers nor
+//! end the message early.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wait_timeout::ChildExt;
+
+use crate::policy::Decision;
+
+/// How the ban mail is sent (from `SinkConfig::Mail`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailConfig {
+    /// Recipients.
+    pub to: Vec<String>,
+    /// Envelope and header sender.
+    pub from: String,
+    /// The sendmail-compatible program (Postfix, Exim and OpenSMTPD all ship one).
+    pub sendmail: String,
+    /// How long bans are gathered before one mail goes out.
+    pub batch: Duration,
+    /// Log lines quoted per ban, at most.
+    pub lines: usize,
+    /// Bans described in full per mail; the rest are counted per jail.
+    pub max_bans: usize,
+    /// A `whois` program to summarise each banned network with, if any.
+    pub whois: Option<String>,
+}
+
+/// Why a mail could not be sent (it is kept and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// The program could not be run.
+    #[error("cannot run {program}: {reason}")]
+    Spawn {
+        /// The sendmail program.
+        program: String,
+        /// The system's reason.
+        reason: String,
+    },
+    /// It ran and failed.
+    #[error("{program} failed: {reason}")]
+    Failed {
+        /// The sendmail program.
+        program: String,
+        /// Its exit status and first line of error output.
+        reason: String,
+    },
+}
+
+/// A mail line is cut here (RFC 5322 allows 998 bytes).
+const MAX_LINE: usize = 500;
+/// How long sendmail and each whois may take.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// whois is asked about this many bans per mail at most, so a storm does not run thousands.
+const MAX_WHOIS: usize = 20;
+/// Lines of whois output kept per network.
+const WHOIS_LINES: usize = 8;
+/// Bans waiting for a mail at most; beyond, they are only counted (the mail says how many).
+const MAX_PENDING: usize = 100_000;
+
+impl MailConfig {
+    /// Refuses recipients and a sender sendmail could read as options or that would break the
+    /// header they are written in.
+    pub fn check(&self) -> Result<(), String> {
+        if self.to.is_empty() {
+            return Err("Mail: `to` needs at least one recipient".into());
+        }
+        for a in self.to.iter().chain([&self.from]) {
+            if a.is_empty() || a.starts_with('-') || a.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
+                return Err(format!("Mail: {a:?} is not a mail address"));
+            }
+        }
+        if self.batch.is_zero() {
+            return Err("Mail: batch must be at least 1s".into());
+        }
+        Ok(())
+    }
+}
+
+/// The sink: bans gathered since the batch's first, sent together.
+#[derive(Debug)]
+pub struct Mailer {
+    cfg: MailConfig,
+    host: String,
+    pending: Vec<Decision>,
+    /// Bans beyond `MAX_PENDING`, counted only.
+    overflow: usize,
+    /// When the gathered bans are due to go out.
+    due: Option<Instant>,
+}
+
+impl Mailer {
+    /// A mailer for `cfg`; nothing is sent until the first ban.
+    pub fn new(cfg: MailConfig) -> Mailer {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        Mailer {
+            cfg,
+            host,
+            pending: Vec::new(),
+            overflow: 0,
+            due: None,
+        }
+    }
+
+    /// Adds a ban to the batch (the first starts its clock).
+    pub fn push(&mut self, d: &Decision) {
+        if self.pending.len() >= MAX_PENDING {
+            self.overflow += 1;
+        } else {
+            self.pending.push(d.clone());
+        }
+        self.due.get_or_insert_with(|| Instant::now() + self.cfg.batch);
+    }
+
+    /// When the batch must be sent, if one is gathering.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// Sends the batch now (at its due time, or at shutdown). On failure the bans stay for the
+    /// next attempt, which the caller schedules.
+    pub fn send(&mut self) -> Result<usize, MailError> {
+        if self.pending.is_empty() && self.overflow == 0 {
+            self.due = None;
+            return Ok(0);
+        }
+        let message = self.message(crate::clock::wall_clock());
+        let mut args = vec!["-oi".to_string(), "-f".into(), self.cfg.from.clone(), "--".into()];
+        args.extend(self.cfg.to.iter().cloned());
+        run(&self.cfg.sendmail, &args, Some(message.as_bytes())).map_err(|(spawn, reason)| {
+            let program = self.cfg.sendmail.clone();
+            if spawn { MailError::Spawn { program, reason } } else { MailError::Failed { program, reason } }
+        })?;
+        let sent = self.pending.len() + self.overflow;
+        self.pending.clear();
+        self.overflow = 0;
+        self.due = None;
+        Ok(sent)
+    }
+
+    /// Tries again after `wait`.
+    pub fn retry_in(&mut self, wait: Duration) {
+        self.due = Some(Instant::now() + wait);
+    }
+
+    /// The whole message: headers, then one section per ban (the first `max_bans`), then a
+    /// count per jail of the rest.
+    fn message(&self, now: i64) -> String {
+        let total = self.pending.len() + self.overflow;
+        let mut jails: Vec<(&str, usize)> = Vec::new();
+        for d in &self.pending {
+            match jails.iter_mut().find(|(j, _)| *j == &*d.jail) {
+                Some((_, n)) => *n += 1,
+                None => jails.push((&d.jail, 1)),
+            }
+        }
+        let what = match &self.pending[..] {
+            [d] if self.overflow == 0 => format!("banned {} ({})", d.net, d.jail),
+            _ => format!(
+                "{total} bans ({})",
+                jails.iter().map(|(j, n)| format!("{j}: {n}")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let mut m = format!(
+            "From: {from}\nTo: {to}\nSubject: [mailpipe] {host}: {what}\nDate: {date}\nAuto-Submitted: auto-generated\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n",
+            from = self.cfg.from,
+            to = self.cfg.to.join(", "),
+            host = clean(&self.host),
+            date = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default().to_rfc2822(),
+        );
+        m += &format!("mailpipe on {} made {total} bans.\n", clean(&self.host));
+        for (i, d) in self.pending.iter().take(self.cfg.max_bans).enumerate() {
+            m += &self.section(d, i < MAX_WHOIS);
+        }
+        let rest = total.saturating_sub(self.cfg.max_bans.min(self.pending.len()));
+        if rest > 0 {
+            m += &format!("\n... and {rest} more bans, not listed one by one (`mailpipe list` shows them all).\n");
+        }
+        m
+    }
+
+    /// One ban: what, how long, why, the lines that counted, and the whois summary if enabled.
+    fn section(&self, d: &Decision, whois: bool) -> String {
+        let until = crate::parse::rfc3339(d.until());
+        let mut s = format!(
+            "\n{net}: banned by jail {jail} for {len} (offence {off}, {reason}, {n} failures), on {ports}, until {until}\n",
+            net = d.net,
+            jail = d.jail,
+            len = humantime::format_duration(Duration::from_secs(d.ban_for)),
+            off = d.offence,
+            reason = d.reason.name(),
+            n = d.failures,
+            ports = d.ports,
+        );
+        if !d.evidence.is_empty() {
+            s += "  Log lines that counted:\n";
+            for l in d.evidence.iter().rev().take(self.cfg.lines).rev() {
+                s += &format!("    {}\n", clean(l));
+            }
+        }
+        if let Some(program) = self.cfg.whois.as_deref().filter(|_| whois) {
+            s += "  whois:\n";
+            match run(program, &[d.net.addr().to_string()], None) {
+                Ok(out) => {
+                    for l in whois_summary(&out) {
+                        s += &format!("    {}\n", clean(l));
+                    }
+                }
+                Err((_, e)) => s += &format!("    ({program}: {})\n", clean(&e)),
+            }
+        }
+        s
+    }
+}
+
+/// The lines of whois output that say who holds a network (name, owner, country, abuse contact).
+fn whois_summary(out: &str) -> impl Iterator<Item = &str> {
+    const KEYS: &[&str] = &[
+        "inetnum", "inet6num", "netrange", "cidr", "route", "netname", "descr", "country", "org-name", "orgname",
+        "owner", "abuse-mailbox", "orgabuseemail", "origin",
+    ];
+    out.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(k, _)| KEYS.contains(&k.trim().to_ascii_lowercase().as_str()))
+        })
+        .take(WHOIS_LINES)
+}
+
+/// Text safe in a mail body: control characters become `?`, long lines are cut.
+fn clean(s: &str) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if out.len() > MAX_LINE {
+        let mut cut = MAX_LINE;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str(" [...]");
+    }
+    out
+}
+
+/// Runs `program` with `args` (no shell), feeding `input`, within `PROGRAM_TIMEOUT`; its
+/// standard output, or (whether it could not start, why).
+fn run(program: &str, args: &[String], input: Option<&[u8]>) -> Result<String, (bool, String)> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| (true, e.to_string()))?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A program that stops reading early is judged by its exit status below.
+        let _ = stdin.write_all(bytes);
+    }
+    // Output is read on threads so a chatty program cannot block on a full pipe.
+    let read = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut r, 1 << 20), &mut v);
+            }
+            v
+        })
+    };
+    let out = read(child.stdout.take().map(|s| Box::new(s) as _));
+    let err = read(child.stderr.take().map(|s| Box::new(s) as _));
+    let status = match child.wait_timeout(PROGRAM_TIMEOUT).map_err(|e| (false, e.to_string()))? {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err((false, format!("no answer within {} s", PROGRAM_TIMEOUT.as_secs())));
+        }
+    };
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    if status.success() {
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    } else {
+        let first = String::from_utf8_lossy(&err).lines().next().unwrap_or("").to_string();
+        Err((false, format!("{status}: {first}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attacker_text_stays_in_the_body_and_bounded() {
+        assert_eq!(clean("a\r\nBcc: x\u{7}"), "a??Bcc: x?");
+        assert!(clean(&"é".repeat(400)).len() <= MAX_LINE + 6);
+        let cfg = MailConfig {
+            to: vec!["root".into()],
+            from: "mailpipe".into(),
+            sendmail: "/usr/sbin/sendmail".into(),
+            batch: Duration::from_secs(1),
+            lines: 10,
+            max_bans: 100,
+            whois: None,
+        };
+        assert!(cfg.check().is_ok());
+        for bad in ["-oQ/tmp", "a b", "a\nb", ""] {
+            let c = MailConfig {
+                to: vec![bad.into()],
+                ..cfg.clone()
+            };
+            assert!(c.check().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn whois_is_summarised() {
+        let out = "% comment\ninetnum: 192.0.2.0 - 192.0.2.255\nnetname: TEST-NET\nremarks: long text\ncountry: ZZ\nabuse-mailbox: abuse@example.net\n";
+        assert_eq!(
+            whois_summary(out).collect::<Vec<_>>(),
+            vec!["inetnum: 192.0.2.0 - 192.0.2.255", "netname: TEST-NET", "country: ZZ", "abuse-mailbox: abuse@example.net"]
+        );
+    }
+}
