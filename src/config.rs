@@ -27,6 +27,13 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("dovecot.ron", include_str!("../pipelines/dovecot.ron")),
     ("qmail.ron", include_str!("../pipelines/qmail.ron")),
     ("roundcube.ron", include_str!("../pipelines/roundcube.ron")),
+    ("exim.ron", include_str!("../pipelines/exim.ron")),
+    ("sendmail.ron", include_str!("../pipelines/sendmail.ron")),
+    ("courier.ron", include_str!("../pipelines/courier.ron")),
+    ("imap.ron", include_str!("../pipelines/imap.ron")),
+    ("webmail.ron", include_str!("../pipelines/webmail.ron")),
+    ("others.ron", include_str!("../pipelines/others.ron")),
+    ("sshd.ron", include_str!("../pipelines/sshd.ron")),
     ("all.ron", include_str!("../pipelines/all.ron")),
 ];
 

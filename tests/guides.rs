@@ -1,10 +1,14 @@
-//! Every example log line of the five guides mailpipe replaces (`../shared/seeds/`), collected in
-//! `tests/guides/examples.txt` with what must become of it, checked against the shipped
-//! `pipelines/all.ron` through the real binary (`mailpipe test --json --matches`): each annotated
-//! line matches exactly the jails it names, each with the address it names, or nothing at all.
-//! Every failing line is reported at once, with its line number in examples.txt; a line marked
-//! `fails-today` is still checked (the mark only says so in the report), and a mark on a line
-//! that passes is reported too, so that it gets removed.
+//! Annotated log lines, checked against the shipped `pipelines/all.ron` through the real binary
+//! (`mailpipe test --json --matches`): every example log line of the five guides mailpipe
+//! replaces (`../shared/seeds/`), collected in `tests/guides/examples.txt`, and our own lines for
+//! each service and log format in `tests/data/*.log`. Each annotated line matches exactly the
+//! jails it names, each with the address it names, or nothing at all. Every failing line is
+//! reported at once, with its file and line number; a line marked `fails-today` is still checked
+//! (the mark only says so in the report), and a mark on a line that passes is reported too, so
+//! that it gets removed.
+//!
+//! Annotation: `# guide: NNN ; expect: ...` (examples.txt) or `# expect: ...` (tests/data)
+//! before the line; see the head of examples.txt for the fields.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -13,6 +17,8 @@ use std::process::Command;
 
 /// Relative to the crate root, as `mailpipe test` is run from there.
 const EXAMPLES: &str = "tests/guides/examples.txt";
+/// Our own lines per service and format.
+const DATA: &str = "tests/data";
 const PIPELINE: &str = "pipelines/all.ron";
 
 /// (jail, address), the address as `mailpipe test` prints it.
@@ -29,20 +35,21 @@ struct Case {
 }
 
 /// The cases, and every malformed annotation or unannotated line as an error.
-fn parse(examples: &str) -> (Vec<Case>, Vec<String>) {
+fn parse(file: &str, examples: &str) -> (Vec<Case>, Vec<String>) {
     let mut cases = Vec::new();
     let mut errors = Vec::new();
     // The annotation waiting for its log line: (its line number, want, fails-today).
     let mut pending: Option<(usize, BTreeSet<Hit>, Option<String>)> = None;
     for (i, text) in examples.lines().enumerate() {
         let n = i + 1;
-        if let Some(fields) = text.strip_prefix("# guide:") {
+        let fields = text.strip_prefix("# guide:").map(|f| format!("guide:{f}")).or_else(|| text.strip_prefix("# expect:").map(|f| format!("expect:{f}")));
+        if let Some(fields) = fields {
             if let Some((at, ..)) = pending.take() {
-                errors.push(format!("{EXAMPLES}:{at}: annotation without a log line before the next one"));
+                errors.push(format!("{file}:{at}: annotation without a log line before the next one"));
             }
-            match annotation(&format!("guide:{fields}")) {
+            match annotation(&fields) {
                 Ok((want, fails_today)) => pending = Some((n, want, fails_today)),
-                Err(e) => errors.push(format!("{EXAMPLES}:{n}: {e}")),
+                Err(e) => errors.push(format!("{file}:{n}: {e}")),
             }
         } else if text.trim().is_empty() || text.starts_with('#') {
             continue;
@@ -54,19 +61,18 @@ fn parse(examples: &str) -> (Vec<Case>, Vec<String>) {
                 fails_today,
             });
         } else {
-            errors.push(format!("{EXAMPLES}:{n}: log line without a `# guide:` annotation"));
+            errors.push(format!("{file}:{n}: log line without an annotation"));
         }
     }
     if let Some((at, ..)) = pending {
-        errors.push(format!("{EXAMPLES}:{at}: annotation without a log line at the end of the file"));
+        errors.push(format!("{file}:{at}: annotation without a log line at the end of the file"));
     }
     (cases, errors)
 }
 
-/// `guide: NNN ; expect: JAIL ADDR, ... | none (why) [; completed|derived|note|fails-today: ...]`
+/// `[guide: NNN ;] expect: JAIL ADDR, ... | none (why) [; completed|derived|note|fails-today: ...]`
 fn annotation(text: &str) -> Result<(BTreeSet<Hit>, Option<String>), String> {
     let mut want = None;
-    let mut guide = false;
     let mut fails_today = None;
     for field in text.split(" ; ") {
         let (key, value) = field
@@ -74,15 +80,12 @@ fn annotation(text: &str) -> Result<(BTreeSet<Hit>, Option<String>), String> {
             .map(|(k, v)| (k.trim(), v.trim()))
             .ok_or_else(|| format!("field without `key:` in annotation: {field:?}"))?;
         match key {
-            "guide" => guide = !value.is_empty(),
+            "guide" => {}
             "expect" => want = Some(expectation(value)?),
             "fails-today" => fails_today = Some(value.to_string()),
             "completed" | "derived" | "note" => {}
             _ => return Err(format!("unknown annotation field {key:?}")),
         }
-    }
-    if !guide {
-        return Err("annotation without a guide".to_string());
     }
     Ok((want.ok_or("annotation without `expect:`")?, fails_today))
 }
@@ -118,7 +121,7 @@ struct Seen {
     lines: Option<u64>,
 }
 
-fn run_mailpipe(root: &Path) -> Seen {
+fn run_mailpipe(root: &Path, file: &str) -> Seen {
     let out = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
         .current_dir(root)
         .env("TZ", "UTC")
@@ -130,7 +133,7 @@ fn run_mailpipe(root: &Path) -> Seen {
             "--matches",
             "--now",
             "2024-07-01T00:00:00Z",
-            EXAMPLES,
+            file,
         ])
         .output()
         .expect("run mailpipe");
@@ -167,17 +170,17 @@ fn show(hits: &BTreeSet<Hit>) -> String {
     hits.iter().map(|(j, a)| format!("{j} {a}")).collect::<Vec<_>>().join(", ")
 }
 
-#[test]
-fn every_guide_line_matches_as_annotated() {
+/// Every problem with the annotated lines of `file`, and how many lines failed of how many.
+fn check(file: &str) -> (Vec<String>, usize, usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let examples = std::fs::read_to_string(root.join(EXAMPLES)).expect("read examples.txt");
-    let (cases, mut failures) = parse(&examples);
-    assert!(!cases.is_empty(), "no annotated lines in {EXAMPLES}");
-    let seen = run_mailpipe(root);
+    let examples = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let (cases, mut failures) = parse(file, &examples);
+    assert!(!cases.is_empty(), "no annotated lines in {file}");
+    let seen = run_mailpipe(root, file);
 
     let total = examples.lines().count() as u64;
     if seen.lines != Some(total) {
-        failures.push(format!("mailpipe read {:?} lines of {EXAMPLES}, which has {total}", seen.lines));
+        failures.push(format!("mailpipe read {:?} lines of {file}, which has {total}", seen.lines));
     }
 
     let none = BTreeSet::new();
@@ -190,7 +193,7 @@ fn every_guide_line_matches_as_annotated() {
         if ok {
             if let Some(why) = &case.fails_today {
                 failures.push(format!(
-                    "{EXAMPLES}:{}: passes but is marked `fails-today: {why}`: remove the mark\n    {}",
+                    "{file}:{}: passes but is marked `fails-today: {why}`: remove the mark\n    {}",
                     case.line, case.text
                 ));
             }
@@ -198,7 +201,7 @@ fn every_guide_line_matches_as_annotated() {
         }
         failing += 1;
         let mut msg = format!(
-            "{EXAMPLES}:{}: {}\n    want: {}\n    got:  {}",
+            "{file}:{}: {}\n    want: {}\n    got:  {}",
             case.line,
             case.text,
             show(&case.want),
@@ -219,15 +222,42 @@ fn every_guide_line_matches_as_annotated() {
     // Comments and blank lines go through mailpipe too: they must match nothing.
     for (line, hits) in &seen.matched {
         if !case_lines.contains(line) {
-            failures.push(format!("{EXAMPLES}:{line}: a comment or blank line matched: {}", show(hits)));
+            failures.push(format!("{file}:{line}: a comment or blank line matched: {}", show(hits)));
         }
     }
 
+    if marked > 0 {
+        failures.push(format!("{file}: {marked} of the failing lines are marked fails-today"));
+    }
+    (failures, failing, cases.len())
+}
+
+fn assert_clean(results: Vec<(Vec<String>, usize, usize)>) {
+    let (failing, total): (usize, usize) = results.iter().map(|r| (r.1, r.2)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let failures: Vec<String> = results.into_iter().flat_map(|r| r.0).collect();
     assert!(
         failures.is_empty(),
-        "{failing} of {} guide lines fail ({marked} of them marked fails-today); {} problem(s) in all:\n\n{}\n",
-        cases.len(),
+        "{failing} of {total} annotated lines fail; {} problem(s) in all:\n\n{}\n",
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+#[test]
+fn every_guide_line_matches_as_annotated() {
+    assert_clean(vec![check(EXAMPLES)]);
+}
+
+/// Our own lines for each service and log format (`tests/data/*.log`).
+#[test]
+fn every_service_line_matches_as_annotated() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<String> = std::fs::read_dir(root.join(DATA))
+        .unwrap()
+        .map(|e| format!("{DATA}/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".log"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no {DATA}/*.log");
+    assert_clean(files.iter().map(|f| check(f)).collect());
 }
