@@ -149,10 +149,14 @@ pub fn run<W: Write + Send + 'static>(
         .max()
         .unwrap_or(0);
     pipeline.keep_evidence(quoted);
-    let scopes = cfg.jail_ports().map_err(|e| DaemonError::Config {
+    let mut scopes = cfg.jail_ports().map_err(|e| DaemonError::Config {
         input: "ports".into(),
         reason: e.to_string(),
     })?;
+    // Restored bans may be on scopes no jail has any more: their rules go in place with the rest.
+    scopes.extend(restored.iter().map(|b| b.ports.clone()));
+    scopes.sort();
+    scopes.dedup();
     let sink = sink::spawn(sinks, out, store, &scopes)?;
     let now = wall_clock();
     sink.reapply(restored.iter().map(|b| restored_decision(b, now)).collect());

@@ -1,7 +1,7 @@
 //! The log lines behind a ban, for the ban mail: a ring of the most recent counted failures,
 //! each with its jail and address, searched only when a ban is made.
 //!
-//! Fixed memory (`SLOTS` lines of at most `LINE` bytes, buffers reused): a flood of attackers
+//! Fixed memory (`SLOTS` lines of at most `LINE` bytes, 4 MiB allocated once): a flood of attackers
 //! only pushes older lines out, so a ban quotes the lines that counted as far back as the last
 //! `SLOTS` failures of all addresses.
 
@@ -31,7 +31,13 @@ pub struct Evidence {
 impl Default for Evidence {
     fn default() -> Self {
         Evidence {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            // Grown once, here: recording a line never allocates.
+            slots: (0..SLOTS)
+                .map(|_| Slot {
+                    line: String::with_capacity(LINE),
+                    ..Slot::default()
+                })
+                .collect(),
             next: 0,
         }
     }

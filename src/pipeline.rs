@@ -440,7 +440,8 @@ impl Pipeline {
                     let before = self.decisions.len();
                     self.policy.decide(m.jail, key, n, time, now, &mut self.decisions);
                     if let Some((ev, max)) = &self.evidence {
-                        let lines = ev.lines(m.jail, key, *max);
+                        // No more than the failures that counted: a flood's scan stays short.
+                        let lines = ev.lines(m.jail, key, (*max).min(n as usize));
                         for d in &mut self.decisions[before..] {
                             d.evidence = lines.clone();
                         }

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use smallvec::SmallVec;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Dur, Origin};
@@ -212,9 +213,9 @@ pub struct Policy {
     /// Every port, built once: the hot path only clones it (no allocation).
     every: Ports,
     history: HashMap<IpNet, Offences, foldhash::fast::RandomState>,
-    /// Active bans by (network, ports): one address may be banned from the webmail by one jail
-    /// and from SMTP by another.
-    banned: HashMap<(IpNet, Ports), Ban, foldhash::fast::RandomState>,
+    /// Active bans per network, one per port scope: one address may be banned from the webmail
+    /// by one jail and from SMTP by another.
+    banned: HashMap<IpNet, SmallVec<[Ban; 2]>, foldhash::fast::RandomState>,
     /// Ban ends, soonest first; an entry whose ban was replaced or lifted is skipped when it
     /// comes up. Expiring costs only the bans that end, never a scan of all of them.
     ends: BinaryHeap<Reverse<(i64, IpNet, Ports)>>,
@@ -328,9 +329,8 @@ impl Policy {
 
     /// Whether a ban on `key` already drops `ports`.
     fn banned_for(&self, key: IpNet, ports: &Ports) -> bool {
-        // Two lookups on the hot path, no scan: the scopes that can cover a jail's are its own
-        // and every port.
-        self.banned.contains_key(&(key, ports.clone())) || self.banned.contains_key(&(key, self.every.clone()))
+        // One lookup on the hot path, then the network's few bans.
+        self.banned.get(&key).is_some_and(|v| v.iter().any(|b| b.ports.covers(ports)))
     }
 
     /// The ports `jail`'s bans drop.
@@ -443,6 +443,8 @@ impl Policy {
             if h.recent.len() as u32 >= r.bans {
                 let bans = h.recent.len() as u32;
                 h.recent.clear();
+                // Both bans are applied and saved; remember both, as a restart would.
+                self.insert(decision.ban());
                 out.push(decision.clone());
                 decision = Decision {
                     jail: self.recidive_name.clone(),
@@ -510,8 +512,13 @@ impl Policy {
     fn insert(&mut self, ban: Ban) {
         self.ends.push(Reverse((ban.until, ban.net, ban.ports.clone())));
         *self.active.entry(ban.jail.clone()).or_default() += 1;
-        if let Some(old) = self.banned.insert((ban.net, ban.ports.clone()), ban) {
-            self.forget_active(&old.jail);
+        let bans = self.banned.entry(ban.net).or_default();
+        match bans.iter_mut().find(|b| b.ports == ban.ports) {
+            Some(old) => {
+                let old = std::mem::replace(old, ban);
+                self.forget_active(&old.jail);
+            }
+            None => bans.push(ban),
         }
     }
 
@@ -526,14 +533,12 @@ impl Policy {
     pub fn unban(&mut self, ip: IpAddr) -> Option<IpNet> {
         let ip = ip.to_canonical();
         let key = self.key(ip).0;
-        let net = if self.banned.keys().any(|(n, _)| *n == key) {
+        let net = if self.banned.contains_key(&key) {
             key
         } else {
-            self.banned.keys().find(|(n, _)| n.contains(&ip))?.0
+            *self.banned.keys().find(|n| n.contains(&ip))?
         };
-        let gone: Vec<_> = self.banned.keys().filter(|(n, _)| *n == net).cloned().collect();
-        for k in gone {
-            let old = self.banned.remove(&k).expect("just seen");
+        for old in self.banned.remove(&net).into_iter().flatten() {
             self.forget_active(&old.jail);
         }
         Some(net)
@@ -546,9 +551,12 @@ impl Policy {
                 break;
             }
             let Reverse((until, net, ports)) = self.ends.pop().expect("just seen");
-            let key = (net, ports);
-            if self.banned.get(&key).is_some_and(|b| b.until == until) {
-                let old = self.banned.remove(&key).expect("just seen");
+            let Some(bans) = self.banned.get_mut(&net) else { continue };
+            if let Some(i) = bans.iter().position(|b| b.ports == ports && b.until == until) {
+                let old = bans.swap_remove(i);
+                if bans.is_empty() {
+                    self.banned.remove(&net);
+                }
                 self.forget_active(&old.jail);
             }
         }
@@ -584,7 +592,7 @@ impl Policy {
 
     /// Every active ban (`expire` first), soonest end first.
     pub fn bans(&self) -> Vec<&Ban> {
-        let mut v: Vec<&Ban> = self.banned.values().collect();
+        let mut v: Vec<&Ban> = self.banned.values().flatten().collect();
         v.sort_by_key(|b| (b.until, b.net));
         v
     }

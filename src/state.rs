@@ -27,7 +27,10 @@ use crate::ports::Ports;
 
 /// ban key (net key, `P`, port ranges) → since, until, reason, offence, jail; a key without
 /// ports is a ban from before jails had their own (the mail ports; every port for recidive)
-const BANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bans.v2");
+const BANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bans.v3");
+/// The same without ports in the keys, read once and migrated (a new table, so that an older
+/// mailpipe started on this file does not take the new keys for damaged ones and drop them).
+const V2_BANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bans.v2");
 /// net key → offences, last ban time
 const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history.v2");
 /// The first format (address → (until, prefix, jail) / (offences, last)), read once and migrated.
@@ -348,6 +351,14 @@ impl Store {
         now: i64,
     ) -> Result<(), redb::Error> {
         let names: Vec<String> = w.list_tables()?.map(|t| t.name().to_string()).collect();
+        if names.iter().any(|n| n == V2_BANS.name()) {
+            // Its keys are read as bans on the mail ports (every port for recidive) by `ban_of`.
+            for e in w.open_table(V2_BANS)?.iter()? {
+                let (k, v) = e?;
+                bans.insert(k.value(), v.value())?;
+            }
+            w.delete_table(V2_BANS)?;
+        }
         let addr = |k: &[u8]| match k.len() {
             4 => <[u8; 4]>::try_from(k).ok().map(IpAddr::from),
             16 => <[u8; 16]>::try_from(k).ok().map(IpAddr::from),
@@ -496,10 +507,14 @@ impl Store {
                     Op::Unban(net) => {
                         // Every scope's ban of the network: the keys that start with it.
                         let start = key(*net);
-                        let keys: Vec<Vec<u8>> = bans
-                            .range(start.as_slice()..)?
-                            .map_while(|e| e.ok().map(|(k, _)| k.value().to_vec()).filter(|k| k.starts_with(&start)))
-                            .collect();
+                        let mut keys: Vec<Vec<u8>> = Vec::new();
+                        for e in bans.range(start.as_slice()..)? {
+                            let k = e?.0.value().to_vec();
+                            if !k.starts_with(&start) {
+                                break;
+                            }
+                            keys.push(k);
+                        }
                         for k in keys {
                             bans.remove(k.as_slice())?;
                         }
@@ -663,6 +678,32 @@ mod tests {
         assert_eq!(net_of(&[4, 1, 2, 3, 4, 99]), None, "prefix longer than the address");
         assert_eq!(ban_of(&[4, 1, 2, 3, 4, 32, b'P', 1]), None, "half a port range");
         assert_eq!(ban_of(&[4, 1, 2, 3, 4, 32, b'X']), None);
+    }
+
+    #[test]
+    fn bans_of_the_previous_format_are_migrated_with_their_old_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(V2_BANS).unwrap();
+                let mut recidive = decision("192.0.2.2", 100, 3600, 1).ban();
+                recidive.reason = Reason::Recidive;
+                for b in [decision("192.0.2.1", 100, 3600, 1).ban(), recidive] {
+                    t.insert(key(b.net).as_slice(), encode_ban(&b).as_slice()).unwrap();
+                }
+            }
+            w.commit().unwrap();
+        }
+        let (_, loaded) = Store::open(&path, 200, 86_400).unwrap();
+        let mut got: Vec<_> = loaded.bans.iter().map(|b| (b.net.to_string(), b.ports.clone())).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("192.0.2.1/32".to_string(), Ports::mail()), ("192.0.2.2/32".to_string(), Ports::every())]
+        );
     }
 
     #[test]

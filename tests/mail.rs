@@ -201,3 +201,59 @@ fn a_batch_goes_out_when_its_time_is_up() {
     assert!(sent[0].1.contains("2 bans"), "{}", sent[0].1);
     drop(stdin);
 }
+
+/// A sendmail that hangs holds up neither the pipeline nor the other sinks: bans go on being
+/// printed while it hangs.
+#[test]
+fn a_hanging_sendmail_delays_no_other_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let hang = program(dir.path(), "sendmail", &format!("touch {}; exec sleep 60", started.display()));
+    let cfg = dir.path().join("p.ron");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], sinks: [Mail(to: \"root\", sendmail: \"{}\", batch: \"1s\"), DryRun])",
+            env!("CARGO_MANIFEST_DIR"),
+            hang.display()
+        ),
+    )
+    .unwrap();
+    let mut child = common::Reaper(
+        Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut next_ban = || {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut out, &mut l).unwrap();
+        assert!(l.contains("\"kind\":\"ban\""), "{l}");
+    };
+    for l in failures("192.0.2.40", 5) {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    stdin.flush().unwrap();
+    next_ban();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !started.exists() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(started.exists(), "the mail batch was never sent");
+    // sendmail now hangs; 200 more bans still come out of the other sink.
+    for i in 0..200 {
+        for l in failures(&format!("198.51.100.{}", i + 1), 5) {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    stdin.flush().unwrap();
+    for _ in 0..200 {
+        next_ban();
+    }
+}

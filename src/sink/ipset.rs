@@ -165,6 +165,9 @@ pub struct Ipset {
     until: HashMap<(IpNet, Ports), Entry>,
     /// Size of `until` at which expired entries are next dropped.
     sweep_at: usize,
+    /// Whether the rules are known to be in place for every scope (false after a failure, so
+    /// the next ban tries again instead of filling a set no rule uses).
+    rules_ok: bool,
 }
 
 impl std::fmt::Debug for Ipset {
@@ -187,6 +190,7 @@ impl Ipset {
             scopes: BTreeMap::new(),
             until: HashMap::new(),
             sweep_at: 1024,
+            rules_ok: false,
         };
         for ports in scopes.iter().cloned().chain([Ports::every()]) {
             s.open_scope(&ports)?;
@@ -202,15 +206,17 @@ impl Ipset {
         }
         let name = |base: &str| super::kernel::scope_set(base, ports, '-', 31);
         let sets = Sets::open(&name(&self.cfg.set4), &name(&self.cfg.set6), self.cfg.maxelem)?;
+        eprintln!("mailpipe: bans on {ports} go to ipsets {} and {}", sets.n4, sets.n6);
         self.scopes.insert(ports.clone(), sets);
         Ok(true)
     }
 
     /// Puts the rules for every known scope in place; how many families needed repair.
-    fn ensure_rules(&self) -> Result<usize, IpsetError> {
+    fn ensure_rules(&mut self) -> Result<usize, IpsetError> {
         if !self.cfg.rules {
             return Ok(0);
         }
+        self.rules_ok = false;
         let scopes: Vec<_> = self
             .scopes
             .iter()
@@ -220,10 +226,12 @@ impl Ipset {
                 ports: p,
             })
             .collect();
-        super::rules::ensure(&scopes, self.cfg.forward).map_err(|reason| IpsetError::Create {
+        let repaired = super::rules::ensure(&scopes, self.cfg.forward).map_err(|reason| IpsetError::Create {
             set: self.cfg.set4.clone(),
             reason: format!("its iptables rules: {reason}"),
-        })
+        })?;
+        self.rules_ok = true;
+        Ok(repaired)
     }
 
     /// Puts the kernel in line with the bans: missing sets, entries and rules come back, and
@@ -262,7 +270,7 @@ impl Ipset {
             return Ok(());
         }
         // A reload or a restored ban may bring a scope the start did not know.
-        if self.open_scope(&d.ports)? {
+        if self.open_scope(&d.ports)? || (self.cfg.rules && !self.rules_ok) {
             self.ensure_rules()?;
         }
         let sets = self.scopes.get_mut(&d.ports).expect("opened above");
@@ -279,10 +287,14 @@ impl Ipset {
     /// Deletes the entry from every scope's sets (absent is fine: the kernel may have expired it).
     pub fn remove(&mut self, net: IpNet) -> Result<(), IpsetError> {
         self.until.retain(|(n, _), _| *n != net);
+        // Every scope is tried; the first failure is reported.
+        let mut result = Ok(());
         for sets in self.scopes.values_mut() {
-            sets.del(net)?;
+            if let Err(e) = sets.del(net) {
+                result = result.and(Err(e));
+            }
         }
-        Ok(())
+        result
     }
 }
 

@@ -63,8 +63,6 @@ const PROGRAM_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_WHOIS: usize = 20;
 /// Lines of whois output kept per network.
 const WHOIS_LINES: usize = 8;
-/// Bans waiting for a mail at most; beyond, they are only counted (the mail says how many).
-const MAX_PENDING: usize = 100_000;
 
 impl MailConfig {
     /// Refuses recipients and a sender sendmail could read as options or that would break the
@@ -90,11 +88,15 @@ impl MailConfig {
 pub struct Mailer {
     cfg: MailConfig,
     host: String,
+    /// The batch's first `max_bans` bans, in full.
     pending: Vec<Decision>,
-    /// Bans beyond `MAX_PENDING`, counted only.
-    overflow: usize,
+    /// Every ban of the batch, counted per jail (bounded by the jails there are).
+    counts: Vec<(std::sync::Arc<str>, usize)>,
     /// When the gathered bans are due to go out.
     due: Option<Instant>,
+    /// A message that could not be sent yet, and when to try it again; built once, so retries
+    /// neither run whois again nor grow.
+    unsent: Option<(String, usize, Instant)>,
 }
 
 impl Mailer {
@@ -107,68 +109,78 @@ impl Mailer {
             cfg,
             host,
             pending: Vec::new(),
-            overflow: 0,
+            counts: Vec::new(),
             due: None,
+            unsent: None,
         }
     }
 
     /// Adds a ban to the batch (the first starts its clock).
     pub fn push(&mut self, d: &Decision) {
-        if self.pending.len() >= MAX_PENDING {
-            self.overflow += 1;
-        } else {
+        if self.pending.len() < self.cfg.max_bans {
             self.pending.push(d.clone());
+        }
+        match self.counts.iter_mut().find(|(j, _)| *j == d.jail) {
+            Some((_, n)) => *n += 1,
+            None => self.counts.push((d.jail.clone(), 1)),
         }
         self.due.get_or_insert_with(|| Instant::now() + self.cfg.batch);
     }
 
-    /// When the batch must be sent, if one is gathering.
+    /// When the thread must act: a failed message to try again (the next batch waits behind
+    /// it), or else the batch to send.
     pub fn due(&self) -> Option<Instant> {
-        self.due
+        match &self.unsent {
+            Some((_, _, at)) => Some(*at),
+            None => self.due,
+        }
     }
 
-    /// Sends the batch now (at its due time, or at shutdown). On failure the bans stay for the
-    /// next attempt, which the caller schedules.
-    pub fn send(&mut self) -> Result<usize, MailError> {
-        if self.pending.is_empty() && self.overflow == 0 {
+    /// Sends what is due: a message that failed before, then the batch if its time has come (or
+    /// everything, at shutdown with `all`). How many bans were mailed; on failure the message is
+    /// kept for `retry_in`.
+    pub fn send(&mut self, all: bool) -> Result<usize, MailError> {
+        let now = Instant::now();
+        if self.unsent.is_none() && self.due.is_some_and(|d| all || d <= now) {
+            let total = self.counts.iter().map(|(_, n)| n).sum();
+            let message = self.message(crate::clock::wall_clock(), total);
+            self.pending.clear();
+            self.counts.clear();
             self.due = None;
+            self.unsent = Some((message, total, now));
+        }
+        let Some((message, total, at)) = &self.unsent else {
+            return Ok(0);
+        };
+        if !all && *at > now {
             return Ok(0);
         }
-        let message = self.message(crate::clock::wall_clock());
         let mut args = vec!["-oi".to_string(), "-f".into(), self.cfg.from.clone(), "--".into()];
         args.extend(self.cfg.to.iter().cloned());
         run(&self.cfg.sendmail, &args, Some(message.as_bytes())).map_err(|(spawn, reason)| {
             let program = self.cfg.sendmail.clone();
             if spawn { MailError::Spawn { program, reason } } else { MailError::Failed { program, reason } }
         })?;
-        let sent = self.pending.len() + self.overflow;
-        self.pending.clear();
-        self.overflow = 0;
-        self.due = None;
+        let sent = *total;
+        self.unsent = None;
         Ok(sent)
     }
 
-    /// Tries again after `wait`.
+    /// Tries the failed message again after `wait`.
     pub fn retry_in(&mut self, wait: Duration) {
-        self.due = Some(Instant::now() + wait);
+        if let Some(u) = &mut self.unsent {
+            u.2 = Instant::now() + wait;
+        }
     }
 
-    /// The whole message: headers, then one section per ban (the first `max_bans`), then a
-    /// count per jail of the rest.
-    fn message(&self, now: i64) -> String {
-        let total = self.pending.len() + self.overflow;
-        let mut jails: Vec<(&str, usize)> = Vec::new();
-        for d in &self.pending {
-            match jails.iter_mut().find(|(j, _)| *j == &*d.jail) {
-                Some((_, n)) => *n += 1,
-                None => jails.push((&d.jail, 1)),
-            }
-        }
+    /// The whole message: headers, then one section per ban (the first `max_bans`), then how
+    /// many more there were.
+    fn message(&self, now: i64, total: usize) -> String {
         let what = match &self.pending[..] {
-            [d] if self.overflow == 0 => format!("banned {} ({})", d.net, d.jail),
+            [d] if total == 1 => format!("banned {} ({})", d.net, clean(&d.jail)),
             _ => format!(
                 "{total} bans ({})",
-                jails.iter().map(|(j, n)| format!("{j}: {n}")).collect::<Vec<_>>().join(", ")
+                self.counts.iter().map(|(j, n)| format!("{}: {n}", clean(j))).collect::<Vec<_>>().join(", ")
             ),
         };
         let mut m = format!(
@@ -179,10 +191,10 @@ impl Mailer {
             date = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default().to_rfc2822(),
         );
         m += &format!("mailpipe on {} made {total} bans.\n", clean(&self.host));
-        for (i, d) in self.pending.iter().take(self.cfg.max_bans).enumerate() {
+        for (i, d) in self.pending.iter().enumerate() {
             m += &self.section(d, i < MAX_WHOIS);
         }
-        let rest = total.saturating_sub(self.cfg.max_bans.min(self.pending.len()));
+        let rest = total.saturating_sub(self.pending.len());
         if rest > 0 {
             m += &format!("\n... and {rest} more bans, not listed one by one (`mailpipe list` shows them all).\n");
         }
@@ -195,7 +207,7 @@ impl Mailer {
         let mut s = format!(
             "\n{net}: banned by jail {jail} for {len} (offence {off}, {reason}, {n} failures), on {ports}, until {until}\n",
             net = d.net,
-            jail = d.jail,
+            jail = clean(&d.jail),
             len = humantime::format_duration(Duration::from_secs(d.ban_for)),
             off = d.offence,
             reason = d.reason.name(),
@@ -252,7 +264,9 @@ fn clean(s: &str) -> String {
 }
 
 /// Runs `program` with `args` (no shell), feeding `input`, within `PROGRAM_TIMEOUT`; its
-/// standard output, or (whether it could not start, why).
+/// standard output, or (whether it could not start, why). Input is written and output read on
+/// threads of their own, so a program that reads nothing or writes much cannot block this one
+/// past the timeout (killing it ends them).
 fn run(program: &str, args: &[String], input: Option<&[u8]>) -> Result<String, (bool, String)> {
     let mut child = Command::new(program)
         .args(args)
@@ -261,11 +275,6 @@ fn run(program: &str, args: &[String], input: Option<&[u8]>) -> Result<String, (
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| (true, e.to_string()))?;
-    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
-        // A program that stops reading early is judged by its exit status below.
-        let _ = stdin.write_all(bytes);
-    }
-    // Output is read on threads so a chatty program cannot block on a full pipe.
     let read = |r: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut v = Vec::new();
@@ -277,6 +286,13 @@ fn run(program: &str, args: &[String], input: Option<&[u8]>) -> Result<String, (
     };
     let out = read(child.stdout.take().map(|s| Box::new(s) as _));
     let err = read(child.stderr.take().map(|s| Box::new(s) as _));
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        let bytes = bytes.to_vec();
+        // A program that stops reading early is judged by its exit status below.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+    }
     let status = match child.wait_timeout(PROGRAM_TIMEOUT).map_err(|e| (false, e.to_string()))? {
         Some(s) => s,
         None => {

@@ -223,6 +223,9 @@ impl SinkStats {
 #[derive(Debug)]
 struct Worker {
     name: String,
+    /// A sink that may lose decisions rather than hold up the pipeline (the ban mail: the bans
+    /// themselves are in the firewall and the state file).
+    lossy: bool,
     tx: Option<mpsc::SyncSender<SinkCmd>>,
     thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<SinkStats>,
@@ -249,6 +252,10 @@ impl SinkHandle {
         for w in &self.workers {
             let Some(tx) = &w.tx else { continue };
             if let Err(mpsc::TrySendError::Full(cmd)) = tx.try_send(cmd.clone()) {
+                if w.lossy {
+                    w.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 w.stats.waited.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(cmd);
             }
@@ -322,6 +329,25 @@ pub fn spawn<W: Write + Send + 'static>(
     store: Option<crate::state::Store>,
     scopes: &[Ports],
 ) -> Result<SinkHandle, OpenError> {
+    if cfgs.is_empty() {
+        return Err(OpenError::Config("sinks: [] would send decisions nowhere (write DryRun for that)".into()));
+    }
+    // Two sinks of one kind would fight over the same chain (iptables) or table (nftables).
+    let kernel = |k: &str| cfgs.iter().filter(|c| c.kind() == k).count();
+    if kernel("ipset") > 1 {
+        return Err(OpenError::Config("more than one Ipset sink: they would share chain `mailpipe`".into()));
+    }
+    let mut tables: Vec<&str> = cfgs
+        .iter()
+        .filter_map(|c| match c {
+            SinkConfig::Nftables { table, .. } => Some(table.as_str()),
+            _ => None,
+        })
+        .collect();
+    tables.sort_unstable();
+    if tables.windows(2).any(|w| w[0] == w[1]) {
+        return Err(OpenError::Config("two Nftables sinks on one table".into()));
+    }
     let mut out = Some(out);
     let mut workers = Vec::new();
     for (i, cfg) in cfgs.iter().enumerate() {
@@ -339,12 +365,13 @@ pub fn spawn<W: Write + Send + 'static>(
         };
         let stats = Arc::new(SinkStats::default());
         let (tx, rx) = mpsc::sync_channel::<SinkCmd>(QUEUE);
-        let st = stats.clone();
+        let (st, label) = (stats.clone(), name.clone());
         let thread = std::thread::Builder::new()
             .name(format!("sink {name}"))
-            .spawn(move || run(&mut sink, &rx, &st, period))
+            .spawn(move || run(&mut sink, &rx, &st, period, &label))
             .expect("spawning a sink thread");
         workers.push(Worker {
+            lossy: matches!(cfg, SinkConfig::Mail { .. }),
             name,
             tx: Some(tx),
             thread: Some(thread),
@@ -426,7 +453,7 @@ const ATTEMPTS: u32 = 12;
 
 /// A sink thread: applies what comes, retries what failed, reconciles the kernel every `period`,
 /// sends a mail batch when it is due; when the queue closes, a last attempt for what waits.
-fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkStats, period: Option<Duration>) {
+fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkStats, period: Option<Duration>, name: &str) {
     let mut retry: VecDeque<(Decision, u32, Instant)> = VecDeque::new();
     let mut arrived = Instant::now();
     // Registered once; a no-op when no metrics exporter is installed.
@@ -443,7 +470,7 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
         if let Sink::Mail(m) = sink
             && m.due().is_some_and(|d| d <= Instant::now())
         {
-            send_mail(m, stats, &mut mail_failures);
+            send_mail(m, stats, &mut mail_failures, false);
         }
         let due = retry
             .front()
@@ -496,7 +523,10 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                     }
                 }
                 if let Sink::Mail(m) = sink {
-                    send_mail(m, stats, &mut mail_failures);
+                    // What waits goes now: a failed message, then the batch so far.
+                    for _ in 0..2 {
+                        send_mail(m, stats, &mut mail_failures, true);
+                    }
                 }
                 return;
             }
@@ -505,8 +535,9 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
             Ok(()) => {
                 stats.applied.fetch_add(1, Ordering::Relaxed);
                 // Per (jail, reason): bans are rare, so this lookup is off the hot path.
-                metrics::counter!("mailpipe_bans_applied_total", "jail" => d.jail.to_string(), "reason" => d.reason.name()).increment(1);
-                if tries == 0 {
+                metrics::counter!("mailpipe_bans_applied_total", "jail" => d.jail.to_string(), "reason" => d.reason.name(), "sink" => name.to_string()).increment(1);
+                // A mail waits for its batch by design: its latency says nothing.
+                if tries == 0 && !matches!(sink, Sink::Mail(_)) {
                     let took = arrived.elapsed();
                     ban_latency.record(took.as_secs_f64());
                     stats.latency.lock().expect("not poisoned").record(took);
@@ -527,9 +558,10 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
     }
 }
 
-/// Sends the mail batch; a failure keeps it and tries again later (10 s doubling to 10 min).
-fn send_mail(m: &mut mail::Mailer, stats: &SinkStats, failures: &mut u32) {
-    match m.send() {
+/// Sends what the mail sink has due (`all`: everything, at shutdown); a failure keeps the
+/// message and tries again later (10 s doubling to 10 min).
+fn send_mail(m: &mut mail::Mailer, stats: &SinkStats, failures: &mut u32, all: bool) {
+    match m.send(all) {
         Ok(0) => {}
         Ok(n) => {
             *failures = 0;

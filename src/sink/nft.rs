@@ -103,6 +103,7 @@ impl Nft {
         }
         let name = |base: &str| super::kernel::scope_set(base, &ports, '_', 64);
         let names = (name(&self.cfg.set4), name(&self.cfg.set6));
+        eprintln!("mailpipe: bans on {ports} go to nftables sets {} and {}", names.0, names.1);
         self.scopes.insert(ports, names);
         true
     }
@@ -236,15 +237,17 @@ impl Nft {
     /// Deletes the element from every scope's sets (absent is fine: it may have expired).
     pub fn remove(&mut self, net: IpNet) -> Result<(), NftError> {
         self.until.retain(|(n, _), _| *n != net);
+        // Every scope is tried; the first failure is reported.
+        let mut result = Ok(());
         for ports in self.scopes.keys() {
             let (set, elem) = element(&self.scopes, net, ports);
             // `destroy` would not fail on a missing element, but needs nft >= 1.0.8; ignore instead.
             match run(&format!("delete element inet {} {set} {{ {elem} }}\n", self.cfg.table)) {
                 Err(e) if e.0.contains("No such file") => {}
-                r => r?,
+                r => result = result.and(r),
             }
         }
-        Ok(())
+        result
     }
 }
 
