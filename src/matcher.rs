@@ -724,6 +724,7 @@ mod tests {
             host: None,
             program,
             msg,
+            format: crate::parse::Format::Bare,
         }
     }
 

@@ -117,6 +117,58 @@ impl Zone {
     }
 }
 
+/// The header shape a line was read with (`explain` says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `Mmm dd hh:mm:ss[.ffffff] host tag: msg` (RFC 3164 as files and `journalctl -o short`,
+    /// `short-precise` write it), optionally after `<PRI>`.
+    Rfc3164,
+    /// The same with BusyBox syslogd's `facility.level` after the host (Alpine).
+    BusyBox,
+    /// `YYYY-MM-DDThh:mm:ss[.f][Z|+hh:mm|+hhmm] host tag: msg` (rsyslog's file format,
+    /// `journalctl -o short-iso`, `short-iso-precise`).
+    Iso8601,
+    /// `Www YYYY-MM-DD hh:mm:ss ZONE host tag: msg` (`journalctl -o short-full`).
+    ShortFull,
+    /// `ssssssssss.ffffff host tag: msg` (`journalctl -o short-unix`).
+    ShortUnix,
+    /// `host tag: msg` without a time (a journal message, fail2ban's `logtype: journal`).
+    HostTag,
+    /// Anything syslog_loose reads: RFC 5424, and RFC 3164 shapes the fast path leaves alone.
+    Syslog,
+    /// `@4000…` TAI64N label (qmail's multilog).
+    Tai64n,
+    /// `YYYY-MM-DD hh:mm:ss[.f] msg` or `YYYY/MM/DD hh:mm:ss msg` (Dovecot's own log file,
+    /// multilog with accustamp, qmailadmin).
+    LocalTime,
+    /// `[DD-Mon-YYYY hh:mm:ss +zzzz]: msg` (Roundcube, PHP).
+    Bracketed,
+    /// One JSON object (`journalctl -o json`).
+    JournalJson,
+    /// No header was recognised: the whole line is the message.
+    Bare,
+}
+
+impl Format {
+    /// A short description.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Rfc3164 => "RFC 3164 (syslog file, journalctl short/short-precise)",
+            Format::BusyBox => "RFC 3164 with facility.level (BusyBox syslogd)",
+            Format::Iso8601 => "ISO 8601 (rsyslog file, journalctl short-iso/short-iso-precise)",
+            Format::ShortFull => "journalctl short-full",
+            Format::ShortUnix => "journalctl short-unix",
+            Format::HostTag => "host and tag without a time (journal message)",
+            Format::Syslog => "syslog (RFC 5424 or RFC 3164, via syslog_loose)",
+            Format::Tai64n => "TAI64N label (multilog)",
+            Format::LocalTime => "local date and time (Dovecot log file, multilog accustamp, qmailadmin)",
+            Format::Bracketed => "[DD-Mon-YYYY hh:mm:ss zone] (Roundcube, PHP)",
+            Format::JournalJson => "journalctl -o json",
+            Format::Bare => "no header",
+        }
+    }
+}
+
 /// One line, split. Borrows the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -128,6 +180,8 @@ pub struct Record<'a> {
     pub program: &'a str,
     /// The message after the tag; rules are anchored at its start.
     pub msg: &'a str,
+    /// How the header was read.
+    pub format: Format,
 }
 
 /// The parse stage: owns the zone. Year-less dates take their year from a reference the caller
@@ -174,10 +228,14 @@ impl Parser {
             let time = self.wall_to_unix(wall);
             return Record {
                 time: Some(time),
-                host: Some(f.host),
-                program: f.program,
-                msg: f.msg,
+                host: Some(f.head.host),
+                program: f.head.program,
+                msg: f.head.msg,
+                format: if f.head.busybox { Format::BusyBox } else { Format::Rfc3164 },
             };
+        }
+        if let Some(r) = self.parse_journalctl(line) {
+            return r;
         }
         if let Some(r) = self.parse_special(line) {
             return r;
@@ -212,7 +270,63 @@ impl Parser {
             (None, None) => ("", m.msg),
         };
         let host = m.appname.and(m.hostname);
-        Record { time, host, program, msg }
+        if time.is_none()
+            && let Some(h) = head(line).filter(|h| h.pid)
+        {
+            // `srv sshd[13709]: msg`: a journal message with its host and tag, no time.
+            return Record {
+                time: None,
+                host: Some(h.host),
+                program: h.program,
+                msg: h.msg,
+                format: Format::HostTag,
+            };
+        }
+        let format = if time.is_some() || host.is_some() || !program.is_empty() { Format::Syslog } else { Format::Bare };
+        Record {
+            time,
+            host,
+            program,
+            msg,
+            format,
+        }
+    }
+
+    /// The shapes journalctl prints (and rsyslog's ISO file format): a time, then `host tag:`.
+    /// A line whose time is read but whose rest is no `host tag: msg` keeps the rest as its
+    /// message (multilog's accustamp: `1157520813.485077 rblsmtpd: ...`).
+    fn parse_journalctl<'a>(&self, line: &'a str) -> Option<Record<'a>> {
+        let b = line.as_bytes();
+        let (time, rest, format) = if b.len() > 20 && b[4] == b'-' && b[10] == b'T' {
+            let (wall, offset, rest) = iso8601(line)?;
+            let time = offset.map_or_else(|| self.wall_to_unix(wall), |o| wall - o);
+            (time, rest, Format::Iso8601)
+        } else if b.len() > 28 && b[3] == b' ' && b[8] == b'-' && b[14] == b' ' {
+            let (wall, offset, rest) = short_full(line)?;
+            let time = offset.map_or_else(|| self.wall_to_unix(wall), |o| wall - o);
+            (time, rest, Format::ShortFull)
+        } else if b.first().is_some_and(u8::is_ascii_digit) {
+            let (time, rest) = short_unix(line)?;
+            (time, rest, Format::ShortUnix)
+        } else {
+            return None;
+        };
+        Some(match head(rest) {
+            Some(h) => Record {
+                time: Some(time),
+                host: Some(h.host),
+                program: h.program,
+                msg: h.msg,
+                format,
+            },
+            None => Record {
+                time: Some(time),
+                host: None,
+                program: "",
+                msg: rest,
+                format,
+            },
+        })
     }
 
     /// Unix seconds of a local wall-clock second, through the one-hour offset cache.
@@ -246,10 +360,12 @@ impl Parser {
     /// The formats syslog_loose does not know; `None` to hand the line on.
     fn parse_special<'a>(&self, line: &'a str) -> Option<Record<'a>> {
         let b = line.as_bytes();
-        let (time, rest) = if b.first() == Some(&b'@') {
-            tai64n(line)?
+        let (time, rest, format) = if b.first() == Some(&b'@') {
+            let (t, r) = tai64n(line)?;
+            (t, r, Format::Tai64n)
         } else if b.first() == Some(&b'[') {
-            bracketed(line)?
+            let (t, r) = bracketed(line)?;
+            (t, r, Format::Bracketed)
         } else if b.len() > 19 && (b[4] == b'-' || b[4] == b'/') && b[7] == b[4] && b[10] == b' ' && b[13] == b':' {
             // `2013-08-11 03:56:40` (Dovecot), `2015/05/27 15:45:58` (qmailadmin), optionally with
             // a fraction (`2022-02-18 16:23:03.719762500`, qmail's multilog with accustamp).
@@ -260,7 +376,7 @@ impl Parser {
                 Some(f) => f.trim_start_matches(|c: char| c.is_ascii_digit()),
                 None => rest,
             };
-            (self.wall_to_unix(naive.and_utc().timestamp()), rest.trim_start())
+            (self.wall_to_unix(naive.and_utc().timestamp()), rest.trim_start(), Format::LocalTime)
         } else {
             return None;
         };
@@ -269,6 +385,7 @@ impl Parser {
             host: None,
             program: "",
             msg: rest,
+            format,
         })
     }
 }
@@ -373,12 +490,67 @@ fn year_of_wall(wall: i64) -> i32 {
 /// per-line allocation. Anything unusual returns `None` and goes to syslog_loose.
 struct Fast<'a> {
     date: syslog_loose::IncompleteDate,
+    head: Head<'a>,
+}
+
+/// What follows a syslog time: `host [facility.level] program[pid]: msg`.
+struct Head<'a> {
     host: &'a str,
     program: &'a str,
     msg: &'a str,
+    /// BusyBox's `facility.level` was there.
+    busybox: bool,
+    /// The tag had a `[pid]`.
+    pid: bool,
 }
 
-/// `[<PRI>]Mmm [d]d hh:mm:ss host program[pid]: msg`.
+/// `host [facility.level] program[pid]: msg`, strictly: name characters in the program, digits
+/// in the pid, `: ` after the tag.
+fn head(rest: &str) -> Option<Head<'_>> {
+    let (host, mut rest) = rest.split_once(' ')?;
+    if host.is_empty() || host.ends_with(':') || host.contains(['[', '(']) {
+        return None;
+    }
+    let busybox = rest.split_once(' ').is_some_and(|(f, _)| facility_level(f));
+    if busybox {
+        rest = rest.split_once(' ').map_or(rest, |(_, r)| r);
+    }
+    let tag_end = rest.find(['[', ':', ' ', '('])?;
+    let program = &rest[..tag_end];
+    let mut after = &rest[tag_end..];
+    let pid = after.starts_with('[');
+    if let Some(p) = after.strip_prefix('[') {
+        let close = p.find(']')?;
+        if !p[..close].bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        after = &p[close + 1..];
+    }
+    let msg = after.strip_prefix(": ")?;
+    if program.is_empty() || msg.starts_with(' ') {
+        return None;
+    }
+    Some(Head {
+        host,
+        program,
+        msg,
+        busybox,
+        pid,
+    })
+}
+
+/// BusyBox syslogd's `mail.warn` between host and tag.
+fn facility_level(word: &str) -> bool {
+    const FACILITIES: &[&str] = &[
+        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "local0",
+        "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+    ];
+    const LEVELS: &[&str] = &["emerg", "alert", "crit", "err", "error", "warn", "warning", "notice", "info", "debug"];
+    word.split_once('.')
+        .is_some_and(|(f, l)| FACILITIES.contains(&f) && LEVELS.contains(&l))
+}
+
+/// `[<PRI>]Mmm [d]d hh:mm:ss[.ffffff] host program[pid]: msg`.
 fn fast_3164(line: &str) -> Option<Fast<'_>> {
     let mut s = line;
     if let Some(rest) = s.strip_prefix('<') {
@@ -406,43 +578,122 @@ fn fast_3164(line: &str) -> Option<Fast<'_>> {
     }
     let day: u32 = s[i..i + digits].parse().ok()?;
     i += digits + 1;
-    let t = b.get(i..i + 9)?;
-    if t[2] != b':' || t[5] != b':' || t[8] != b' ' {
+    let (h, m, sec) = clock(b.get(i..i + 8)?)?;
+    i += 8;
+    // `short-precise`: a fraction of a second.
+    if b.get(i) == Some(&b'.') {
+        i += 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+    }
+    if day == 0 || day > 31 || b.get(i) != Some(&b' ') {
+        return None;
+    }
+    Some(Fast {
+        date: (month, day, h, m, sec),
+        head: head(&s[i + 1..])?,
+    })
+}
+
+/// `hh:mm:ss`, checked.
+fn clock(t: &[u8]) -> Option<(u32, u32, u32)> {
+    if t.len() != 8 || t[2] != b':' || t[5] != b':' {
         return None;
     }
     let num = |k: usize| -> Option<u32> {
         let (a, c) = (t[k], t[k + 1]);
         (a.is_ascii_digit() && c.is_ascii_digit()).then(|| u32::from(a - b'0') * 10 + u32::from(c - b'0'))
     };
-    let (h, m, sec) = (num(0)?, num(3)?, num(6)?);
-    if day == 0 || day > 31 || h > 23 || m > 59 || sec > 60 {
+    let (h, m, s) = (num(0)?, num(3)?, num(6)?);
+    (h <= 23 && m <= 59 && s <= 60).then_some((h, m, s))
+}
+
+/// `YYYY-MM-DD` at the start of `b`, checked: (year, month, day).
+fn date(b: &[u8]) -> Option<(i32, u32, u32)> {
+    let b = b.get(..10)?;
+    if b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let rest = &s[i + 9..];
-    let (host, rest) = rest.split_once(' ')?;
-    if host.is_empty() || host.ends_with(':') {
-        return None;
-    }
-    let tag_end = rest.find(['[', ':', ' ', '('])?;
-    let program = &rest[..tag_end];
-    let mut after = &rest[tag_end..];
-    if let Some(p) = after.strip_prefix('[') {
-        let close = p.find(']')?;
-        if !p[..close].bytes().all(|c| c.is_ascii_digit()) {
-            return None;
+    let n = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+    };
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some((y as i32, m, d))
+}
+
+/// An offset `Z`, `+hh:mm` or `+hhmm` at the start of `b`: (seconds east, bytes taken).
+fn offset(b: &[u8]) -> Option<(i64, usize)> {
+    match b.first()? {
+        b'Z' => Some((0, 1)),
+        sign @ (b'+' | b'-') => {
+            let d = |c: u8| c.is_ascii_digit().then(|| i64::from(c - b'0'));
+            let (h, rest) = (d(*b.get(1)?)? * 10 + d(*b.get(2)?)?, &b[3..]);
+            let (m, len) = match rest {
+                [b':', a, c, ..] => (d(*a)? * 10 + d(*c)?, 6),
+                [a, c, ..] if a.is_ascii_digit() => (d(*a)? * 10 + d(*c)?, 5),
+                _ => (0, 3),
+            };
+            let secs = h * 3600 + m * 60;
+            (h <= 14 && m <= 59).then_some((if *sign == b'-' { -secs } else { secs }, len))
         }
-        after = &p[close + 1..];
+        _ => None,
     }
-    let msg = after.strip_prefix(": ")?;
-    if program.is_empty() || msg.starts_with(' ') {
+}
+
+/// `YYYY-MM-DDThh:mm:ss[.f][offset] rest`: (wall-clock seconds, offset if given, rest).
+fn iso8601(line: &str) -> Option<(i64, Option<i64>, &str)> {
+    let b = line.as_bytes();
+    let (y, mo, d) = date(b)?;
+    if b.get(10) != Some(&b'T') {
         return None;
     }
-    Some(Fast {
-        date: (month, day, h, m, sec),
-        host,
-        program,
-        msg,
-    })
+    let (h, mi, s) = clock(b.get(11..19)?)?;
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+    }
+    let off = match offset(&b[i..]) {
+        Some((o, len)) => {
+            i += len;
+            Some(o)
+        }
+        None => None,
+    };
+    if b.get(i) != Some(&b' ') {
+        return None;
+    }
+    Some((wall_secs(y, mo, d, h, mi, s), off, &line[i + 1..]))
+}
+
+/// `Www YYYY-MM-DD hh:mm:ss ZONE rest`. `UTC`/`GMT` and numeric offsets are honoured; a zone
+/// abbreviation (`CET`) is journalctl's local zone, read as the configured one (`None`).
+fn short_full(line: &str) -> Option<(i64, Option<i64>, &str)> {
+    const DAYS: &[&str] = &["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let b = line.as_bytes();
+    if !DAYS.contains(&line.get(..3)?) || b[3] != b' ' {
+        return None;
+    }
+    let (y, mo, d) = date(&b[4..])?;
+    if b.get(14) != Some(&b' ') {
+        return None;
+    }
+    let (h, mi, s) = clock(b.get(15..23)?)?;
+    let (zone, rest) = line.get(23..)?.strip_prefix(' ')?.split_once(' ')?;
+    let off = match zone {
+        "UTC" | "GMT" | "Z" => Some(0),
+        z if z.starts_with(['+', '-']) => Some(offset(z.as_bytes()).filter(|&(_, len)| len == z.len())?.0),
+        z if z.bytes().all(|c| c.is_ascii_alphabetic()) && (2..=6).contains(&z.len()) => None,
+        _ => return None,
+    };
+    Some((wall_secs(y, mo, d, h, mi, s), off, rest))
+}
+
+/// `ssssssssss.ffffff rest`: Unix seconds with a fraction.
+fn short_unix(line: &str) -> Option<(i64, &str)> {
+    let (stamp, rest) = line.split_once(' ')?;
+    let (secs, frac) = stamp.split_once('.')?;
+    if !(9..=11).contains(&secs.len()) || frac.is_empty() || !frac.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((secs.parse().ok()?, rest))
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (`2005-02-21T09:21:54Z`).
@@ -597,6 +848,41 @@ mod tests {
     }
 
     #[test]
+    fn every_journalctl_output_and_busybox() {
+        let p = Parser::new(utc());
+        let tail = "mx1 postfix/smtpd[7]: warning: m";
+        for (line, format) in [
+            (format!("2026-11-23T10:00:01+0000 {tail}"), Format::Iso8601),
+            (format!("2026-11-23T10:00:01.123456+0000 {tail}"), Format::Iso8601),
+            (format!("2026-11-23T11:00:01.123456+01:00 {tail}"), Format::Iso8601),
+            (format!("2026-11-23T10:00:01Z {tail}"), Format::Iso8601),
+            (format!("2026-11-23T10:00:01 {tail}"), Format::Iso8601),
+            (format!("Nov 23 10:00:01.123456 {tail}"), Format::Rfc3164),
+            (format!("Mon 2026-11-23 10:00:01 UTC {tail}"), Format::ShortFull),
+            (format!("Mon 2026-11-23 05:00:01 -0500 {tail}"), Format::ShortFull),
+            (format!("Mon 2026-11-23 10:00:01 CET {tail}"), Format::ShortFull),
+            (format!("1795428001.123456 {tail}"), Format::ShortUnix),
+            ("Nov 23 10:00:01 mx1 mail.warn postfix/smtpd[7]: warning: m".to_string(), Format::BusyBox),
+        ] {
+            let r = p.parse(&line, at("2026-11-23T12:00:00"), false);
+            assert_eq!(
+                (r.time, r.host, r.program, r.msg, r.format),
+                (Some(at("2026-11-23T10:00:01")), Some("mx1"), "postfix/smtpd", "warning: m", format),
+                "{line}"
+            );
+        }
+        // A journal message: host and tag, no time.
+        let r = p.parse("srv sshd[13709]: error: PAM: Authentication failure", 0, false);
+        assert_eq!((r.time, r.host, r.program, r.format), (None, Some("srv"), "sshd", Format::HostTag));
+        // multilog's accustamp: the time, then a message with no host.
+        let r = p.parse("1157520813.485077 rblsmtpd: 198.51.100.77 pid 1", 0, false);
+        assert_eq!((r.time, r.program, r.msg), (Some(1_157_520_813), "", "rblsmtpd: 198.51.100.77 pid 1"));
+        for bad in ["2026-13-23T10:00:01+0000 x y: z", "Mon 2026-11-23 25:00:01 UTC x y: z", "12345.6 x y: z"] {
+            assert_ne!(p.parse(bad, 0, false).format, Format::Iso8601, "{bad}");
+        }
+    }
+
+    #[test]
     fn rfc5424_and_iso() {
         let p = Parser::new(utc());
         let r = p.parse(
@@ -621,7 +907,7 @@ mod tests {
             "Dec 25 02:35:54 platypus dovecot: imap-login: Disconnected",
         ] {
             let now = at("2025-01-01T00:00:00");
-            let fast = fast_3164(line).map(|f| (f.host, f.program, f.msg)).expect(line);
+            let fast = fast_3164(line).map(|f| (f.head.host, f.head.program, f.head.msg)).expect(line);
             let m = syslog_loose::parse_message_with_year_tz(line, |_| 2024, Some(sentinel()), syslog_loose::Variant::Either);
             assert_eq!(fast, (m.hostname.unwrap(), m.appname.unwrap(), m.msg), "{line}");
             let p = Parser::new(utc());

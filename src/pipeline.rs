@@ -493,6 +493,7 @@ impl Pipeline {
             rec.host.unwrap_or(""),
             rec.program
         );
+        let _ = writeln!(o, "           format: {}", rec.format.name());
         let _ = writeln!(o, "           msg={:?}", rec.msg);
         if any {
             let _ = writeln!(o, "prefilter: pass, literals found: {lits:?}; {} candidate rules", candidates.len());
