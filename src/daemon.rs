@@ -129,7 +129,7 @@ pub fn run<W: Write + Send + 'static>(
     out: W,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
-    let (store, restored) = restore_state(cfg, &mut pipeline)?;
+    let (store, (restored, journal_cursor)) = restore_state(cfg, &mut pipeline)?;
     if let Some(addr) = &cfg.metrics {
         let addr = parse_addr("metrics", addr)?;
         let bound = crate::telemetry::serve(addr).map_err(|reason| DaemonError::Config {
@@ -173,6 +173,7 @@ pub fn run<W: Write + Send + 'static>(
     let edges = Edges {
         sinks: sink.stats(),
         budget: queue.budget.clone(),
+        journal_cursor,
     };
     let worker = spawn_pipeline(pipeline, sink, rx, cfg.parse.max_line, cfg.metrics.is_some())?;
     let stats = rt.block_on(serve(cfg, queue, reload, edges, shutdown))?;
@@ -184,11 +185,14 @@ pub fn run<W: Write + Send + 'static>(
     Ok(stats)
 }
 
+/// What the state file gave back: the bans to apply again, the journal's cursor.
+type Restored = (Vec<Ban>, Option<String>);
+
 /// Opens the state file (if any) and gives its bans and history back to the pipeline; the
-/// store, and the bans to apply again.
-fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result<(Option<crate::state::Store>, Vec<Ban>), DaemonError> {
+/// store, and what else it held.
+fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result<(Option<crate::state::Store>, Restored), DaemonError> {
     let Some(path) = cfg.state.as_deref() else {
-        return Ok((None, Vec::new()));
+        return Ok((None, (Vec::new(), None)));
     };
     let t0 = Instant::now();
     let (store, loaded) = crate::state::Store::open(std::path::Path::new(path), wall_clock(), pipeline.forget_after())?;
@@ -199,7 +203,7 @@ fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result
         loaded.history.len(),
         t0.elapsed().as_millis()
     );
-    Ok((Some(store), loaded.bans))
+    Ok((Some(store), (loaded.bans, loaded.journal_cursor)))
 }
 
 /// What the edges report alongside the pipeline's own counters.
@@ -207,6 +211,8 @@ fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result
 struct Edges {
     sinks: crate::sink::SinkReport,
     budget: Budget,
+    /// Where the journal input starts (from the state file).
+    journal_cursor: Option<String>,
 }
 
 /// The pipeline thread: takes messages until `Stop`, hands each batch's decisions to the sink.
@@ -244,6 +250,13 @@ fn spawn_pipeline(
                 match msg {
                     Msg::Stream(chunk, _lease) => splitter.feed(&chunk, |l| apply(&mut pipeline, l, wall, &mut decided)),
                     Msg::Frames(frames, _lease) => frames.iter().for_each(|f| apply(&mut pipeline, f, wall, &mut decided)),
+                    Msg::Journal(frames, _lease) => {
+                        frames.iter().for_each(|f| apply(&mut pipeline, f, wall, &mut decided));
+                        // Processed: a restart resumes after this entry.
+                        if let (Some(s), Some(c)) = (&mut sink.store, frames.last().and_then(|f| crate::input::journal::cursor_of(f))) {
+                            s.journal_cursor(c);
+                        }
+                    }
                     Msg::Control(req, reply) => {
                         let _ = reply.send(crate::control::handle(&mut pipeline, &mut sink, req, now));
                     }
@@ -285,6 +298,8 @@ fn spawn_pipeline(
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
             sink.ban(std::mem::take(&mut decided), Instant::now());
+            // What waits (the journal's cursor among it) is written before the end.
+            sink.flush_state();
             for (name, st) in sink.finish() {
                 eprintln!("mailpipe: sink {name}: {}", st.summary());
             }
@@ -312,7 +327,7 @@ async fn serve(
     let mut eof_tx = Some(eof_tx);
     for input in &cfg.inputs {
         let st = Arc::new(InputStats::default());
-        let name = start_input(input, &queue, &st, &ends, &mut tasks, &mut eof_tx).await?;
+        let name = start_input(input, &queue, &st, &ends, &mut tasks, &mut eof_tx, &edges.journal_cursor).await?;
         stats.push((name, st));
     }
     if let Some(path) = cfg.control.as_deref().map(std::path::Path::new) {
@@ -376,6 +391,7 @@ async fn start_input(
     ends: &Shutdown,
     tasks: &mut tokio::task::JoinSet<()>,
     eof_tx: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    journal_cursor: &Option<String>,
 ) -> Result<String, DaemonError> {
     let (q, st) = (queue.clone(), st.clone());
     Ok(match input {
@@ -424,6 +440,25 @@ async fn start_input(
             };
             tasks.spawn(net::tcp(listener, allow, limits, q, st, ends.clone()));
             name
+        }
+        InputConfig::Journal {
+            units,
+            identifiers,
+            directory,
+            journalctl,
+            lookback,
+            max_frame,
+        } => {
+            let cfg = crate::input::journal::JournalConfig {
+                units: units.clone(),
+                identifiers: identifiers.clone(),
+                directory: directory.clone(),
+                journalctl: journalctl.clone(),
+                lookback: Duration::from_secs(lookback.secs()),
+                max_frame: *max_frame,
+            };
+            tasks.spawn(crate::input::journal::run(cfg, journal_cursor.clone(), q, st, ends.stop.clone()));
+            "journal".to_string()
         }
         InputConfig::Unix { path, max_frame } => {
             let name = format!("unix {path}");

@@ -214,6 +214,15 @@ impl Parser {
         self.zone
     }
 
+    /// Splits `line`, which may also be a journal entry in JSON (`journalctl -o json`): its
+    /// fields are copied into `scratch` (reused: no allocation once it has grown).
+    pub fn parse_any<'a>(&self, line: &'a str, scratch: &'a mut JournalScratch, reference: i64, follow: bool) -> Record<'a> {
+        if line.starts_with('{') && scratch.fill(line) {
+            return scratch.record();
+        }
+        self.parse(line, reference, follow)
+    }
+
     /// Splits `line`. A year-less date gets the year that puts it nearest `reference` (Unix
     /// seconds) when `follow`, else the latest that puts it at most a day after `reference`.
     pub fn parse<'a>(&self, line: &'a str, reference: i64, follow: bool) -> Record<'a> {
@@ -388,6 +397,117 @@ impl Parser {
             format,
         })
     }
+}
+
+/// The fields of one journal entry that mailpipe reads, copied out of its JSON.
+#[derive(Debug, Default)]
+pub struct JournalScratch {
+    time: Option<i64>,
+    host: String,
+    program: String,
+    msg: String,
+    cursor: String,
+}
+
+/// A JSON string value, borrowed when it has no escapes; journald writes a message that is not
+/// UTF-8 as an array of bytes, and a missing one as `null`.
+struct Text<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, an array of bytes or null")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(v.to_string().into()))
+            }
+            fn visit_unit<E>(self) -> Result<Text<'a>, E> {
+                Ok(Text("".into()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'a>, A::Error> {
+                let mut bytes = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                Ok(Text(String::from_utf8_lossy(&bytes).into_owned().into()))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The fields of `journalctl -o json` read; the others are skipped.
+#[derive(Deserialize)]
+struct Entry<'a> {
+    #[serde(rename = "__REALTIME_TIMESTAMP", borrow)]
+    realtime: Option<Text<'a>>,
+    #[serde(rename = "_HOSTNAME", borrow)]
+    host: Option<Text<'a>>,
+    #[serde(rename = "SYSLOG_IDENTIFIER", borrow)]
+    ident: Option<Text<'a>>,
+    #[serde(rename = "_COMM", borrow)]
+    comm: Option<Text<'a>>,
+    #[serde(rename = "MESSAGE", borrow)]
+    message: Option<Text<'a>>,
+    #[serde(rename = "__CURSOR", borrow)]
+    cursor: Option<Text<'a>>,
+}
+
+impl JournalScratch {
+    /// Reads one JSON entry; false when `line` is no journal entry (then it is read as text).
+    pub fn fill(&mut self, line: &str) -> bool {
+        let Ok(e) = serde_json::from_str::<Entry<'_>>(line) else {
+            return false;
+        };
+        let Some(message) = e.message else {
+            return false;
+        };
+        let set = |dst: &mut String, v: Option<&Text<'_>>| {
+            dst.clear();
+            if let Some(t) = v {
+                dst.push_str(&t.0);
+            }
+        };
+        set(&mut self.host, e.host.as_ref());
+        set(&mut self.program, e.ident.as_ref().or(e.comm.as_ref()));
+        set(&mut self.msg, Some(&message));
+        set(&mut self.cursor, e.cursor.as_ref());
+        // Microseconds since the epoch, as a string.
+        self.time = e
+            .realtime
+            .and_then(|t| t.0.parse::<i64>().ok())
+            .map(|us| us.div_euclid(1_000_000));
+        true
+    }
+
+    /// The entry as a record.
+    pub fn record(&self) -> Record<'_> {
+        Record {
+            time: self.time,
+            host: Some(self.host.as_str()).filter(|h| !h.is_empty()),
+            program: &self.program,
+            msg: &self.msg,
+            format: Format::JournalJson,
+        }
+    }
+
+    /// The entry's journal cursor (empty when the line had none).
+    pub fn cursor(&self) -> &str {
+        &self.cursor
+    }
+}
+
+/// Whether a JSON journal line may hide a literal from the prefilter: a message with escapes,
+/// or one journald wrote as an array of bytes (not UTF-8). Such lines are parsed whatever the
+/// prefilter says.
+pub fn json_hides_literals(line: &[u8]) -> bool {
+    line.first() == Some(&b'{') && (memchr::memchr(b'\\', line).is_some() || memchr::memmem::find(line, b"\"MESSAGE\":[").is_some())
 }
 
 /// `prog` of a tag `prog` or `prog[pid]` made of name characters only.
@@ -880,6 +1000,28 @@ mod tests {
         for bad in ["2026-13-23T10:00:01+0000 x y: z", "Mon 2026-11-23 25:00:01 UTC x y: z", "12345.6 x y: z"] {
             assert_ne!(p.parse(bad, 0, false).format, Format::Iso8601, "{bad}");
         }
+    }
+
+    #[test]
+    fn journal_json_entries() {
+        let p = Parser::new(utc());
+        let mut scratch = JournalScratch::default();
+        let line = r#"{"__CURSOR":"s=ab;i=1","__REALTIME_TIMESTAMP":"1795428001123456","PRIORITY":"4","SYSLOG_IDENTIFIER":"postfix/smtpd","_PID":"7","_HOSTNAME":"mx1","MESSAGE":"warning: m \"q\"","_TRANSPORT":"syslog"}"#;
+        let r = p.parse_any(line, &mut scratch, 0, false);
+        assert_eq!(
+            (r.time, r.host, r.program, r.msg, r.format),
+            (Some(at("2026-11-23T10:00:01")), Some("mx1"), "postfix/smtpd", "warning: m \"q\"", Format::JournalJson)
+        );
+        assert_eq!(scratch.cursor(), "s=ab;i=1");
+        assert!(json_hides_literals(line.as_bytes()), "escapes");
+        // Not UTF-8: an array of bytes; no identifier: the command name.
+        let line = r#"{"__REALTIME_TIMESTAMP":"1795428001000000","_COMM":"dovecot","MESSAGE":[104,105,255]}"#;
+        let r = p.parse_any(line, &mut scratch, 0, false);
+        assert_eq!((r.program, r.msg, r.host), ("dovecot", "hi\u{fffd}", None));
+        assert!(json_hides_literals(line.as_bytes()));
+        // Not a journal entry: read as text.
+        let r = p.parse_any("{not json", &mut scratch, 0, false);
+        assert_eq!((r.msg, r.format), ("{not json", Format::Bare));
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct Pipeline {
     started: std::time::Instant,
     /// Recent counted lines and how many a decision quotes, when a sink wants them.
     evidence: Option<(Evidence, usize)>,
+    /// The fields of the last JSON journal entry (reused).
+    journal: crate::parse::JournalScratch,
 }
 
 /// A pipeline that cannot be built.
@@ -179,6 +181,7 @@ impl Pipeline {
             texts: cfg.jails.iter().map(|j| (j.rules.clone(), j.ignore.clone())).collect(),
             started: std::time::Instant::now(),
             evidence: None,
+            journal: Default::default(),
         })
     }
 
@@ -351,7 +354,7 @@ impl Pipeline {
     /// Returns whether some jail's failure rule matched.
     pub fn process(&mut self, line: &[u8], arrival: i64, mut on: impl FnMut(Event<'_>)) -> bool {
         self.stats.lines += 1;
-        let any = self.prefilter.is_candidate(line);
+        let any = self.prefilter.is_candidate(line) || crate::parse::json_hides_literals(line);
         if !any && !self.prefilter.has_unliteral() {
             self.stats.skipped += 1;
             return false;
@@ -374,7 +377,8 @@ impl Pipeline {
             }
         };
         let (reference, follow) = self.clock.year_reference(arrival);
-        let rec = self.parser.parse(text, reference, follow);
+        let mut journal = std::mem::take(&mut self.journal);
+        let rec = self.parser.parse_any(text, &mut journal, reference, follow);
         self.stats.time_unparsed += u64::from(rec.time.is_none());
         let placed = self.clock.place(rec.time, arrival);
         self.stats.time_clamped += u64::from(placed.clamped);
@@ -399,6 +403,7 @@ impl Pipeline {
         matches.clear();
         self.matches = matches.into_iter().map(|_| unreachable!()).collect();
         self.lossy = lossy;
+        self.journal = journal;
         matched
     }
 
@@ -466,11 +471,12 @@ impl Pipeline {
         let mut o = String::new();
         let text = String::from_utf8_lossy(line).into_owned();
         let lits = self.prefilter.hits(line);
-        let any = self.prefilter.is_candidate(line);
+        let any = self.prefilter.is_candidate(line) || crate::parse::json_hides_literals(line);
         let candidates = self.prefilter.candidates(any).to_vec();
         let _ = writeln!(o, "line:      {text:?}");
         let (reference, follow) = self.clock.year_reference(now);
-        let rec: Record<'_> = self.parser.parse(&text, reference, follow);
+        let mut journal = crate::parse::JournalScratch::default();
+        let rec: Record<'_> = self.parser.parse_any(&text, &mut journal, reference, follow);
         let placed = self.clock.place(rec.time, now);
         let _ = writeln!(
             o,

@@ -36,6 +36,9 @@ const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history.v2"
 /// The first format (address → (until, prefix, jail) / (offences, last)), read once and migrated.
 const OLD_BANS: TableDefinition<&[u8], (i64, u8, &str)> = TableDefinition::new("bans");
 const OLD_HISTORY: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("history");
+/// Positions in the inputs: `journal.cursor` → the journal cursor of the last entry processed.
+const INPUTS: TableDefinition<&str, &str> = TableDefinition::new("inputs");
+const JOURNAL_CURSOR: &str = "journal.cursor";
 
 /// Writes kept in memory while the file cannot take them, at most; beyond, the oldest go (and
 /// are counted): the kernel still has those bans, only a restart would forget them.
@@ -57,6 +60,7 @@ enum Op {
     Ban(Ban),
     History(History),
     Unban(IpNet),
+    Cursor(String),
 }
 
 /// How far the file is behind, for `status` and metrics.
@@ -242,6 +246,8 @@ pub struct Loaded {
     pub bans: Vec<Ban>,
     /// Histories younger than `forget`.
     pub history: Vec<History>,
+    /// Where the journal input stopped.
+    pub journal_cursor: Option<String>,
 }
 
 impl Store {
@@ -317,6 +323,7 @@ impl Store {
             let mut bans = w.open_table(BANS)?;
             let mut history = w.open_table(HISTORY)?;
             Self::migrate(&w, &mut bans, &mut history, now)?;
+            loaded.journal_cursor = w.open_table(INPUTS)?.get(JOURNAL_CURSOR)?.map(|v| v.value().to_string());
             let mut stale = Vec::new();
             for e in bans.iter()? {
                 let (k, v) = e?;
@@ -426,6 +433,17 @@ impl Store {
         self.flush();
     }
 
+    /// Notes where the journal input is; written with the next flush (at most once a second),
+    /// replacing a cursor still waiting.
+    pub fn journal_cursor(&mut self, cursor: &str) {
+        if let Some(Op::Cursor(c)) = self.pending.back_mut() {
+            c.clear();
+            c.push_str(cursor);
+            return;
+        }
+        self.push(Op::Cursor(cursor.to_string()));
+    }
+
     /// Forgets an active ban (the history stays), then writes what waits.
     pub fn remove(&mut self, net: IpNet) {
         self.push(Op::Unban(net));
@@ -496,8 +514,12 @@ impl Store {
         {
             let mut bans = w.open_table(BANS)?;
             let mut history = w.open_table(HISTORY)?;
+            let mut inputs = w.open_table(INPUTS)?;
             for op in ops {
                 match op {
+                    Op::Cursor(c) => {
+                        inputs.insert(JOURNAL_CURSOR, c.as_str())?;
+                    }
                     Op::Ban(b) => {
                         bans.insert(ban_key(b.net, &b.ports).as_slice(), encode_ban(b).as_slice())?;
                     }

@@ -6,6 +6,7 @@
 //! slices of it; only a line split across chunks is copied.
 
 pub mod frame;
+pub mod journal;
 pub mod net;
 
 use bytes::BytesMut;
@@ -60,6 +61,39 @@ pub enum InputConfig {
         #[serde(default = "default_max_frame")]
         max_frame: usize,
     },
+    /// The systemd journal (`journalctl --follow --output=json` as a child), resumed after the
+    /// last entry processed when a state file keeps its cursor.
+    Journal {
+        /// Units to read (`_SYSTEMD_UNIT`, e.g. `"dovecot.service"`).
+        #[serde(default)]
+        units: Vec<String>,
+        /// Syslog identifiers to read (`SYSLOG_IDENTIFIER`, e.g. `"postfix/submission/smtpd"`);
+        /// with `units` empty too: the whole journal.
+        #[serde(default)]
+        identifiers: Vec<String>,
+        /// A journal directory instead of the system's.
+        #[serde(default)]
+        directory: Option<String>,
+        /// The journalctl program.
+        #[serde(default = "default_journalctl")]
+        journalctl: String,
+        /// Without a saved cursor, how far back to start.
+        #[serde(default = "default_lookback")]
+        lookback: crate::config::Dur,
+        /// Longest entry line (JSON) accepted.
+        #[serde(default = "default_journal_frame")]
+        max_frame: usize,
+    },
+}
+
+fn default_journalctl() -> String {
+    "journalctl".into()
+}
+fn default_lookback() -> crate::config::Dur {
+    crate::config::Dur(600)
+}
+fn default_journal_frame() -> usize {
+    1 << 20
 }
 
 fn default_max_frame() -> usize {
@@ -135,6 +169,8 @@ pub enum Msg {
     Stream(Vec<u8>, Lease),
     /// Whole messages (one datagram or frame each).
     Frames(Vec<BytesMut>, Lease),
+    /// Journal entries (JSON lines); the last one's cursor is where the journal resumes.
+    Journal(Vec<BytesMut>, Lease),
     /// A control request, answered on the pipeline thread.
     Control(crate::control::Request, tokio::sync::oneshot::Sender<serde_json::Value>),
     /// A pipeline compiled elsewhere (a reload), to take over from the running one.
