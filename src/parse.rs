@@ -138,8 +138,9 @@ pub enum Format {
     Syslog,
     /// `@4000…` TAI64N label (qmail's multilog).
     Tai64n,
-    /// `YYYY-MM-DD hh:mm:ss[.f] msg` or `YYYY/MM/DD hh:mm:ss msg` (Dovecot's own log file,
-    /// multilog with accustamp, qmailadmin).
+    /// `YYYY-MM-DD hh:mm:ss[.f] msg`, `YYYY/MM/DD hh:mm:ss msg` (Dovecot's own log file,
+    /// multilog with accustamp, qmailadmin), and the dates other mail applications start their
+    /// own logs with (SquirrelMail, Domino, Kerio, OpenWebMail, ASSP, Oracle Messaging Server).
     LocalTime,
     /// `[DD-Mon-YYYY hh:mm:ss +zzzz]: msg` (Roundcube, PHP).
     Bracketed,
@@ -161,7 +162,7 @@ impl Format {
             Format::HostTag => "host and tag without a time (journal message)",
             Format::Syslog => "syslog (RFC 5424 or RFC 3164, via syslog_loose)",
             Format::Tai64n => "TAI64N label (multilog)",
-            Format::LocalTime => "local date and time (Dovecot log file, multilog accustamp, qmailadmin)",
+            Format::LocalTime => "local date and time (an application's own log file)",
             Format::Bracketed => "[DD-Mon-YYYY hh:mm:ss zone] (Roundcube, PHP)",
             Format::JournalJson => "journalctl -o json",
             Format::Bare => "no header",
@@ -372,9 +373,10 @@ impl Parser {
         let (time, rest, format) = if b.first() == Some(&b'@') {
             let (t, r) = tai64n(line)?;
             (t, r, Format::Tai64n)
-        } else if b.first() == Some(&b'[') {
-            let (t, r) = bracketed(line)?;
+        } else if let Some((t, r)) = bracketed(line) {
             (t, r, Format::Bracketed)
+        } else if let Some((wall, r)) = application_time(line) {
+            (self.wall_to_unix(wall), r, Format::LocalTime)
         } else if b.len() > 19 && (b[4] == b'-' || b[4] == b'/') && b[7] == b[4] && b[10] == b' ' && b[13] == b':' {
             // `2013-08-11 03:56:40` (Dovecot), `2015/05/27 15:45:58` (qmailadmin), optionally with
             // a fraction (`2022-02-18 16:23:03.719762500`, qmail's multilog with accustamp).
@@ -555,6 +557,77 @@ fn bracketed(line: &str) -> Option<(i64, &str)> {
     let t = DateTime::parse_from_str(inner, "%d-%b-%Y %H:%M:%S %z").ok()?;
     let rest = line[end + 1..].trim_start_matches(':').trim_start();
     Some((t.timestamp(), rest))
+}
+
+/// The local times some mail applications start their own log lines with: (wall-clock
+/// seconds, the message). `/` dates are month first (US), `-` dates day first:
+/// - `10/06/2013 15:50:41 msg` (SquirrelMail), `03-07-2005 23:07:20 msg` (Domino), also after a
+///   `[thread] ` tag (`[28325:00010-3735542592] 22-06-2014 09:56:12 msg`);
+/// - `[17/Jun/2011 17:00:45] msg` (Kerio Connect);
+/// - `Sat Dec 28 19:03:53 2013 - msg` (ctime: OpenWebMail);
+/// - `Apr-07-13 07:08:36 msg` (ASSP);
+/// - `<co ts="2014-06-02T16:06:33.99" ...` (Oracle Messaging Server: the whole line is the message).
+fn application_time(line: &str) -> Option<(i64, &str)> {
+    let b = line.as_bytes();
+    let num = |s: &[u8]| -> Option<u32> {
+        (!s.is_empty()).then_some(())?;
+        s.iter().try_fold(0u32, |a, &c| c.is_ascii_digit().then(|| a * 10 + u32::from(c - b'0')))
+    };
+    let month = |s: &[u8]| -> Option<u32> {
+        const M: [&[u8]; 12] = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+        M.iter().position(|m| *m == s).map(|i| i as u32 + 1)
+    };
+    let valid = |(y, mo, d): (i32, u32, u32)| ((1..=12).contains(&mo) && (1..=31).contains(&d)).then_some((y, mo, d));
+    // `dd?dd?yyyy hh:mm:ss` at `at`: the date's fields, then the message after the spaces.
+    let numeric = |at: usize| -> Option<(i64, &str)> {
+        let d = b.get(at..at + 10)?;
+        let (sep, a, c, y) = (d[2], num(&d[..2])?, num(&d[3..5])?, num(&d[6..10])?);
+        if d[5] != sep || !matches!(sep, b'/' | b'-') || b.get(at + 10) != Some(&b' ') {
+            return None;
+        }
+        let (mo, day) = if sep == b'/' { (a, c) } else { (c, a) };
+        let (y, mo, day) = valid((y as i32, mo, day))?;
+        let (h, mi, s) = clock(b.get(at + 11..at + 19)?)?;
+        let rest = line.get(at + 19..)?.strip_prefix(' ')?.trim_start();
+        Some((wall_secs(y, mo, day, h, mi, s), rest))
+    };
+    match b.first()? {
+        c if c.is_ascii_digit() => numeric(0),
+        b'[' => {
+            let close = line.find("] ")?;
+            if let Some(r) = numeric(close + 2) {
+                return Some(r);
+            }
+            // `[17/Jun/2011 17:00:45] msg`
+            let inner = b.get(1..close)?;
+            if inner.len() != 20 || inner[2] != b'/' || inner[6] != b'/' || inner[11] != b' ' {
+                return None;
+            }
+            let (y, mo, d) = valid((num(&inner[7..11])? as i32, month(&inner[3..6])?, num(&inner[..2])?))?;
+            let (h, mi, s) = clock(&inner[12..20])?;
+            Some((wall_secs(y, mo, d, h, mi, s), line[close + 2..].trim_start()))
+        }
+        b'<' => {
+            let ts = line.strip_prefix("<co ts=\"")?;
+            let (wall, _, _) = iso8601(&format!("{} ", ts.get(..19)?))?;
+            Some((wall, line))
+        }
+        _ if b.get(3) == Some(&b' ') && b.get(7) == Some(&b' ') => {
+            // `Sat Dec 28 19:03:53 2013 - msg`
+            let day = num(line.get(8..10)?.trim_start().as_bytes())?;
+            let (y, mo, d) = valid((num(b.get(20..24)?)? as i32, month(&b[4..7])?, day))?;
+            let (h, mi, s) = clock(b.get(11..19)?)?;
+            let rest = line.get(24..)?.trim_start();
+            Some((wall_secs(y, mo, d, h, mi, s), rest.strip_prefix("- ").unwrap_or(rest)))
+        }
+        _ if b.get(3) == Some(&b'-') && b.get(6) == Some(&b'-') && b.get(9) == Some(&b' ') => {
+            // `Apr-07-13 07:08:36 msg`: a two-digit year is this century's.
+            let (y, mo, d) = valid((2000 + num(&b[7..9])? as i32, month(&b[..3])?, num(&b[4..6])?))?;
+            let (h, mi, s) = clock(b.get(10..18)?)?;
+            Some((wall_secs(y, mo, d, h, mi, s), line.get(18..)?.trim_start()))
+        }
+        _ => None,
+    }
 }
 
 /// Reference for year inference, in wall-clock seconds; `Copy` because syslog_loose wants a
@@ -960,6 +1033,18 @@ mod tests {
             (r.time, r.msg),
             (Some(at("2015-05-27T15:45:58")), "user:a@b ip:192.0.2.1 auth:failed")
         );
+        for (line, when, msg) in [
+            ("10/06/2013 15:50:41 [LOGIN_ERROR] x", "2013-10-06T15:50:41", "[LOGIN_ERROR] x"),
+            ("03-07-2005 23:07:20   SMTP Server: x", "2005-07-03T23:07:20", "SMTP Server: x"),
+            ("[28325:00010-3735542592] 22-06-2014 09:56:12   smtp: x", "2014-06-22T09:56:12", "smtp: x"),
+            ("[17/Jun/2011 17:00:45] Attempt x", "2011-06-17T17:00:45", "Attempt x"),
+            ("Sat Dec 28 19:03:53 2013 - [72926] (x) y", "2013-12-28T19:03:53", "[72926] (x) y"),
+            ("Apr-07-13 07:08:36 [SSL-out] x", "2013-04-07T07:08:36", "[SSL-out] x"),
+            ("<co ts=\"2014-06-02T16:06:33.99\" pi=\"1\"", "2014-06-02T16:06:33", "<co ts=\"2014-06-02T16:06:33.99\" pi=\"1\""),
+        ] {
+            let r = p.parse(line, 0, false);
+            assert_eq!((r.time, r.msg, r.format), (Some(at(when)), msg, Format::LocalTime), "{line}");
+        }
         let r = p.parse("[22-Jan-2013 22:28:21 +0200]: FAILED login for u from 192.0.2.1", 0, false);
         assert_eq!(
             (r.time, r.msg),

@@ -113,16 +113,25 @@ fn corpus_files(dir: &std::path::Path) -> Vec<&'static str> {
 /// host name (mailpipe never resolves names from a log line: whoever controls the name's DNS
 /// would choose whom to ban) or an address with leading zeros (octal to some parsers, decimal to
 /// others), which mailpipe counts as a bad host, never a failure.
-fn deliberate(expect: &Value) -> Option<&'static str> {
+/// (why, the address mailpipe takes instead: none for no failure at all).
+fn deliberate(file: &str, expect: &Value) -> Option<(&'static str, Option<&'static str>)> {
     let host = expect["host"].as_str()?;
+    if file == "sogo-auth" && host == "192.0.2.16" {
+        // `Login from '192.0.2.16, 10.0.0.1'`: fail2ban takes the list's first entry, which the
+        // client wrote; mailpipe the last, which the proxy did.
+        return Some(("the first entry of a forwarded list is the client's to write", Some("10.0.0.1")));
+    }
     if host.parse::<std::net::IpAddr>().is_ok() {
         return None;
     }
-    Some(if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        "an address with leading zeros is not read"
-    } else {
-        "a host name is never resolved"
-    })
+    Some((
+        if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            "an address with leading zeros is not read"
+        } else {
+            "a host name is never resolved"
+        },
+        None,
+    ))
 }
 
 /// What mailpipe made of one case: the host and local time of the jail's failure, if any.
@@ -172,7 +181,11 @@ fn fail2ban_corpus_agrees() {
         return common::skip(&why);
     }
     let dir = common::shared("corpus/fail2ban");
-    let mut cfg = Config::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/all.ron"))).unwrap();
+    // all.ron, and the jail it leaves out on purpose (OpenWebMail logs an address the client
+    // chooses: shipped in webmail.ron for hosts that strip those headers).
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = format!("Pipeline(include: [(file: \"{root}/pipelines/all.ron\"), (file: \"{root}/pipelines/webmail.ron\", jails: [\"openwebmail\"])])");
+    let mut cfg = Config::from_text("conformance.ron", &text, std::path::Path::new(root)).unwrap();
     cfg.parse.timezone = Some("Europe/Zurich".into());
     cfg.policy.ignore.clear();
     // The corpus's lines are months from its reference time: trust them all.
@@ -201,12 +214,11 @@ fn fail2ban_corpus_agrees() {
                 continue;
             }
             let got = run_case(&mut p, &names, &jail, &case.line, zone);
-            if let Some(why) = deliberate(&case.expect) {
-                // Deliberate: the line must give no failure at all.
+            if let Some((why, ours)) = deliberate(file, &case.expect) {
                 deliberate_n += 1;
-                if let Some(g) = got {
+                if got.as_ref().map(|g| g.0.as_str()) != ours {
                     bad += 1;
-                    failures.push(format!("{file}:{} jail {jail}: {why}, yet got {g:?}\n    {}", case.lineno, case.line));
+                    failures.push(format!("{file}:{} jail {jail}: {why}: want {ours:?}, got {got:?}\n    {}", case.lineno, case.line));
                 }
                 continue;
             }
@@ -221,7 +233,7 @@ fn fail2ban_corpus_agrees() {
         report.push(format!("{file}: {} of {n}", n - bad));
     }
     println!(
-        "fail2ban corpus: {} of {total} cases agree ({deliberate_n} of them deliberately: no failure where fail2ban resolves a name); {}",
+        "fail2ban corpus: {} of {total} cases agree ({deliberate_n} of them deliberately different, see the README); {}",
         total - failures.len(),
         report.join(", ")
     );
