@@ -418,6 +418,16 @@ impl Acc {
             }
         }
         for inc in &file.include {
+            // The jails wanted from this include: its own list, narrowed by what the including
+            // file was asked for (so a filter holds through nested includes).
+            let wanted: Vec<String> = match (only.is_empty(), inc.jails.is_empty()) {
+                (true, _) => inc.jails.clone(),
+                (false, true) => only.to_vec(),
+                (false, false) => inc.jails.iter().filter(|j| only.contains(j)).cloned().collect(),
+            };
+            if !only.is_empty() && wanted.is_empty() {
+                continue;
+            }
             let path = dir.join(&inc.file);
             let canon = path.canonicalize().unwrap_or_else(|_| path.clone());
             if stack.contains(&canon) || stack.len() > 16 {
@@ -437,16 +447,21 @@ impl Acc {
             let before = self.jails.len();
             let path = if builtin { Path::new(BUILTIN_DIR).join(&inc.file) } else { path };
             let sub = path.parent().unwrap_or(dir).to_path_buf();
-            self.add(&path.display().to_string(), &text, &sub, &inc.jails, stack)?;
+            self.add(&path.display().to_string(), &text, &sub, &wanted, stack)?;
             stack.pop();
             let got: Vec<String> = self.jails[before..].iter().map(|j| j.name.clone()).collect();
-            if let Some(missing) = inc.jails.iter().find(|j| !got.contains(j)) {
+            // Names this include asked for itself must exist (those of an outer filter may come
+            // from elsewhere: the outermost include checks them).
+            if let Some(missing) = inc.jails.iter().filter(|j| wanted.contains(j)).find(|j| !got.contains(j)) {
                 return Err(origin.error_at(
                     &[&format!("\"{missing}\"")],
                     format!("unknown jail {missing:?} in include {:?} (it has: {})", inc.file, got.join(", ")),
                 ));
             }
             for (name, set) in &inc.set {
+                if !wanted.is_empty() && !wanted.contains(name) {
+                    continue;
+                }
                 let Some(i) = (before..self.jails.len()).find(|&i| self.jails[i].name == *name) else {
                     return Err(origin.error_at(
                         &[&format!("\"{name}\"")],
@@ -481,7 +496,16 @@ mod tests {
             let c = Config::builtin_named(name).unwrap();
             assert!(!c.jails.is_empty(), "{name}");
         }
-        assert_eq!(Config::builtin_named("all.ron").unwrap().jails.len(), 13);
+        assert_eq!(Config::builtin_named("all.ron").unwrap().jails.len(), 41);
+    }
+
+    #[test]
+    fn an_include_filter_holds_through_nested_includes() {
+        let c = Config::from_text("x.ron", "Pipeline(include: [(file: \"all.ron\", jails: [\"roundcube-auth\"])])", Path::new(BUILTIN_DIR)).unwrap();
+        let names: Vec<_> = c.jails.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["roundcube-auth"]);
+        let e = Config::from_text("x.ron", "Pipeline(include: [(file: \"all.ron\", jails: [\"nosuch\"])])", Path::new(BUILTIN_DIR)).unwrap_err();
+        assert!(e.reason.contains("unknown jail \"nosuch\""), "{e}");
     }
 
     #[test]

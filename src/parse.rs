@@ -238,7 +238,7 @@ impl Parser {
             let time = self.wall_to_unix(wall);
             return Record {
                 time: Some(time),
-                host: Some(f.head.host),
+                host: Some(f.head.host).filter(|h| !h.is_empty()),
                 program: f.head.program,
                 msg: f.head.msg,
                 format: if f.head.busybox { Format::BusyBox } else { Format::Rfc3164 },
@@ -266,6 +266,9 @@ impl Parser {
             }
         });
         let (program, msg) = match (m.appname, m.hostname) {
+            // `auth(john smith,IP,...)`: Dovecot's own file, where a user name with a space was
+            // taken for a host; the client's text is no host and no program.
+            (_, Some(host)) if host.contains('(') => ("", &line[offset_in(line, host)..]),
             (Some(app), _) => (app, m.msg),
             // No host: syslog_loose took the tag for a host (`logger -u`, Dovecot's own log file).
             // A plain `prog[pid]:` is the program; anything fancier (`auth(user,ip,...)<id>:`,
@@ -279,7 +282,7 @@ impl Parser {
             }
             (None, None) => ("", m.msg),
         };
-        let host = m.appname.and(m.hostname);
+        let host = m.appname.and(m.hostname).filter(|h| !h.contains('('));
         if time.is_none()
             && let Some(h) = head(line).filter(|h| h.pid)
         {
@@ -553,7 +556,7 @@ fn tai64n(line: &str) -> Option<(i64, &str)> {
 /// `[22-Jan-2013 22:28:21 +0200]: rest` (Roundcube, PHP error logs).
 fn bracketed(line: &str) -> Option<(i64, &str)> {
     let end = line.find(']')?;
-    let inner = &line[1..end];
+    let inner = line.strip_prefix('[')?.get(..end - 1)?;
     let t = DateTime::parse_from_str(inner, "%d-%b-%Y %H:%M:%S %z").ok()?;
     let rest = line[end + 1..].trim_start_matches(':').trim_start();
     Some((t.timestamp(), rest))
@@ -700,6 +703,11 @@ struct Head<'a> {
 /// `host [facility.level] program[pid]: msg`, strictly: name characters in the program, digits
 /// in the pid, `: ` after the tag.
 fn head(rest: &str) -> Option<Head<'_>> {
+    // FreeBSD's `syslogd -v` writes `<facility.level>` before the host.
+    let rest = match rest.strip_prefix('<').and_then(|r| r.split_once("> ")) {
+        Some((fl, r)) if facility_level(fl) => r,
+        _ => rest,
+    };
     let (host, mut rest) = rest.split_once(' ')?;
     if host.is_empty() || host.ends_with(':') || host.contains(['[', '(']) {
         return None;
@@ -780,9 +788,24 @@ fn fast_3164(line: &str) -> Option<Fast<'_>> {
     if day == 0 || day > 31 || b.get(i) != Some(&b' ') {
         return None;
     }
+    let rest = &s[i + 1..];
     Some(Fast {
         date: (month, day, h, m, sec),
-        head: head(&s[i + 1..])?,
+        head: head(rest).or_else(|| bracket_tag(rest))?,
+    })
+}
+
+/// `[prog]: msg` or `[prog] msg` without a host (some sshd builds log through syslog so).
+fn bracket_tag(rest: &str) -> Option<Head<'_>> {
+    let (tag, msg) = rest.strip_prefix('[')?.split_once(']')?;
+    let msg = msg.strip_prefix(':').unwrap_or(msg).strip_prefix(' ')?;
+    plain_tag(tag).filter(|p| *p == tag)?;
+    Some(Head {
+        host: "",
+        program: tag,
+        msg,
+        busybox: false,
+        pid: false,
     })
 }
 
@@ -1068,6 +1091,7 @@ mod tests {
             (format!("Mon 2026-11-23 10:00:01 CET {tail}"), Format::ShortFull),
             (format!("1795428001.123456 {tail}"), Format::ShortUnix),
             ("Nov 23 10:00:01 mx1 mail.warn postfix/smtpd[7]: warning: m".to_string(), Format::BusyBox),
+            ("Nov 23 10:00:01 <mail.notice> mx1 postfix/smtpd[7]: warning: m".to_string(), Format::Rfc3164),
         ] {
             let r = p.parse(&line, at("2026-11-23T12:00:00"), false);
             assert_eq!(
@@ -1075,6 +1099,14 @@ mod tests {
                 (Some(at("2026-11-23T10:00:01")), Some("mx1"), "postfix/smtpd", "warning: m", format),
                 "{line}"
             );
+        }
+        // Dovecot's own file: a user name with a space is neither host nor program.
+        let r = p.parse("Aug 30 00:10:57 auth(john smith,192.0.2.1,sasl:login)<s>: Info: sql: unknown user", 0, false);
+        assert_eq!((r.host, r.program, r.msg), (None, "", "auth(john smith,192.0.2.1,sasl:login)<s>: Info: sql: unknown user"));
+        // A bracketed tag without a host.
+        for line in ["Mar  3 00:17:22 [sshd]: User root from x", "Jun 25 23:53:34 [sshd] User root from x"] {
+            let r = p.parse(line, 0, false);
+            assert_eq!((r.host, r.program, r.msg), (None, "sshd", "User root from x"), "{line}");
         }
         // A journal message: host and tag, no time.
         let r = p.parse("srv sshd[13709]: error: PAM: Authentication failure", 0, false);
