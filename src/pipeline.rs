@@ -94,6 +94,8 @@ pub struct Pipeline {
     evidence: Option<(Evidence, usize)>,
     /// The fields of the last JSON journal entry (reused).
     journal: crate::parse::JournalScratch,
+    /// The rules to try on the current line (reused).
+    candidates: Vec<u32>,
 }
 
 /// A pipeline that cannot be built.
@@ -182,6 +184,7 @@ impl Pipeline {
             started: std::time::Instant::now(),
             evidence: None,
             journal: Default::default(),
+            candidates: Vec::new(),
         })
     }
 
@@ -354,7 +357,10 @@ impl Pipeline {
     /// Returns whether some jail's failure rule matched.
     pub fn process(&mut self, line: &[u8], arrival: i64, mut on: impl FnMut(Event<'_>)) -> bool {
         self.stats.lines += 1;
-        let any = self.prefilter.is_candidate(line) || crate::parse::json_hides_literals(line);
+        let hit = self.prefilter.is_candidate(line);
+        // A JSON line's escapes may hide literals: every rule is tried on it.
+        let json = crate::parse::json_hides_literals(line);
+        let any = hit || json;
         if !any && !self.prefilter.has_unliteral() {
             self.stats.skipped += 1;
             return false;
@@ -384,7 +390,14 @@ impl Pipeline {
         self.stats.time_clamped += u64::from(placed.clamped);
         // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
         let mut matches: Vec<Match<'_>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
-        self.matcher.find(&rec, self.prefilter.candidates(any), &mut matches);
+        let mut scratch = std::mem::take(&mut self.candidates);
+        let candidates = if hit && !json {
+            self.prefilter.candidates_in(line, &mut scratch)
+        } else {
+            self.prefilter.candidates(any)
+        };
+        self.matcher.find(&rec, candidates, &mut matches);
+        self.candidates = scratch;
         for m in &mut matches {
             self.resolve_client(m);
         }
@@ -471,8 +484,13 @@ impl Pipeline {
         let mut o = String::new();
         let text = String::from_utf8_lossy(line).into_owned();
         let lits = self.prefilter.hits(line);
-        let any = self.prefilter.is_candidate(line) || crate::parse::json_hides_literals(line);
-        let candidates = self.prefilter.candidates(any).to_vec();
+        let (hit, json) = (self.prefilter.is_candidate(line), crate::parse::json_hides_literals(line));
+        let any = hit || json;
+        let candidates = if hit && !json {
+            self.prefilter.candidates_in(line, &mut Vec::new()).to_vec()
+        } else {
+            self.prefilter.candidates(any).to_vec()
+        };
         let _ = writeln!(o, "line:      {text:?}");
         let (reference, follow) = self.clock.year_reference(now);
         let mut journal = crate::parse::JournalScratch::default();

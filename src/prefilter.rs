@@ -16,8 +16,15 @@ use regex_syntax::hir::{Hir, HirKind};
 pub struct Prefilter {
     /// Is any literal in the line? LeftmostFirst, so the SIMD (Teddy) searcher is used.
     any: Option<AhoCorasick>,
+    /// The same question for more literals than the automaton gives its SIMD searcher (64):
+    /// Teddy told to take them all, still far faster than a byte-at-a-time automaton.
+    packed: Option<aho_corasick::packed::Searcher>,
     literals: Vec<Vec<u8>>,
-    /// Every rule (pattern id), for lines with a literal.
+    /// Every occurrence of every literal (overlapping), to tell which rules a line may match.
+    each: Option<AhoCorasick>,
+    /// For each literal, the rules that have it (or a longer literal holding it), ascending.
+    rules_of: Vec<Vec<u32>>,
+    /// Every rule (pattern id), for lines whose literals cannot be trusted (escaped JSON).
     all: Vec<u32>,
     /// Rules without a literal: the only candidates on lines without one.
     always: Vec<u32>,
@@ -29,17 +36,43 @@ impl Prefilter {
         let mut literals: Vec<Vec<u8>> = sets.iter().flatten().flatten().cloned().collect();
         literals.sort();
         literals.dedup();
+        let mut literals = fold(literals);
         // A literal containing another is redundant: any line with it has the shorter one.
         let all = literals.clone();
         literals.retain(|l| !all.iter().any(|o| o.len() < l.len() && memchr::memmem::find(l, o).is_some()));
-        let any = (!literals.is_empty()).then(|| {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostFirst)
-                .build(&literals)
-                .expect("literals are bounded in number and length")
-        });
+        let build = |kind| {
+            (!literals.is_empty()).then(|| {
+                AhoCorasick::builder()
+                    .match_kind(kind)
+                    .build(&literals)
+                    .expect("literals are bounded in number and length")
+            })
+        };
+        let (any, each) = (build(MatchKind::LeftmostFirst), build(MatchKind::Standard));
+        let packed = aho_corasick::packed::Config::new()
+            .heuristic_pattern_limits(false)
+            .builder()
+            .extend(&literals)
+            .build();
+        // Each rule's literals were folded or dropped only in favour of literals they contain.
+        let rules_of = literals
+            .iter()
+            .map(|f| {
+                (0..sets.len() as u32)
+                    .filter(|&r| {
+                        sets[r as usize]
+                            .iter()
+                            .flatten()
+                            .any(|l| memchr::memmem::find(l, f).is_some())
+                    })
+                    .collect()
+            })
+            .collect();
         Prefilter {
             any,
+            packed,
+            each,
+            rules_of,
             literals,
             all: (0..sets.len() as u32).collect(),
             always: (0..sets.len() as u32).filter(|&i| sets[i as usize].is_none()).collect(),
@@ -49,7 +82,10 @@ impl Prefilter {
     /// Whether `line` contains a literal of some rule.
     #[inline]
     pub fn is_candidate(&self, line: &[u8]) -> bool {
-        self.any.as_ref().is_some_and(|ac| ac.is_match(line))
+        match &self.packed {
+            Some(p) => p.find(line).is_some(),
+            None => self.any.as_ref().is_some_and(|ac| ac.is_match(line)),
+        }
     }
 
     /// Whether some rule has no literal (then no line can be skipped unparsed).
@@ -65,6 +101,29 @@ impl Prefilter {
         if any { &self.all } else { &self.always }
     }
 
+    /// The rules worth trying on a line that holds a literal, ascending: those whose literals
+    /// it holds, and those without literals. `scratch` is reused from line to line.
+    pub fn candidates_in<'s>(&self, line: &[u8], scratch: &'s mut Vec<u32>) -> &'s [u32] {
+        scratch.clear();
+        if let Some(p) = &self.packed {
+            // No literal holds another, so at most one starts at each byte: searching again one
+            // byte after each match's start finds every occurrence.
+            let mut at = 0;
+            while let Some(m) = p.find_in(line, aho_corasick::Span::from(at..line.len())) {
+                scratch.extend_from_slice(&self.rules_of[m.pattern().as_usize()]);
+                at = m.start() + 1;
+            }
+        } else if let Some(each) = &self.each {
+            for m in each.find_overlapping_iter(line) {
+                scratch.extend_from_slice(&self.rules_of[m.pattern().as_usize()]);
+            }
+        }
+        scratch.extend_from_slice(&self.always);
+        scratch.sort_unstable();
+        scratch.dedup();
+        scratch
+    }
+
     /// The literals found in `line`, for `explain`.
     pub fn hits(&self, line: &[u8]) -> Vec<String> {
         self.literals
@@ -78,6 +137,38 @@ impl Prefilter {
     pub fn literals(&self) -> &[Vec<u8>] {
         &self.literals
     }
+}
+
+/// Literals sharing a start (`Aborted login (`, `Aborted login: `) or an end (`Unknown user`,
+/// `unknown user`) of at least `FOLD` bytes become that shared part, when ordinary lines do not
+/// have it more often than they had the literals: a line with any of them has it, so no rule is
+/// missed, and fewer literals keep the automaton on its SIMD search.
+fn fold(mut literals: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    const FOLD: usize = 10;
+    let ordinary = |l: &[u8]| ORDINARY.iter().filter(|o| memchr::memmem::find(o.as_bytes(), l).is_some()).count();
+    for from_end in [false, true] {
+        let key = |l: &[u8]| -> Vec<u8> { if from_end { l.iter().rev().copied().collect() } else { l.to_vec() } };
+        let mut keyed: Vec<Vec<u8>> = literals.iter().map(|l| key(l)).collect();
+        keyed.sort();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for k in keyed {
+            if let Some(last) = out.last_mut() {
+                let shared = last.iter().zip(&k).take_while(|(a, b)| a == b).count();
+                if shared >= FOLD {
+                    let common = key(&last[..shared]);
+                    if ordinary(&common) <= ordinary(&key(last)).max(ordinary(&key(&k))) {
+                        last.truncate(shared);
+                        continue;
+                    }
+                }
+            }
+            out.push(k);
+        }
+        literals = out.iter().map(|k| key(k)).collect();
+        literals.sort();
+        literals.dedup();
+    }
+    literals
 }
 
 /// Lines every mail server writes by the million that are no attack. A literal set that occurs
@@ -185,6 +276,15 @@ mod tests {
     }
 
     #[test]
+    fn shared_starts_and_ends_fold_into_one_literal() {
+        let l = |s: &[&str]| s.iter().map(|x| x.as_bytes().to_vec()).collect::<Vec<_>>();
+        let folded = fold(l(&["Aborted login (", "Aborted login: ", ": Unknown user", ": unknown user", "short (", "short: "]));
+        assert_eq!(folded, l(&["Aborted login", "nknown user", "short (", "short: "]));
+        // Not when ordinary lines have the shared part more often: `Disconnected:` is in them.
+        assert_eq!(fold(l(&["Disconnected (", "Disconnected -x"])), l(&["Disconnected (", "Disconnected -x"]));
+    }
+
+    #[test]
     fn no_literal_is_none() {
         assert_eq!(lits(r"\S+ \d+"), None);
     }
@@ -201,5 +301,8 @@ mod tests {
         assert_eq!(p.hits(b"(auth failed, 3"), vec!["auth failed", "failed, "]);
         assert_eq!(p.candidates(true), [0, 1, 2]);
         assert_eq!(p.candidates(false), [1]);
+        let mut scratch = Vec::new();
+        assert_eq!(p.candidates_in(b"x (auth failed, 3 attempts)", &mut scratch), [0, 1, 2]);
+        assert_eq!(p.candidates_in(b"x unknown user", &mut scratch), [1, 2]);
     }
 }
