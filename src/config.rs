@@ -48,6 +48,13 @@ impl Dur {
     }
 }
 
+impl serde::Serialize for Dur {
+    /// As the pipeline file writes it: `"3600s"` reads back as the same duration.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(std::time::Duration::from_secs(self.0)).to_string())
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
         let s = String::deserialize(d)?;
@@ -58,7 +65,7 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 /// One jail: the rules for one kind of failure and how many of them earn a ban.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Jail {
     /// Unique name, used in decisions and metrics.
@@ -90,7 +97,7 @@ pub struct Jail {
 
 /// An included pipeline file, optionally only some of its jails, with some of their settings
 /// changed.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Include {
     /// Path, relative to the including file; a shipped file's name (`postfix.ron`) not found
@@ -105,7 +112,7 @@ pub struct Include {
 }
 
 /// What an include may change in a jail it takes (every field optional).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JailSet {
     /// `false` drops the jail.
@@ -149,17 +156,21 @@ impl JailSet {
 }
 
 /// A pipeline file as written.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, rename = "Pipeline")]
 pub struct PipelineFile {
     /// Other pipeline files whose jails (and unset settings) this one takes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<Include>,
+    /// Lists this file replaces rather than adds to (`"policy.ignore"`,
+    /// `"policy.trusted_proxies"`): by default a file's list adds to its includes'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replace: Vec<String>,
     /// Where lines come from.
     #[serde(default)]
     pub inputs: Option<Vec<InputConfig>>,
     /// Where decisions go.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<SinkConfig>,
     /// More places decisions go (every sink gets every decision).
     #[serde(default)]
@@ -276,6 +287,31 @@ pub fn regex_needles(re: &str) -> [String; 2] {
 }
 
 impl Config {
+    /// The pipeline as one file, every include and override applied: what `check --print`
+    /// shows, and a file that loads as the same pipeline.
+    pub fn effective_text(&self) -> String {
+        let file = PipelineFile {
+            inputs: Some(self.inputs.clone()),
+            sinks: Some(self.sinks.clone()),
+            control: self.control.clone(),
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            daemon: Some(self.daemon),
+            parse: Some(self.parse.clone()),
+            matcher: Some(self.matcher),
+            window: Some(self.window),
+            policy: Some(self.policy.clone()),
+            jails: self.jails.clone(),
+            ..PipelineFile::default()
+        };
+        let pretty = ron::ser::PrettyConfig::new()
+            .struct_names(false)
+            .escape_strings(false)
+            .extensions(ron::extensions::Extensions::IMPLICIT_SOME);
+        let body = ron::ser::to_string_pretty(&file, pretty).unwrap_or_else(|e| format!("/* cannot print: {e} */"));
+        format!("// The effective pipeline (mailpipe check --print): every include and override applied.\n{body}\n")
+    }
+
     /// Each jail's port scope, resolved (service names through `/etc/services` where this
     /// program does not know them).
     pub fn jail_ports(&self) -> Result<Vec<Ports>, ConfigError> {
@@ -330,6 +366,11 @@ impl Config {
                 ));
             }
         }
+        let daemon = acc.merged("daemon", |f| f.daemon.as_ref())?;
+        let parse = acc.merged("parse", |f| f.parse.as_ref())?;
+        let matcher = acc.merged("matcher", |f| f.matcher.as_ref())?;
+        let window = acc.merged("window", |f| f.window.as_ref())?;
+        let policy = acc.merged("policy", |f| f.policy.as_ref())?;
         let f = acc.file;
         Ok(Config {
             inputs: f.inputs.unwrap_or_else(|| vec![InputConfig::Stdin]),
@@ -340,11 +381,11 @@ impl Config {
             control: f.control,
             state: f.state,
             metrics: f.metrics,
-            daemon: f.daemon.unwrap_or_default(),
-            parse: f.parse.unwrap_or_default(),
-            matcher: f.matcher.unwrap_or_default(),
-            window: f.window.unwrap_or_default(),
-            policy: f.policy.unwrap_or_default(),
+            daemon,
+            parse,
+            matcher,
+            window,
+            policy,
             jails: acc.jails,
             origins: acc.origins,
         })
@@ -375,12 +416,95 @@ fn builtin_text(file: &str) -> Option<&'static str> {
     BUILTIN.iter().find(|(n, _)| *n == file).map(|(_, t)| *t)
 }
 
-/// Includes being merged: the first file to set a section wins.
+/// Includes being merged: the first file to set a setting wins (the including file before its
+/// includes, an include before the next).
 #[derive(Default)]
 struct Acc {
     file: PipelineFile,
     jails: Vec<Jail>,
     origins: Vec<Origin>,
+    /// Every file's sections, first (the top file) to last, with the fields each wrote.
+    layers: Vec<Layer>,
+}
+
+/// One file's settings, and which fields of each section it wrote.
+struct Layer {
+    file: PipelineFile,
+    written: std::collections::HashMap<String, Vec<String>>,
+    origin: Origin,
+}
+
+/// Lists that add up from file to file unless one says `replace`.
+const ADDING: &[&str] = &["policy.ignore", "policy.trusted_proxies"];
+
+/// The fields each section of `text` writes (`None` when the text cannot be read that way;
+/// then a written section counts as writing every field).
+fn written_fields(text: &str) -> Option<std::collections::HashMap<String, Vec<String>>> {
+    let v: ron::Value = ron::Options::default()
+        .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+        .from_str(text)
+        .ok()?;
+    let ron::Value::Map(top) = v else { return None };
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in top.iter() {
+        let (ron::Value::String(section), mut v) = (k, v) else { continue };
+        while let ron::Value::Option(Some(inner)) = v {
+            v = inner;
+        }
+        if let ron::Value::Map(fields) = v {
+            let names = fields
+                .keys()
+                .filter_map(|f| match f {
+                    ron::Value::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            out.insert(section.clone(), names);
+        }
+    }
+    Some(out)
+}
+
+impl Acc {
+    /// Section `name` of the merged pipeline: its defaults, then each file's written fields from
+    /// the last file to the first, lists in `ADDING` added up.
+    fn merged<T>(&self, name: &str, get: impl Fn(&PipelineFile) -> Option<&T>) -> Result<T, ConfigError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Default,
+    {
+        let fail = |origin: &Origin, e: serde_json::Error| origin.error_at(&[name], format!("{name}: {e}"));
+        let mut acc = serde_json::to_value(T::default()).expect("settings serialize");
+        for layer in self.layers.iter().rev() {
+            let Some(section) = get(&layer.file) else { continue };
+            let v = serde_json::to_value(section).map_err(|e| fail(&layer.origin, e))?;
+            let all: Vec<String>;
+            let fields = match layer.written.get(name) {
+                Some(f) => f,
+                None => {
+                    all = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+                    &all
+                }
+            };
+            for field in fields {
+                let path = format!("{name}.{field}");
+                let new = v[field.as_str()].clone();
+                match (&mut acc[field.as_str()], new) {
+                    (serde_json::Value::Array(have), serde_json::Value::Array(add))
+                        if ADDING.contains(&path.as_str()) && !layer.file.replace.contains(&path) =>
+                    {
+                        for x in add {
+                            if !have.contains(&x) {
+                                have.push(x);
+                            }
+                        }
+                    }
+                    (slot, new) => *slot = new,
+                }
+            }
+        }
+        let origin = self.layers.first().map(|l| &l.origin).expect("the top file is a layer");
+        serde_json::from_value(acc).map_err(|e| fail(origin, e))
+    }
 }
 
 impl Acc {
@@ -399,6 +523,15 @@ impl Acc {
                 col: e.span.start.col,
                 reason: e.code.to_string(),
             })?;
+        self.layers.push(Layer {
+            file: PipelineFile {
+                jails: Vec::new(),
+                include: Vec::new(),
+                ..file.clone()
+            },
+            written: written_fields(text).unwrap_or_default(),
+            origin: origin.clone(),
+        });
         let top = stack.is_empty();
         macro_rules! take {
             ($($f:ident),*) => { $( if self.file.$f.is_none() { self.file.$f = file.$f.clone(); } )* };
@@ -410,7 +543,7 @@ impl Acc {
                 ..file.clone()
             };
         } else {
-            take!(inputs, control, state, metrics, daemon, parse, matcher, window, policy);
+            take!(inputs, control, state, metrics);
             // `sink` and `sinks` are one setting: a file that names either replaces both.
             if self.file.sink.is_none() && self.file.sinks.is_none() {
                 self.file.sink = file.sink.clone();
@@ -506,6 +639,23 @@ mod tests {
         assert_eq!(names, ["roundcube-auth"]);
         let e = Config::from_text("x.ron", "Pipeline(include: [(file: \"all.ron\", jails: [\"nosuch\"])])", Path::new(BUILTIN_DIR)).unwrap_err();
         assert!(e.reason.contains("unknown jail \"nosuch\""), "{e}");
+    }
+
+    #[test]
+    fn sections_merge_field_by_field_and_lists_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("base.ron", r#"Pipeline(policy: (bantime: "2h", increment: Some((factor: 3.0, maxtime: "1d")), ignore: ["10.0.0.0/8"]), parse: (max_line: 100))"#);
+        write("top.ron", r#"Pipeline(include: [(file: "base.ron")], policy: (ignore: ["192.0.2.0/24"]))"#);
+        let c = Config::load(&dir.path().join("top.ron")).unwrap();
+        assert_eq!(c.policy.bantime.secs(), 7200, "kept from the include");
+        assert_eq!(c.policy.increment.map(|i| i.factor), Some(3.0), "not dropped by writing ignore");
+        assert_eq!(c.policy.ignore, ["127.0.0.0/8", "::1", "10.0.0.0/8", "192.0.2.0/24"]);
+        assert_eq!(c.parse.max_line, 100);
+        write("top.ron", r#"Pipeline(include: [(file: "base.ron")], replace: ["policy.ignore"], policy: (ignore: ["192.0.2.0/24"], increment: None))"#);
+        let c = Config::load(&dir.path().join("top.ron")).unwrap();
+        assert_eq!(c.policy.ignore, ["192.0.2.0/24"]);
+        assert_eq!(c.policy.increment, None, "written None turns it off");
     }
 
     #[test]

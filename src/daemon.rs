@@ -34,7 +34,7 @@ use crate::policy::{Ban, Decision};
 use crate::sink::{self, SinkConfig, SinkHandle};
 
 /// Daemon settings of a pipeline file.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// Bytes the inputs may have queued for the pipeline at once (at least 1 MiB).

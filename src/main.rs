@@ -71,6 +71,9 @@ enum Command {
         /// Print the prefilter's literals, one per line (e.g. for `grep -F -f`).
         #[arg(long)]
         literals: bool,
+        /// Print the effective pipeline, every include and override applied, as one file.
+        #[arg(long)]
+        print: bool,
     },
     /// Create the sink's sets and firewall rules (idempotent) and exit: for boot, before the
     /// daemon starts (contrib/systemd/mailpipe-firewall.service).
@@ -303,9 +306,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out.flush().context("writing output")?;
             Ok(())
         }
-        Command::Check { config, literals } => {
+        Command::Check { config, literals, print } => {
             let cfg = load(&config)?;
             let pipeline = mailpipe::pipeline::build_within(cfg.clone(), Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)?;
+            if print {
+                print!("{}", cfg.effective_text());
+                return Ok(());
+            }
             if literals {
                 for l in pipeline.literal_texts() {
                     println!("{l}");

@@ -40,7 +40,7 @@ const CACHE: usize = 8 << 20;
 const MAX_NFA: usize = 64 << 20;
 
 /// Matcher engine choice.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 pub enum Engine {
     /// Lazy DFA: builds in about a millisecond, states made on demand. The default.
     #[default]
@@ -53,7 +53,7 @@ pub enum Engine {
 }
 
 /// Matcher-stage settings of a pipeline file.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatcherConfig {
     /// Which DFA to build.

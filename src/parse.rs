@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeZone, Timelike}
 use serde::Deserialize;
 
 /// Parse-stage settings of a pipeline file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParseConfig {
     /// Zone of naive timestamps: an IANA name (`Europe/Berlin`), `UTC`, or an offset (`+02:00`).

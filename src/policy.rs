@@ -23,7 +23,7 @@ use crate::config::{ConfigError, Dur, Origin};
 use crate::ports::Ports;
 
 /// Escalation for repeat offenders.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Increment {
     /// Multiplier per earlier ban.
@@ -33,7 +33,7 @@ pub struct Increment {
 }
 
 /// The cross-jail rule for addresses banned again and again.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Recidive {
     /// Bans (any jail) that trigger it ...
@@ -45,7 +45,7 @@ pub struct Recidive {
 }
 
 /// Policy settings of a pipeline file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// First ban time (a jail may set its own).

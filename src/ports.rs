@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 /// Ports as a pipeline file writes them: a number, a service name (`"submission"`), a range
 /// (`"8000:8080"`), or a fail2ban-style list in one string (`"smtp,465,submission"`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum PortSpec {
     /// A port number.

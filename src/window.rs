@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::matcher::JailId;
 
 /// Window-stage settings of a pipeline file.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WindowConfig {
     /// Most (jail, address) pairs tracked at once; beyond, the least recently failing go.

@@ -288,3 +288,23 @@ fn stdin_counts_lines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("input stdin: received 5000"), "{err}");
 }
+
+/// `check --print` writes the effective pipeline as one file that loads as the same pipeline.
+#[test]
+fn check_print_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mp = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for file in ["pipelines/all.ron", "contrib/guides/004-qmail-roundcube.ron"] {
+        let path = format!("{root}/{file}");
+        let printed = mp(&["check", "--print", "-c", &path]);
+        let copy = dir.path().join("effective.ron");
+        std::fs::write(&copy, &printed).unwrap();
+        assert_eq!(mp(&["check", "-c", copy.to_str().unwrap()]), mp(&["check", "-c", &path]), "{file}");
+        assert_eq!(mp(&["check", "--print", "-c", copy.to_str().unwrap()]), printed, "{file}: printing is stable");
+    }
+}

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use serde::Deserialize;
 
 /// An input of a pipeline file.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub enum InputConfig {
     /// Lines on standard input (`tail -F /var/log/maillog | mailpipe run`).

@@ -26,7 +26,7 @@ use crate::policy::Decision;
 use crate::ports::Ports;
 
 /// Sink settings of a pipeline file.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 pub enum SinkConfig {
     /// Print decisions as JSON lines on stdout; touch no firewall.
     #[default]
