@@ -129,6 +129,9 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
                    }).collect::<Vec<_>>(), "state": state})
         }
         Request::List { jail } => {
+            if let Some(e) = jail.as_deref().and_then(|j| unknown_jail(p, j)) {
+                return json!({"ok": false, "error": e});
+            }
             let bans: Vec<Value> = p
                 .bans()
                 .into_iter()
@@ -140,6 +143,9 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
                 })
                 .collect();
             json!({"ok": true, "bans": bans})
+        }
+        Request::Ban { jail: Some(j), .. } if unknown_jail(p, &j).is_some() => {
+            json!({"ok": false, "error": unknown_jail(p, &j)})
         }
         Request::Ban { ip, jail, for_s, force } => match p.manual_ban(ip, jail.as_deref().unwrap_or("manual"), for_s, now, force) {
             Ok(d) => {
@@ -169,6 +175,14 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
             json!({"ok": true, "unbanned": lifted})
         }
     }
+}
+
+/// Why `jail` names no jail of the running pipeline (`manual` and `recidive` are names of bans
+/// too), if it does not.
+fn unknown_jail(p: &Pipeline, jail: &str) -> Option<String> {
+    let names = p.jail_names();
+    (!names.iter().any(|n| n == jail) && jail != "manual" && jail != "recidive")
+        .then(|| format!("no jail {jail:?} (jails: {}, and manual, recidive)", names.join(", ")))
 }
 
 /// Binds the control socket, mode 0600 (root only, as the daemon runs). A stale socket at the

@@ -218,13 +218,17 @@ fn damaged(e: &DatabaseError) -> bool {
 
 /// Opens or creates the file; errors start with `in use: ` or `damaged: ` when they say so.
 fn create(path: &Path) -> Result<Database, String> {
-    guarded(|| {
+    let db = guarded(|| {
         Database::create(path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => format!("in use: {e}"),
             e if damaged(&e) => format!("damaged: {e}"),
             e => e.to_string(),
         })
-    })
+    })?;
+    // Who was banned, and when, is nobody else's business.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("cannot make it private: {e}"))?;
+    Ok(db)
 }
 
 /// Runs `f`, turning a panic into an error: whatever a damaged file makes the reader do.
@@ -631,6 +635,8 @@ mod tests {
         let path = dir.path().join("s.redb");
         let (mut s, loaded) = Store::open(&path, 0, 86_400).unwrap();
         assert!(loaded.bans.is_empty());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "private");
         s.record(&[decision("192.0.2.1", 100, 3600, 2), decision("2001:db8::", 100, 10, 1)]);
         drop(s);
         let (mut s, loaded) = Store::open(&path, 200, 86_400).unwrap();

@@ -308,3 +308,39 @@ fn check_print_round_trips() {
         assert_eq!(mp(&["check", "--print", "-c", copy.to_str().unwrap()]), printed, "{file}: printing is stable");
     }
 }
+
+/// `mailpipe run --dry-run | head -1`: once the reader is gone, mailpipe exits quietly.
+#[test]
+fn dry_run_into_a_closed_pipe_exits_quietly() {
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+        .args(["run", "--dry-run"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let now = chrono::Utc::now().format("%b %e %H:%M:%S").to_string();
+    let writer = std::thread::spawn(move || {
+        for i in 0..2000 {
+            for _ in 0..5 {
+                let l = format!("{now} mx1 postfix/smtpd[7]: warning: unknown[198.18.{}.{}]: SASL LOGIN authentication failed: x\n", i / 256, i % 256);
+                if stdin.write_all(l.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("\"kind\":\"ban\""), "{first}");
+    drop(out);
+    let status = child.wait().unwrap();
+    let _ = writer.join();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(!err.contains("retrying"), "{err}");
+}

@@ -34,6 +34,13 @@ fn operator_bans_lists_and_unbans() {
 
     let (ok, _, err) = cli(&socket, &["ban", "127.0.0.1"]);
     assert!(!ok && err.contains("policy.ignore"), "{err}");
+    // A made-up jail is refused (it would become a metrics label), and so is a 0 s ban.
+    let (ok, _, err) = cli(&socket, &["ban", "203.0.113.10", "--jail", "nosuchjail"]);
+    assert!(!ok && err.contains("no jail \"nosuchjail\""), "{err}");
+    let (ok, _, err) = cli(&socket, &["ban", "203.0.113.10", "--for", "0s"]);
+    assert!(!ok && err.contains("1 s"), "{err}");
+    let (ok, _, err) = cli(&socket, &["list", "--jail", "nosuch"]);
+    assert!(!ok && err.contains("no jail"), "{err}");
     let (ok, _, _) = cli(&socket, &["ban", "127.0.0.1", "--force", "--for", "1m"]);
     assert!(ok);
     mp.next_ban();

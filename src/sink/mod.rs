@@ -532,6 +532,8 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
             }
         };
         match sink.apply(&d) {
+            // `mailpipe run --dry-run | head`: whoever read the decisions is gone.
+            Err(ApplyError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
             Ok(()) => {
                 stats.applied.fetch_add(1, Ordering::Relaxed);
                 // Per (jail, reason): bans are rare, so this lookup is off the hot path.
