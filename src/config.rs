@@ -162,6 +162,10 @@ pub struct PipelineFile {
     /// Other pipeline files whose jails (and unset settings) this one takes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<Include>,
+    /// Settings changed in jails loaded anywhere (by this file, its includes, or a file
+    /// loaded before it in the system layout), by name: what `conf.d` files use.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set: std::collections::BTreeMap<String, JailSet>,
     /// Lists this file replaces rather than adds to (`"policy.ignore"`,
     /// `"policy.trusted_proxies"`): by default a file's list adds to its includes'.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -353,6 +357,34 @@ impl Config {
         Config::from_text(&format!("{BUILTIN_DIR}{file}"), text, Path::new(BUILTIN_DIR))
     }
 
+    /// The system layout: `DIR/mailpipe.ron`, then every `DIR/conf.d/*.ron` in name order, each
+    /// later file over the earlier ones (as sshd_config.d and fail2ban's jail.d work). `None`
+    /// when `DIR/mailpipe.ron` does not exist.
+    pub fn load_system(dir: &Path) -> Result<Option<Config>, ConfigError> {
+        if !dir.join("mailpipe.ron").is_file() {
+            return Ok(None);
+        }
+        let mut parts: Vec<String> = match std::fs::read_dir(dir.join("conf.d")) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".ron") && !n.starts_with('.'))
+                .map(|n| format!("conf.d/{n}"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        parts.sort();
+        parts.reverse();
+        parts.push("mailpipe.ron".into());
+        // The first include to set a setting wins: the last conf.d file first, mailpipe.ron last.
+        let text = format!(
+            "Pipeline(include: [{}])",
+            parts.iter().map(|p| format!("(file: {p:?})")).collect::<Vec<_>>().join(", ")
+        );
+        let name = format!("{}/mailpipe.ron and conf.d", dir.display());
+        Config::from_text(&name, &text, dir).map(Some)
+    }
+
     /// Loads pipeline text named `name`; includes are relative to `dir`.
     pub fn from_text(name: &str, text: &str, dir: &Path) -> Result<Config, ConfigError> {
         let mut acc = Acc::default();
@@ -364,6 +396,23 @@ impl Config {
                     &[&jail_needles(jail)],
                     format!("duplicate jail name {:?} (also defined in {first})", jail.name),
                 ));
+            }
+        }
+        // Top-level `set`s, the least important file's first, so the top file's win.
+        for layer in acc.layers.iter().rev() {
+            for (name, set) in &layer.file.set {
+                let Some(i) = acc.jails.iter().position(|j| j.name == *name) else {
+                    return Err(layer.origin.error_at(
+                        &[&format!("\"{name}\"")],
+                        format!("set: no jail {name:?} is loaded (jails: {})", acc.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")),
+                    ));
+                };
+                if set.enabled == Some(false) {
+                    acc.jails.remove(i);
+                    acc.origins.remove(i);
+                } else {
+                    set.apply(&mut acc.jails[i]);
+                }
             }
         }
         let daemon = acc.merged("daemon", |f| f.daemon.as_ref())?;

@@ -85,8 +85,9 @@ enum Command {
     /// Counters of the running daemon: per jail (failing, banned, total), inputs, sink.
     Status {
         /// The daemon's control socket.
-        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// (default: the system configuration's `control`, else /run/mailpipe/control.sock)
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,
@@ -94,8 +95,9 @@ enum Command {
     /// Active bans of the running daemon.
     List {
         /// The daemon's control socket.
-        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// (default: the system configuration's `control`, else /run/mailpipe/control.sock)
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Only this jail.
         #[arg(long)]
         jail: Option<String>,
@@ -117,15 +119,17 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// The daemon's control socket.
-        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// (default: the system configuration's `control`, else /run/mailpipe/control.sock)
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Re-read the daemon's pipeline file (as SIGHUP does), keeping bans, counts and counters;
     /// a bad file is refused and the running pipeline stays.
     Reload {
         /// The daemon's control socket.
-        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// (default: the system configuration's `control`, else /run/mailpipe/control.sock)
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Lift a ban, or every ban with --all.
     Unban {
@@ -136,8 +140,9 @@ enum Command {
         #[arg(long, conflicts_with = "ip")]
         all: bool,
         /// The daemon's control socket.
-        #[arg(long, default_value = mailpipe::control::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// (default: the system configuration's `control`, else /run/mailpipe/control.sock)
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Show what each stage makes of one line.
     Explain {
@@ -165,7 +170,8 @@ fn parse_duration(s: &str) -> Result<u64, String> {
 }
 
 /// Sends a control request; an answer with `ok: false` is an error (exit 1).
-fn ask(socket: &std::path::Path, req: &mailpipe::control::Request) -> anyhow::Result<serde_json::Value> {
+fn ask(socket: &Option<PathBuf>, req: &mailpipe::control::Request) -> anyhow::Result<serde_json::Value> {
+    let socket = &socket_of(socket.clone());
     let v = mailpipe::control::request(socket, req).with_context(|| format!("cannot reach the daemon at {}", socket.display()))?;
     if v["ok"] != true {
         anyhow::bail!("{}", v["error"].as_str().unwrap_or("refused"));
@@ -212,11 +218,25 @@ fn config_name(path: &Option<PathBuf>) -> String {
         .map_or_else(|| "<builtin>/mail.ron".into(), |p| p.display().to_string())
 }
 
+/// Where the system layout lives (`MAILPIPE_CONFIG_DIR` overrides it, for tests and packages).
+fn system_dir() -> PathBuf {
+    std::env::var_os("MAILPIPE_CONFIG_DIR").map_or_else(|| PathBuf::from("/etc/mailpipe"), PathBuf::from)
+}
+
+/// `--config FILE`; else the system layout (/etc/mailpipe/mailpipe.ron and conf.d); else the
+/// built-in mail.ron.
 fn load(path: &Option<PathBuf>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => Config::load(p),
-        None => Ok(Config::builtin()),
+        None => Ok(Config::load_system(&system_dir())?.unwrap_or_else(Config::builtin)),
     }
+}
+
+/// `--socket PATH`; else the control socket the system configuration names; else the default.
+fn socket_of(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| Config::load_system(&system_dir()).ok().flatten().and_then(|c| c.control).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(mailpipe::control::DEFAULT_SOCKET))
 }
 
 fn main() -> ExitCode {
@@ -249,10 +269,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 cfg.metrics = metrics;
             }
             let pipeline = Pipeline::new(&cfg, Mode::Live)?;
-            // `mailpipe reload` and SIGHUP re-read the same file.
-            let reload = config.clone().map(|path| -> mailpipe::daemon::Reloader {
+            // `mailpipe reload` and SIGHUP read the same files again (the built-in default has
+            // nothing to re-read).
+            let system = config.is_none() && Config::load_system(&system_dir())?.is_some();
+            let reload = (config.is_some() || system).then(|| -> mailpipe::daemon::Reloader {
+                let path = config.clone();
                 std::sync::Arc::new(move || {
-                    let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+                    let cfg = load(&path).map_err(|e| e.to_string())?;
                     mailpipe::pipeline::build_within(cfg, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT).map_err(|e| e.to_string())
                 })
             });

@@ -344,3 +344,43 @@ fn dry_run_into_a_closed_pipe_exits_quietly() {
     assert!(status.success(), "{status}: {err}");
     assert!(!err.contains("retrying"), "{err}");
 }
+
+/// The system layout: mailpipe.ron, then conf.d/*.ron in name order, each later file over the
+/// earlier; the CLI finds the control socket there.
+#[test]
+fn system_layout_layers_conf_d_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path();
+    std::fs::create_dir(etc.join("conf.d")).unwrap();
+    let sock = etc.join("ctl.sock");
+    std::fs::write(
+        etc.join("mailpipe.ron"),
+        format!("Pipeline(include: [(file: \"mail.ron\")], control: \"{}\", policy: (bantime: \"2h\"))", sock.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("conf.d/10-sasl.ron"),
+        r#"Pipeline(set: {"postfix-sasl": (maxretry: 3), "dovecot-auth": (enabled: false)}, policy: (ignore: ["192.0.2.0/24"], bantime: "3h"))"#,
+    )
+    .unwrap();
+    std::fs::write(etc.join("conf.d/20-local.ron"), r#"Pipeline(policy: (bantime: "4h", ignore: ["198.51.100.7"]))"#).unwrap();
+    std::fs::write(etc.join("conf.d/README"), "not a pipeline").unwrap();
+    let mp = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+            .env("MAILPIPE_CONFIG_DIR", etc)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = mp(&["check", "--print"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("bantime: \"4h\""), "20-local.ron wins over 10-sasl.ron and mailpipe.ron:\n{printed}");
+    assert!(printed.contains("maxretry: 3") && !printed.contains("dovecot-auth"), "{printed}");
+    for net in ["127.0.0.0/8", "192.0.2.0/24", "198.51.100.7"] {
+        assert!(printed.contains(net), "ignore lists add up: {net}\n{printed}");
+    }
+    let out = mp(&["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&*sock.to_string_lossy()), "the socket comes from the configuration");
+}
