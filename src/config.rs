@@ -42,6 +42,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
 pub struct Dur(pub u64);
 
 impl Dur {
+    /// `"permanent"`: the longest ban there is (100 years), which the kernel holds without a
+    /// timeout.
+    pub const PERMANENT: Dur = Dur(100 * 365 * 86_400);
+
     /// Whole seconds.
     pub fn secs(self) -> u64 {
         self.0
@@ -51,6 +55,9 @@ impl Dur {
 impl serde::Serialize for Dur {
     /// As the pipeline file writes it: `"3600s"` reads back as the same duration.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if *self == Dur::PERMANENT {
+            return s.serialize_str("permanent");
+        }
         s.serialize_str(&humantime::format_duration(std::time::Duration::from_secs(self.0)).to_string())
     }
 }
@@ -58,6 +65,9 @@ impl serde::Serialize for Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
         let s = String::deserialize(d)?;
+        if s == "permanent" {
+            return Ok(Dur::PERMANENT);
+        }
         humantime::parse_duration(&s)
             .map(|d| Dur(d.as_secs()))
             .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e} (write e.g. \"15m\", \"1h\", \"1d\")")))

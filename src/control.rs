@@ -139,7 +139,8 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
                 .map(|b| {
                     json!({"ip": b.net.addr().to_string(), "prefix": b.net.prefix_len(), "jail": &*b.jail,
                            "reason": b.reason.name(), "offence": b.offence, "since": rfc3339(b.since),
-                           "until": rfc3339(b.until), "left_s": b.until - now, "ports": b.ports.json()})
+                           "until": rfc3339(b.until), "left_s": b.until - now, "ports": b.ports.json(),
+                           "permanent": crate::sink::kernel::permanent(b.until.saturating_sub(b.since) as u64)})
                 })
                 .collect();
             json!({"ok": true, "bans": bans})

@@ -497,7 +497,12 @@ fn restored_decision(b: &Ban, now: i64) -> Decision {
         net: b.net,
         jail: b.jail.clone(),
         failures: 0,
-        ban_for: (b.until - now).max(1) as u64,
+        // A permanent ban stays permanent; another gets the time it has left.
+        ban_for: if crate::sink::kernel::permanent(b.until.saturating_sub(b.since) as u64) {
+            crate::policy::MAX_BAN
+        } else {
+            (b.until - now).max(1) as u64
+        },
         offence: b.offence,
         time: b.since,
         since: now,

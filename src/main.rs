@@ -112,7 +112,7 @@ enum Command {
         /// Jail name to record; a configured jail's name also bans on its ports only (default: every port).
         #[arg(long)]
         jail: Option<String>,
-        /// How long (`90m`, `2h`, `1d`; default: the policy's bantime).
+        /// How long (`90m`, `2h`, `1d`, `permanent`; default: the policy's bantime).
         #[arg(long = "for", value_parser = parse_duration)]
         for_s: Option<u64>,
         /// Ban even an address in policy.ignore.
@@ -164,6 +164,9 @@ fn parse_time(s: &str) -> Result<i64, String> {
 }
 
 fn parse_duration(s: &str) -> Result<u64, String> {
+    if s == "permanent" {
+        return Ok(mailpipe::config::Dur::PERMANENT.secs());
+    }
     humantime::parse_duration(s)
         .map(|d| d.as_secs())
         .map_err(|e| format!("{e} (write e.g. 90m, 2h, 1d)"))
@@ -413,12 +416,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     Some([]) | None => "every port".to_string(),
                     Some(p) => p.iter().map(|v| v.to_string().trim_matches('"').to_string()).collect::<Vec<_>>().join(","),
                 };
-                println!(
-                    "{net:<24} {:<20} until {} ({} s left) on {ports}",
-                    b["jail"].as_str().unwrap_or(""),
-                    b["until"].as_str().unwrap_or(""),
-                    b["left_s"]
-                );
+                let until = if b["permanent"] == true {
+                    "permanent".to_string()
+                } else {
+                    format!("until {} ({} s left)", b["until"].as_str().unwrap_or(""), b["left_s"])
+                };
+                println!("{net:<24} {:<20} {until} on {ports}", b["jail"].as_str().unwrap_or(""));
             }
             Ok(())
         }

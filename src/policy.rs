@@ -82,7 +82,7 @@ impl Default for PolicyConfig {
 
 /// The longest ban anything may ask for (100 years): longer ones are refused, so ban ends
 /// never overflow.
-pub const MAX_BAN: u64 = 100 * 365 * 86_400;
+pub const MAX_BAN: u64 = Dur::PERMANENT.0;
 
 /// Why a ban is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +225,41 @@ pub struct Policy {
     swept: i64,
 }
 
+/// One entry of an address list: an address or network; `@FILE`, a file of them (one per line,
+/// `#` comments); or a host name, resolved now (at start and at each reload, never per line).
+/// A name that does not resolve is reported and skipped: it must not stop the protection.
+fn expand(entry: &str) -> Result<Vec<IpNet>, String> {
+    let one = |s: &str| s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+    if let Ok(n) = one(entry) {
+        return Ok(vec![n]);
+    }
+    if let Some(path) = entry.strip_prefix('@') {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        return text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i, l.split('#').next().unwrap_or("").trim()))
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(i, l)| one(l).map_err(|_| format!("{path}:{}: {l:?} is not an address or CIDR network", i + 1)))
+            .collect();
+    }
+    let name_like = !entry.is_empty()
+        && entry.len() <= 253
+        && entry.bytes().any(|b| b.is_ascii_alphabetic())
+        && entry.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !name_like {
+        return Err(format!("{entry:?} is not an address, a CIDR network, @FILE or a host name"));
+    }
+    use std::net::ToSocketAddrs;
+    match (entry, 0).to_socket_addrs() {
+        Ok(addrs) => Ok(addrs.map(|a| IpNet::from(a.ip())).collect()),
+        Err(e) => {
+            eprintln!("mailpipe: warning: {entry} does not resolve ({e}); it is not in the list until a reload resolves it");
+            Ok(Vec::new())
+        }
+    }
+}
+
 /// What the policy needs of a jail.
 #[derive(Debug, Clone)]
 pub struct JailPolicy {
@@ -247,20 +282,20 @@ fn bits(ip: IpAddr) -> u128 {
 impl Policy {
     /// Builds the policy for jails given as (name, own bantime, ports).
     pub fn new(cfg: &PolicyConfig, jails: &[(String, Option<Dur>, Ports)], origin: &Origin) -> Result<Policy, ConfigError> {
-        let nets = |list: &[String], field: &str| {
-            list.iter()
-                .map(|s| {
-                    s.parse::<IpNet>()
-                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                        .map(|n| match n.addr().to_canonical() {
-                            // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
-                            IpAddr::V4(v4) if n.addr().is_ipv6() => IpNet::new(v4.into(), n.prefix_len().saturating_sub(96)).unwrap_or(n),
-                            _ => n,
-                        })
-                        .map(|n| n.trunc())
-                        .map_err(|_| origin.error_at(&[&format!("\"{s}\"")], format!("{field}: {s:?} is not an address or CIDR network")))
-                })
-                .collect::<Result<Vec<_>, _>>()
+        let nets = |list: &[String], field: &str| -> Result<Vec<IpNet>, ConfigError> {
+            let mut out = Vec::new();
+            for entry in list {
+                let at = |why: String| origin.error_at(&[&format!("\"{entry}\"")], format!("{field}: {why}"));
+                for n in expand(entry).map_err(at)? {
+                    out.push(match n.addr().to_canonical() {
+                        // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
+                        IpAddr::V4(v4) if n.addr().is_ipv6() => IpNet::new(v4.into(), n.prefix_len().saturating_sub(96)).unwrap_or(n),
+                        _ => n,
+                    }
+                    .trunc());
+                }
+            }
+            Ok(out)
         };
         let ignore = nets(&cfg.ignore, "ignore")?;
         let proxies = nets(&cfg.trusted_proxies, "trusted_proxies")?;
@@ -785,6 +820,20 @@ mod tests {
         );
         assert_eq!(out[3].ban_for, 86_400);
         assert!(out[3].ports.is_every(), "recidive bans every port");
+    }
+
+    #[test]
+    fn ignore_lists_take_files_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("allow.txt");
+        std::fs::write(&file, "# the office\n192.0.2.0/24\n\n2001:db8::1 # admin\n").unwrap();
+        let got = expand(&format!("@{}", file.display())).unwrap();
+        assert_eq!(got, vec![net("192.0.2.0/24"), net("2001:db8::1/128")]);
+        assert_eq!(expand("localhost").unwrap().iter().any(|n| n.addr().is_loopback()), true);
+        assert!(expand("@/nonexistent/allow.txt").unwrap_err().contains("cannot read"));
+        std::fs::write(&file, "192.0.2.0/24\nnot an address\n").unwrap();
+        assert!(expand(&format!("@{}", file.display())).unwrap_err().contains("allow.txt:2:"));
+        assert!(expand("no such thing!").is_err());
     }
 
     #[test]

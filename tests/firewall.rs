@@ -299,6 +299,7 @@ fn bans_lost_from_ipsets_come_back() {
         losses,
         &["ipset", "list", "mailpipe4-all"],
         "192.0.2.77 timeout 2147",
+        |shown| shown.contains("192.0.2.78 timeout 0"),
     );
 }
 
@@ -317,13 +318,15 @@ fn bans_lost_from_nftables_come_back() {
         losses,
         &["nft", "list", "set", "inet", "mailpipe", "banned4_all"],
         "192.0.2.77 timeout 24d",
+        |shown| shown.contains("192.0.2.78") && !shown.contains("192.0.2.78 timeout"),
     );
 }
 
 /// Bans deleted behind mailpipe's back (each of `losses`, run in the server) are dropped again
 /// after the next reconciliation; a 100-day ban shows `long` in what `show` prints (the kernel's
-/// longest timeout) while `list` shows 100 days.
-fn lost_bans_come_back(tag: &str, sink: &str, losses: &[&[&[&str]]], show: &[&str], long: &str) {
+/// longest timeout) while `list` shows 100 days; a permanent ban is held without a timeout
+/// (`permanent` judges what `show` prints).
+fn lost_bans_come_back(tag: &str, sink: &str, losses: &[&[&[&str]]], show: &[&str], long: &str, permanent: fn(&str) -> bool) {
     let Some(mut bed) = Testbed::new(tag) else { return };
     let socket = bed._dir.path().join("control.sock");
     let (mut stdin, log) = bed.mailpipe(&format!("sink: {sink}, control: \"{}\"", socket.display()));
@@ -359,5 +362,10 @@ fn lost_bans_come_back(tag: &str, sink: &str, losses: &[&[&[&str]]], show: &[&st
         .as_i64()
         .unwrap();
     assert!(left > 8_600_000, "{v}");
+    mailpipe(&["ban", "192.0.2.78", "--for", "permanent"]);
+    wait_log(&log, "banned 192.0.2.78/32");
+    let shown = bed.srv.exec(show).unwrap();
+    assert!(permanent(&shown), "{shown}");
+    assert!(mailpipe(&["list"]).lines().any(|l| l.starts_with("192.0.2.78/32") && l.contains("permanent")));
     drop(stdin);
 }

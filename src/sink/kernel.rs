@@ -9,7 +9,7 @@ pub const MAX_TIMEOUT: u64 = 2_147_483;
 const REFRESH: i64 = 86_400;
 
 /// A ban the kernel should hold: when it ends, and when the kernel's entry does (sooner for a
-/// ban longer than `MAX_TIMEOUT`).
+/// ban longer than `MAX_TIMEOUT`; never for a permanent one, held without a timeout).
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
     /// When the ban ends (Unix seconds).
@@ -22,6 +22,13 @@ impl Entry {
     /// A ban of `ban_for` seconds from `now`, and the timeout the kernel gets for it.
     pub fn new(now: i64, ban_for: u64) -> (Entry, u64) {
         let ban_for = ban_for.max(1);
+        if permanent(ban_for) {
+            let e = Entry {
+                until: i64::MAX,
+                kernel_until: i64::MAX,
+            };
+            return (e, 0);
+        }
         let timeout = ban_for.min(MAX_TIMEOUT);
         let e = Entry {
             until: now.saturating_add(ban_for as i64),
@@ -40,8 +47,11 @@ impl Entry {
         self.kernel_until < self.until && self.kernel_until - now < REFRESH
     }
 
-    /// Put in the kernel again at `now`: the timeout it gets (noted).
+    /// Put in the kernel again at `now`: the timeout it gets (noted; 0: none, permanent).
     pub fn renew(&mut self, now: i64) -> u64 {
+        if self.until == i64::MAX {
+            return 0;
+        }
         let timeout = ((self.until - now).max(1) as u64).min(MAX_TIMEOUT);
         self.kernel_until = now + timeout as i64;
         timeout
@@ -65,6 +75,11 @@ pub fn scope_set(base: &str, ports: &Ports, sep: char, max: usize) -> String {
         .iter()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("{base}{sep}p{:08x}", hash as u32)
+}
+
+/// A ban of `ban_for` seconds is permanent (`bantime: "permanent"`): no kernel timeout.
+pub fn permanent(ban_for: u64) -> bool {
+    ban_for >= crate::policy::MAX_BAN
 }
 
 /// What a reconciliation found and put right.
@@ -98,6 +113,14 @@ mod tests {
         let (short, t) = Entry::new(0, 60);
         assert_eq!(t, 60);
         assert!(!short.needs_refresh(30) && short.ending(59));
+    }
+
+    #[test]
+    fn a_permanent_ban_has_no_kernel_timeout() {
+        let (mut e, timeout) = Entry::new(1000, crate::policy::MAX_BAN);
+        assert_eq!(timeout, 0);
+        assert!(!e.needs_refresh(1000) && !e.ending(i64::MAX / 2));
+        assert_eq!(e.renew(5000), 0);
     }
 
     #[test]

@@ -633,6 +633,9 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
     if let Some(p) = d.narrowed_from {
         v["narrowed_from"] = p.into();
     }
+    if kernel::permanent(d.ban_for) {
+        v["permanent"] = true.into();
+    }
     v
 }
 

@@ -198,7 +198,7 @@ impl Nft {
             } else {
                 r.entries += 1;
             }
-            script += &format!("add element inet {t} {set} {{ {elem} timeout {}s }}\n", e.renew(now));
+            script += &format!("add element inet {t} {set} {{ {elem}{} }}\n", timeout_clause(e.renew(now)));
         }
         if !script.is_empty() {
             run(&script)?;
@@ -225,7 +225,7 @@ impl Nft {
         if known.is_some_and(|e| e.until > now) {
             script += &format!("delete element inet {t} {set} {{ {elem} }}\n");
         }
-        script += &format!("add element inet {t} {set} {{ {elem} timeout {timeout}s }}\n");
+        script += &format!("add element inet {t} {set} {{ {elem}{} }}\n", timeout_clause(timeout));
         run(&script)?;
         self.until.insert(key, entry);
         if self.until.len() > 4096 {
@@ -249,6 +249,11 @@ impl Nft {
         }
         result
     }
+}
+
+/// ` timeout Ns`, or nothing for a permanent ban (0).
+fn timeout_clause(secs: u64) -> String {
+    if secs == 0 { String::new() } else { format!(" timeout {secs}s") }
 }
 
 /// The set an address or network goes to (its scope is known), and how nft writes it.
