@@ -24,6 +24,7 @@
 //! - [`telemetry`]: Prometheus metrics, handles registered once, copied per batch.
 //! - [`state`]: bans and ban history that survive restarts (redb).
 //! - [`pipeline`]: wires the stages; [`config`] reads pipeline files.
+//! - [`import`]: a fail2ban configuration as a pipeline (`mailpipe import fail2ban`).
 //! - [`replay`]: the `test` command (fail2ban-regex's job) and its report.
 #![deny(missing_docs)]
 
@@ -32,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod evidence;
+pub mod import;
 pub mod input;
 pub mod matcher;
 pub mod parse;

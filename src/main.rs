@@ -400,7 +400,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
             for sink in v["sinks"].as_array().into_iter().flatten() {
-                println!("  sink {}: {sink}", sink["name"].as_str().unwrap_or(""));
+                let latency = match (sink["latency_us_p50"].as_u64(), sink["latency_us_p99"].as_u64()) {
+                    (Some(p50), Some(p99)) => format!(", latency p50 {p50} µs, p99 {p99} µs"),
+                    _ => String::new(),
+                };
+                println!(
+                    "  sink {}: {} applied, {} errors, {} given up, {} waits{latency}",
+                    sink["name"].as_str().unwrap_or(""),
+                    sink["applied"],
+                    sink["errors"],
+                    sink["given_up"],
+                    sink["waited"]
+                );
+            }
+            if let Some(state) = v["state"].as_object() {
+                let error = state.get("error").and_then(|e| e.as_str()).map(|e| format!(", failing: {e}")).unwrap_or_default();
+                println!("  state file: {} changes waiting{error}", state.get("pending").unwrap_or(&0.into()));
             }
             Ok(())
         }

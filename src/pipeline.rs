@@ -337,9 +337,15 @@ impl Pipeline {
         self.policy.bans()
     }
 
-    /// Active bans per jail, in jail order (cheap: for metrics on every batch).
+    /// Active bans per jail, in jail order, then under `policy::BAN_NAMES` (recidive,
+    /// manual) (cheap: for metrics on every batch).
     pub fn banned_per_jail(&self) -> Vec<usize> {
-        self.jail_names().iter().map(|n| self.policy.active(n)).collect()
+        self.jail_names()
+            .iter()
+            .map(String::as_str)
+            .chain(crate::policy::BAN_NAMES)
+            .map(|n| self.policy.active(n))
+            .collect()
     }
 
     /// Addresses currently counting failures, per jail.

@@ -260,6 +260,9 @@ fn expand(entry: &str) -> Result<Vec<IpNet>, String> {
     }
 }
 
+/// Names bans go by besides the jails': the recidive rule's and the operators'.
+pub const BAN_NAMES: [&str; 2] = ["recidive", "manual"];
+
 /// What the policy needs of a jail.
 #[derive(Debug, Clone)]
 pub struct JailPolicy {

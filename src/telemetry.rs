@@ -124,6 +124,8 @@ pub struct PipelineMetrics {
     evicted: Counter,
     batch: Histogram,
     jails: Vec<JailHandles>,
+    /// Active bans of no configured jail: `recidive`, and operators' `manual` ones.
+    others: [Gauge; 2],
 }
 
 impl PipelineMetrics {
@@ -153,11 +155,16 @@ impl PipelineMetrics {
             evicted: counter!("mailpipe_evicted_total"),
             batch: histogram!("mailpipe_batch_seconds"),
             jails,
+            others: crate::policy::BAN_NAMES.map(|n| gauge!("mailpipe_banned", "jail" => n)),
         }
     }
 
-    /// Copies the counters (once per batch). `banned[j]` is jail j's active bans.
+    /// Copies the counters (once per batch). `banned[j]` is jail j's active bans, then those of
+    /// each of `policy::BAN_NAMES`.
     pub fn publish(&self, s: &Stats, tracked: usize, evicted: u64, banned: &[usize], batch_secs: f64) {
+        for (g, &b) in self.others.iter().zip(&banned[s.jails.len().min(banned.len())..]) {
+            g.set(b as f64);
+        }
         self.lines.absolute(s.lines);
         self.skipped.absolute(s.skipped);
         self.parsed.absolute(s.parsed);
