@@ -326,6 +326,24 @@ impl Config {
         format!("// The effective pipeline (mailpipe check --print): every include and override applied.\n{body}\n")
     }
 
+    /// The settings `next` changes that a reload cannot apply (the daemon's edges: a restart
+    /// does).
+    pub fn restart_needed(&self, next: &Config) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut check = |name: &str, same: bool| {
+            if !same {
+                v.push(name.to_string());
+            }
+        };
+        check("inputs", self.inputs == next.inputs);
+        check("sinks", self.sinks == next.sinks);
+        check("control", self.control == next.control);
+        check("state", self.state == next.state);
+        check("metrics", self.metrics == next.metrics);
+        check("daemon", self.daemon == next.daemon);
+        v
+    }
+
     /// Each jail's port scope, resolved (service names through `/etc/services` where this
     /// program does not know them).
     pub fn jail_ports(&self) -> Result<Vec<Ports>, ConfigError> {

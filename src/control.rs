@@ -76,7 +76,7 @@ pub async fn reload(reload: Option<&Reloader>, queue: &Queue) -> Value {
     let Some(build) = reload.cloned() else {
         return json!({"ok": false, "error": "this daemon has no pipeline file to reload"});
     };
-    let next = match tokio::task::spawn_blocking(move || build()).await {
+    let (next, not_applied) = match tokio::task::spawn_blocking(move || build()).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return json!({"ok": false, "error": e}),
         Err(e) => return json!({"ok": false, "error": format!("compiling failed: {e}")}),
@@ -85,7 +85,12 @@ pub async fn reload(reload: Option<&Reloader>, queue: &Queue) -> Value {
     if queue.tx.send(Msg::Swap(Box::new(next), tx)).is_err() {
         return json!({"ok": false, "error": "shutting down"});
     }
-    rx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}))
+    let mut v = rx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));
+    if v["ok"] == true && !not_applied.is_empty() {
+        eprintln!("mailpipe: warning: reload: changed, but applied only by a restart: {}", not_applied.join(", "));
+        v["not_applied"] = not_applied.into();
+    }
+    v
 }
 
 /// Answers `req` on the pipeline thread; `now` is the pipeline's clock.

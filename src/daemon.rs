@@ -85,8 +85,9 @@ pub enum DaemonError {
 /// Each input's name and counters, as the daemon ends.
 pub type InputReport = Vec<(String, Arc<InputStats>)>;
 
-/// Builds the pipeline anew from its file (a reload); runs off the pipeline thread.
-pub type Reloader = Arc<dyn Fn() -> Result<Pipeline, String> + Send + Sync>;
+/// Builds the pipeline anew from its file (a reload), with the changed settings a reload cannot
+/// apply (inputs, sinks, ...: a restart does); runs off the pipeline thread.
+pub type Reloader = Arc<dyn Fn() -> Result<(Pipeline, Vec<String>), String> + Send + Sync>;
 
 fn allow_list(input: &str, allow: &[String]) -> Result<Allow, DaemonError> {
     allow

@@ -269,17 +269,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run { config, dry_run, metrics } => {
             let mut cfg = load(&config)?;
             if metrics.is_some() {
-                cfg.metrics = metrics;
+                cfg.metrics.clone_from(&metrics);
             }
             let pipeline = Pipeline::new(&cfg, Mode::Live)?;
             // `mailpipe reload` and SIGHUP read the same files again (the built-in default has
             // nothing to re-read).
             let system = config.is_none() && Config::load_system(&system_dir())?.is_some();
             let reload = (config.is_some() || system).then(|| -> mailpipe::daemon::Reloader {
-                let path = config.clone();
+                let (path, running, flag) = (config.clone(), cfg.clone(), metrics.clone());
                 std::sync::Arc::new(move || {
-                    let cfg = load(&path).map_err(|e| e.to_string())?;
-                    mailpipe::pipeline::build_within(cfg, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT).map_err(|e| e.to_string())
+                    let mut next = load(&path).map_err(|e| e.to_string())?;
+                    if flag.is_some() {
+                        next.metrics.clone_from(&flag);
+                    }
+                    let not_applied = running.restart_needed(&next);
+                    mailpipe::pipeline::build_within(next, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)
+                        .map(|p| (p, not_applied))
+                        .map_err(|e| e.to_string())
                 })
             });
             let report = mailpipe::daemon::run(&cfg, dry_run, pipeline, reload, std::io::stdout(), signals()).map_err(|e| match e {
@@ -454,6 +460,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Reload { socket } => {
             let v = ask(&socket, &mailpipe::control::Request::Reload)?;
             println!("reloaded: jails {}", v["jails"]);
+            if let Some(n) = v["not_applied"].as_array() {
+                let names: Vec<&str> = n.iter().filter_map(|x| x.as_str()).collect();
+                println!("changed, but applied only by a restart: {}", names.join(", "));
+            }
             Ok(())
         }
         Command::Unban { ip, all, socket } => {
