@@ -327,6 +327,36 @@ fn expand(rule: &str) -> (String, usize) {
     (s, n)
 }
 
+/// A parse error in `rule` (as written): what is wrong, and where in the rule.
+fn regex_error(rule: &str, e: &regex_syntax::Error) -> String {
+    let (span, kind) = match e {
+        regex_syntax::Error::Parse(x) => (*x.span(), x.kind().to_string()),
+        regex_syntax::Error::Translate(x) => (*x.span(), x.kind().to_string()),
+        _ => return format!("bad regex: {}", one_line(&e.to_string())),
+    };
+    let text = rule.get(span.start.offset..span.end.offset.max(span.start.offset)).unwrap_or("");
+    format!("bad regex: {kind}, at {text:?} (character {} of the rule)", rule[..span.start.offset.min(rule.len())].chars().count() + 1)
+}
+
+/// fail2ban's syntax pasted into a rule: `%(name)s` interpolation, `<F-USER>` groups, its
+/// `^%(__prefix_line)s` prefix; what to write instead.
+fn fail2ban_syntax(rule: &str) -> Option<String> {
+    let found = |what: &str| rule.contains(what);
+    let which = if found("%(") && found(")s") {
+        "`%(name)s` interpolation"
+    } else if found("<F-") || found("</F-") {
+        "a `<F-...>` capture group (write <USER> for the user name)"
+    } else if found("<SKIPLINES>") || found("<HOST_") {
+        "a fail2ban tag"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "this is fail2ban syntax: {which}; a rule starts at the message (no `^%(__prefix_line)s`), \
+         and `mailpipe import fail2ban` converts a whole fail2ban configuration"
+    ))
+}
+
 /// The rule's text before and after its one host placeholder, and the placeholder's family,
 /// for `HostFinder`.
 fn split_at_host(rule: &str) -> Option<(String, String, Family)> {
@@ -385,14 +415,18 @@ impl Matcher {
                     )
                 };
                 let full = format!("{}{text}", jail.prefix.as_deref().unwrap_or(""));
+                if let Some(hint) = fail2ban_syntax(&full) {
+                    return Err(at(hint));
+                }
                 let (pattern, hosts) = expand(&full);
                 if !ignore && hosts != 1 {
                     return Err(at(format!("a rule needs exactly one <HOST> (found {hosts})")));
                 }
-                let hir = regex_syntax::ParserBuilder::new()
-                    .unicode(false)
-                    .utf8(false)
-                    .build()
+                // Placeholders are plain text to the parser: an error in the rule is shown under
+                // the rule as written, not under the expanded <HOST> grammar.
+                let parser = || regex_syntax::ParserBuilder::new().unicode(false).utf8(false).build();
+                parser().parse(&full).map_err(|e| at(regex_error(&full, &e)))?;
+                let hir = parser()
                     .parse(&pattern)
                     .map_err(|e| at(format!("bad regex: {}", one_line(&e.to_string()))))?;
                 let re = meta::Regex::builder()
@@ -875,7 +909,12 @@ mod tests {
         let e = Matcher::new(&[jail("a", &[], &["no host here"], &[])], &origins, &MatcherConfig::default()).unwrap_err();
         assert!(e.reason.contains("exactly one <HOST>"), "{e}");
         let e = Matcher::new(&[jail("a", &[], &["(<HOST>"], &[])], &origins, &MatcherConfig::default()).unwrap_err();
-        assert!(e.reason.contains("bad regex"), "{e}");
+        assert!(e.reason.contains("unclosed group") && e.reason.contains("character 1 of the rule"), "shown as written: {e}");
+        assert!(!e.reason.contains("(?P<host>"), "not the expanded grammar: {e}");
+        for pasted in [r"^%(__prefix_line)sfailed from <HOST>", r"for <F-USER>.+</F-USER> from <HOST>"] {
+            let e = Matcher::new(&[jail("a", &[], &[pasted], &[])], &origins, &MatcherConfig::default()).unwrap_err();
+            assert!(e.reason.contains("fail2ban syntax") && e.reason.contains("import fail2ban"), "{e}");
+        }
     }
 
     #[test]
