@@ -90,7 +90,7 @@ fn end_to_end(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(lines.len() as u64));
     g.bench_function("sample_maillog_mail_ron", |b| {
-        let mut p = Pipeline::new(&cfg(), Mode::Replay).unwrap();
+        let mut p = Pipeline::new(&cfg().stages().unwrap(), Mode::Replay).unwrap();
         b.iter(|| {
             for l in &lines {
                 p.process(l, 1_781_700_000, |_| {});

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::daemon::DaemonConfig;
+use crate::queue::DaemonConfig;
 use crate::input::InputConfig;
 use crate::matcher::MatcherConfig;
 use crate::parse::ParseConfig;
 use crate::policy::PolicyConfig;
-use crate::ports::{PortSpec, Ports};
+use crate::ports::Ports;
+pub use crate::primitives::{ConfigError, Dur, Jail, Origin, PortSpec, jail_needles, regex_needles};
 use crate::sink::SinkConfig;
 use crate::window::WindowConfig;
 
@@ -36,74 +37,6 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("sshd.ron", include_str!("../pipelines/sshd.ron")),
     ("all.ron", include_str!("../pipelines/all.ron")),
 ];
-
-/// A duration written as `"15m"`, `"1h"`, `"1d"` (humantime syntax).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub u64);
-
-impl Dur {
-    /// `"permanent"`: the longest ban there is (100 years), which the kernel holds without a
-    /// timeout.
-    pub const PERMANENT: Dur = Dur(100 * 365 * 86_400);
-
-    /// Whole seconds.
-    pub fn secs(self) -> u64 {
-        self.0
-    }
-}
-
-impl serde::Serialize for Dur {
-    /// As the pipeline file writes it: `"3600s"` reads back as the same duration.
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if *self == Dur::PERMANENT {
-            return s.serialize_str("permanent");
-        }
-        s.serialize_str(&humantime::format_duration(std::time::Duration::from_secs(self.0)).to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
-        let s = String::deserialize(d)?;
-        if s == "permanent" {
-            return Ok(Dur::PERMANENT);
-        }
-        humantime::parse_duration(&s)
-            .map(|d| Dur(d.as_secs()))
-            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e} (write e.g. \"15m\", \"1h\", \"1d\")")))
-    }
-}
-
-/// One jail: the rules for one kind of failure and how many of them earn a ban.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Jail {
-    /// Unique name, used in decisions and metrics.
-    pub name: String,
-    /// Globs on the syslog program (`postfix*/smtpd`); `""` matches lines without a tag.
-    /// Empty list: every program.
-    #[serde(default)]
-    pub programs: Vec<String>,
-    /// A regex every rule (and ignore rule) of the jail starts with, like fail2ban's prefregex.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// Failure rules, anchored at the message start (after `prefix`), each with one `<HOST>`.
-    pub rules: Vec<String>,
-    /// A line matching one of these is never a failure for this jail.
-    #[serde(default)]
-    pub ignore: Vec<String>,
-    /// Failures within `findtime` that earn a ban.
-    pub maxretry: u32,
-    /// The window failures are counted in.
-    pub findtime: Dur,
-    /// This jail's first ban time, instead of the policy's.
-    #[serde(default)]
-    pub bantime: Option<Dur>,
-    /// The TCP ports its bans drop (numbers, service names, ranges); `[]`: every port; unset:
-    /// the mail ports.
-    #[serde(default)]
-    pub ports: Option<Vec<PortSpec>>,
-}
 
 /// An included pipeline file, optionally only some of its jails, with some of their settings
 /// changed.
@@ -245,59 +178,8 @@ pub struct Config {
     pub jails: Vec<Jail>,
     /// Where each jail was defined, for error positions.
     pub origins: Vec<Origin>,
-}
-
-/// The file text a jail came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Origin {
-    /// File name as shown in errors.
-    pub file: String,
-    /// Its text.
-    pub text: std::sync::Arc<str>,
-}
-
-/// A problem with a pipeline file, located.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{col}: {reason}")]
-pub struct ConfigError {
-    /// File name.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub col: usize,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl Origin {
-    /// An error at the first place `needle` is written in this file (1:1 if nowhere).
-    pub fn error_at(&self, needles: &[&str], reason: impl Into<String>) -> ConfigError {
-        let off = needles
-            .iter()
-            .filter(|n| !n.is_empty())
-            .find_map(|n| self.text.find(n))
-            .unwrap_or(0);
-        let before = &self.text[..off];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(off, |nl| off - nl - 1) + 1;
-        ConfigError {
-            file: self.file.clone(),
-            line,
-            col,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Where to find a jail's text inside its file, for error positions: the jail's name.
-pub fn jail_needles(jail: &Jail) -> String {
-    format!("\"{}\"", jail.name)
-}
-
-/// Where a regex is written in a file: as raw text, or with its backslashes escaped.
-pub fn regex_needles(re: &str) -> [String; 2] {
-    [re.to_string(), re.replace('\\', "\\\\").replace('"', "\\\"")]
+    /// Every file read, most important first (the top file, then its includes in order).
+    pub files: Vec<Origin>,
 }
 
 impl Config {
@@ -342,6 +224,20 @@ impl Config {
         check("metrics", self.metrics == next.metrics);
         check("daemon", self.daemon == next.daemon);
         v
+    }
+
+    /// The stages' part, to compile a pipeline from.
+    pub fn stages(&self) -> Result<crate::pipeline::Stages, ConfigError> {
+        Ok(crate::pipeline::Stages {
+            jails: self.jails.clone(),
+            origins: self.origins.clone(),
+            ports: self.jail_ports()?,
+            parse: self.parse.clone(),
+            matcher: self.matcher,
+            window: self.window,
+            policy: self.policy.clone(),
+            files: self.files.clone(),
+        })
     }
 
     /// Each jail's port scope, resolved (service names through `/etc/services` where this
@@ -465,6 +361,7 @@ impl Config {
             policy,
             jails: acc.jails,
             origins: acc.origins,
+            files: acc.layers.into_iter().map(|l| l.origin).collect(),
         })
     }
 }

@@ -17,9 +17,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Reloader;
-use crate::input::Msg;
-use crate::input::net::{InputStats, Queue};
+use crate::input::net::InputStats;
+use crate::queue::{Msg, Queue, Reloader};
 use crate::parse::rfc3339;
 use crate::pipeline::Pipeline;
 use crate::sink::SinkHandle;
@@ -257,7 +256,7 @@ async fn answer(line: &str, queue: &Queue, reloader: Option<&Reloader>, inputs: 
     }
     let status = req == Request::Status;
     let (rtx, rrx) = oneshot::channel();
-    if queue.tx.send(Msg::Control(req, rtx)).is_err() {
+    if queue.tx.send(Msg::Control(Box::new(move |p, sink, now| handle(p, sink, req, now)), rtx)).is_err() {
         return json!({"ok": false, "error": "shutting down"});
     }
     let mut v = rrx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));

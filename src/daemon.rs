@@ -20,37 +20,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::wall_clock;
-use crate::config::Dur;
-use crate::input::net::{self, Allow, InputStats, Queue, Shutdown, TcpLimits};
-use crate::input::{Budget, InputConfig, LineSplitter, Msg};
+use crate::input::net::{self, Allow, InputStats, Shutdown, TcpLimits};
+use crate::input::{InputConfig, LineSplitter};
+pub use crate::queue::{DaemonConfig, Reloader};
+use crate::queue::{Budget, Msg, Queue};
 use crate::pipeline::{Event, Pipeline};
 use crate::policy::{Ban, Decision};
 use crate::sink::{self, SinkConfig, SinkHandle};
-
-/// Daemon settings of a pipeline file.
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DaemonConfig {
-    /// Bytes the inputs may have queued for the pipeline at once (at least 1 MiB).
-    pub queue_bytes: usize,
-    /// How long open connections are still read after SIGTERM.
-    pub drain: Dur,
-}
-
-impl Default for DaemonConfig {
-    fn default() -> Self {
-        DaemonConfig {
-            queue_bytes: 32 << 20,
-            drain: Dur(5),
-        }
-    }
-}
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +66,6 @@ pub enum DaemonError {
 /// Each input's name and counters, as the daemon ends.
 pub type InputReport = Vec<(String, Arc<InputStats>)>;
 
-/// Builds the pipeline anew from its file (a reload), with the changed settings a reload cannot
-/// apply (inputs, sinks, ...: a restart does); runs off the pipeline thread.
-pub type Reloader = Arc<dyn Fn() -> Result<(Pipeline, Vec<String>), String> + Send + Sync>;
 
 fn allow_list(input: &str, allow: &[String]) -> Result<Allow, DaemonError> {
     allow
@@ -258,8 +236,8 @@ fn spawn_pipeline(
                             s.journal_cursor(c);
                         }
                     }
-                    Msg::Control(req, reply) => {
-                        let _ = reply.send(crate::control::handle(&mut pipeline, &mut sink, req, now));
+                    Msg::Control(work, reply) => {
+                        let _ = reply.send(work(&mut pipeline, &mut sink, now));
                     }
                     Msg::Swap(mut next, reply) => {
                         std::mem::swap(&mut pipeline, &mut next);

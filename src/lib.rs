@@ -20,11 +20,13 @@
 //! - [`evidence`]: the recent log lines behind a ban, for the ban mail.
 //! - [`policy`]: ignore lists, IPv6 aggregation, escalation, recidive → [`policy::Decision`].
 //! - [`ports`]: the ports a ban drops (each jail's scope).
+//! - [`primitives`]: the plain types every part shares (durations, errors, jails as written).
 //! - [`sink`]: where decisions go.
 //! - [`telemetry`]: Prometheus metrics, handles registered once, copied per batch.
 //! - [`state`]: bans and ban history that survive restarts (redb).
 //! - [`pipeline`]: wires the stages; [`config`] reads pipeline files.
 //! - [`import`]: a fail2ban configuration as a pipeline (`mailpipe import fail2ban`).
+//! - [`queue`]: what the daemon's edges hand the pipeline thread, bounded in bytes.
 //! - [`replay`]: the `test` command (fail2ban-regex's job) and its report.
 #![deny(missing_docs)]
 
@@ -40,7 +42,9 @@ pub mod parse;
 pub mod pipeline;
 pub mod policy;
 pub mod ports;
+pub mod primitives;
 pub mod prefilter;
+pub mod queue;
 pub mod replay;
 pub mod sink;
 pub mod state;

@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if metrics.is_some() {
                 cfg.metrics.clone_from(&metrics);
             }
-            let pipeline = Pipeline::new(&cfg, Mode::Live)?;
+            let pipeline = Pipeline::new(&cfg.stages()?, Mode::Live)?;
             // `mailpipe reload` and SIGHUP read the same files again (the built-in default has
             // nothing to re-read).
             let system = config.is_none() && Config::load_system(&system_dir())?.is_some();
@@ -283,7 +283,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         next.metrics.clone_from(&flag);
                     }
                     let not_applied = running.restart_needed(&next);
-                    mailpipe::pipeline::build_within(next, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)
+                    mailpipe::pipeline::build_within(next.stages().map_err(|e| e.to_string())?, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)
                         .map(|p| (p, not_applied))
                         .map_err(|e| e.to_string())
                 })
@@ -313,7 +313,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             logs,
         } => {
             let cfg = load(&config)?;
-            let mut pipeline = Pipeline::new(&cfg, Mode::Replay)?;
+            let mut pipeline = Pipeline::new(&cfg.stages()?, Mode::Replay)?;
             let mut sources = Vec::new();
             for name in logs {
                 let (reader, len): (Box<dyn Read + Send>, _) = if name == "-" {
@@ -340,7 +340,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Check { config, literals, print } => {
             let cfg = load(&config)?;
-            let pipeline = mailpipe::pipeline::build_within(cfg.clone(), Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)?;
+            let pipeline = mailpipe::pipeline::build_within(cfg.stages()?, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)?;
             if print {
                 print!("{}", cfg.effective_text());
                 return Ok(());
@@ -475,7 +475,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Explain { config, now, line } => {
             let cfg = load(&config)?;
-            let mut pipeline = Pipeline::new(&cfg, Mode::Live)?;
+            let mut pipeline = Pipeline::new(&cfg.stages()?, Mode::Live)?;
             print!("{}", pipeline.explain(line.as_bytes(), now.unwrap_or_else(wall_clock)));
             Ok(())
         }

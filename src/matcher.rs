@@ -21,7 +21,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, PatternID};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Jail, Origin, jail_needles, regex_needles};
+use crate::primitives::{ConfigError, Jail, Origin, jail_needles, regex_needles};
 use crate::parse::Record;
 
 /// IPv4, dotted quad.
@@ -725,7 +725,7 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Dur;
+    use crate::primitives::Dur;
 
     fn jail(name: &str, programs: &[&str], rules: &[&str], ignore: &[&str]) -> Jail {
         Jail {

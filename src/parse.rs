@@ -22,9 +22,9 @@ pub struct ParseConfig {
     /// Longest line in bytes; longer lines are cut there and counted.
     pub max_line: usize,
     /// How far ahead of the clock a line's own time is trusted (clocks of other servers drift).
-    pub future_skew: crate::config::Dur,
+    pub future_skew: crate::primitives::Dur,
     /// How far behind the clock a line's own time is trusted (a backlog delivered late).
-    pub backlog: crate::config::Dur,
+    pub backlog: crate::primitives::Dur,
 }
 
 impl Default for ParseConfig {
@@ -32,8 +32,8 @@ impl Default for ParseConfig {
         ParseConfig {
             timezone: None,
             max_line: 16384,
-            future_skew: crate::config::Dur(120),
-            backlog: crate::config::Dur(86_400),
+            future_skew: crate::primitives::Dur(120),
+            backlog: crate::primitives::Dur(86_400),
         }
     }
 }

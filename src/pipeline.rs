@@ -9,7 +9,12 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 
 use crate::clock::{Clock, Mode};
-use crate::config::Config;
+use crate::matcher::MatcherConfig;
+use crate::parse::ParseConfig;
+use crate::policy::PolicyConfig;
+use crate::ports::Ports;
+use crate::primitives::{Jail, Origin, error_in};
+use crate::window::WindowConfig;
 use crate::evidence::Evidence;
 use crate::matcher::{Found, JailId, Match, Matcher};
 use crate::parse::{Parser, Record, Zone};
@@ -98,8 +103,30 @@ pub struct Pipeline {
     candidates: Vec<u32>,
 }
 
+/// What a pipeline is compiled from: the stages' part of a pipeline file, its includes applied
+/// (`config::Config::stages` makes one).
+#[derive(Debug, Clone)]
+pub struct Stages {
+    /// The jails.
+    pub jails: Vec<Jail>,
+    /// Where each jail was written, for error positions.
+    pub origins: Vec<Origin>,
+    /// Each jail's port scope.
+    pub ports: Vec<Ports>,
+    /// Parse settings.
+    pub parse: ParseConfig,
+    /// Matcher settings.
+    pub matcher: MatcherConfig,
+    /// Window settings.
+    pub window: WindowConfig,
+    /// The ban policy.
+    pub policy: PolicyConfig,
+    /// The files the settings came from, most important first (for error positions).
+    pub files: Vec<Origin>,
+}
+
 /// A pipeline that cannot be built.
-pub type BuildError = crate::config::ConfigError;
+pub type BuildError = crate::primitives::ConfigError;
 
 /// How long compiling a pipeline may take (`reload`, `check`); beyond, it is refused. Memory is
 /// bounded by the matcher's size limits.
@@ -107,9 +134,9 @@ pub const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Compiles `cfg` on a thread of its own, giving up after `timeout` (the thread then finishes,
 /// within the matcher's size limits, and its result is dropped).
-pub fn build_within(cfg: Config, mode: Mode, timeout: std::time::Duration) -> Result<Pipeline, BuildError> {
+pub fn build_within(cfg: Stages, mode: Mode, timeout: std::time::Duration) -> Result<Pipeline, BuildError> {
     let file = cfg.origins.first().map_or_else(|| "<none>".to_string(), |o| o.file.clone());
-    let refuse = |reason: String| crate::config::ConfigError {
+    let refuse = |reason: String| crate::primitives::ConfigError {
         file: file.clone(),
         line: 1,
         col: 1,
@@ -133,12 +160,8 @@ pub fn build_within(cfg: Config, mode: Mode, timeout: std::time::Duration) -> Re
 impl Pipeline {
     /// Compiles every stage of `cfg`; `mode` says where the clock comes from (`Live` for `run`,
     /// `Replay` for `test`).
-    pub fn new(cfg: &Config, mode: Mode) -> Result<Pipeline, BuildError> {
-        let first = cfg.origins.first().cloned().unwrap_or(crate::config::Origin {
-            file: "<none>".into(),
-            text: "".into(),
-        });
-        let zone = Zone::resolve(cfg.parse.timezone.as_deref()).map_err(|e| first.error_at(&["timezone"], e.to_string()))?;
+    pub fn new(cfg: &Stages, mode: Mode) -> Result<Pipeline, BuildError> {
+        let zone = Zone::resolve(cfg.parse.timezone.as_deref()).map_err(|e| error_in(&cfg.files, &["timezone"], e.to_string()))?;
         let matcher = Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher)?;
         let prefilter = Prefilter::new(matcher.literal_sets());
         let thresholds = cfg
@@ -153,10 +176,10 @@ impl Pipeline {
         let names: Vec<_> = cfg
             .jails
             .iter()
-            .zip(cfg.jail_ports()?)
-            .map(|(j, ports)| (j.name.clone(), j.bantime, ports))
+            .zip(&cfg.ports)
+            .map(|(j, ports)| (j.name.clone(), j.bantime, ports.clone()))
             .collect();
-        let policy = Policy::new(&cfg.policy, &names, &first)?;
+        let policy = Policy::new(&cfg.policy, &names, &cfg.files)?;
         let stats = Stats {
             jails: cfg
                 .jails
@@ -587,7 +610,7 @@ mod tests {
 
     #[test]
     fn five_sasl_failures_ban_once() {
-        let mut p = Pipeline::new(&Config::builtin(), Mode::Live).unwrap();
+        let mut p = Pipeline::new(&crate::config::Config::builtin().stages().unwrap(), Mode::Live).unwrap();
         let mut bans = Vec::new();
         for i in 0..6 {
             let line = format!(
@@ -609,7 +632,7 @@ mod tests {
 
     #[test]
     fn skipped_lines_are_counted() {
-        let mut p = Pipeline::new(&Config::builtin(), Mode::Live).unwrap();
+        let mut p = Pipeline::new(&crate::config::Config::builtin().stages().unwrap(), Mode::Live).unwrap();
         assert!(!p.process(b"Jun 17 03:14:07 mail postfix/smtpd[1]: connect from x[192.0.2.1]", 0, |_| {}));
         assert_eq!((p.stats().lines, p.stats().skipped), (1, 1));
     }

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Dur, Origin};
+use crate::primitives::{ConfigError, Dur, Origin, error_in};
 use crate::ports::Ports;
 
 /// Escalation for repeat offenders.
@@ -284,11 +284,13 @@ fn bits(ip: IpAddr) -> u128 {
 
 impl Policy {
     /// Builds the policy for jails given as (name, own bantime, ports).
-    pub fn new(cfg: &PolicyConfig, jails: &[(String, Option<Dur>, Ports)], origin: &Origin) -> Result<Policy, ConfigError> {
+    /// `files` are the files the settings may have come from, most important first (for error
+    /// positions).
+    pub fn new(cfg: &PolicyConfig, jails: &[(String, Option<Dur>, Ports)], files: &[Origin]) -> Result<Policy, ConfigError> {
         let nets = |list: &[String], field: &str| -> Result<Vec<IpNet>, ConfigError> {
             let mut out = Vec::new();
             for entry in list {
-                let at = |why: String| origin.error_at(&[&format!("\"{entry}\"")], format!("{field}: {why}"));
+                let at = |why: String| error_in(files, &[&format!("\"{entry}\"")], format!("{field}: {why}"));
                 for n in expand(entry).map_err(at)? {
                     out.push(match n.addr().to_canonical() {
                         // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
@@ -303,12 +305,12 @@ impl Policy {
         let ignore = nets(&cfg.ignore, "ignore")?;
         let proxies = nets(&cfg.trusted_proxies, "trusted_proxies")?;
         if !(1..=128).contains(&cfg.ipv6_prefix) {
-            return Err(origin.error_at(&["ipv6_prefix"], "ipv6_prefix must be 1..=128"));
+            return Err(error_in(files, &["ipv6_prefix"], "ipv6_prefix must be 1..=128"));
         }
         if let Some(inc) = cfg.increment
             && !(inc.factor >= 1.0 && inc.factor.is_finite())
         {
-            return Err(origin.error_at(&["factor"], "increment factor must be a number >= 1"));
+            return Err(error_in(files, &["factor"], "increment factor must be a number >= 1"));
         }
         let lengths = [("bantime", Some(cfg.bantime)), ("maxtime", cfg.increment.map(|i| i.maxtime))]
             .into_iter()
@@ -318,7 +320,7 @@ impl Policy {
             if let Some(d) = d
                 && !(1..=MAX_BAN).contains(&d.secs())
             {
-                return Err(origin.error_at(&[field], format!("{field}: a ban lasts from 1 s to 100 years (got {} s)", d.secs())));
+                return Err(error_in(files, &[field], format!("{field}: a ban lasts from 1 s to 100 years (got {} s)", d.secs())));
             }
         }
         let jails = jails
@@ -645,7 +647,7 @@ mod tests {
             file: "t".into(),
             text: "".into(),
         };
-        Policy::new(&cfg, &[("j".into(), None, Ports::mail())], &origin).unwrap()
+        Policy::new(&cfg, &[("j".into(), None, Ports::mail())], std::slice::from_ref(&origin)).unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -778,7 +780,7 @@ mod tests {
         let web = Ports::resolve(&[crate::ports::PortSpec::Name("http,https".into())], |_| None).unwrap();
         let smtp = Ports::resolve(&[crate::ports::PortSpec::Number(25)], |_| None).unwrap();
         let jails = [("web".into(), None, web.clone()), ("smtp".into(), None, smtp.clone())];
-        let mut p = Policy::new(&PolicyConfig::default(), &jails, &origin).unwrap();
+        let mut p = Policy::new(&PolicyConfig::default(), &jails, std::slice::from_ref(&origin)).unwrap();
         let mut out = Vec::new();
         p.decide(0, net("198.51.100.1/32"), 5, 0, 0, &mut out);
         assert_eq!(out[0].ports, web);
@@ -845,12 +847,12 @@ mod tests {
             file: "p.ron".into(),
             text: "Pipeline(policy: (ignore: [\"10.0.0/8\"]))".into(),
         };
-        let e = Policy::new(&ignoring(&["10.0.0/8"]), &[], &origin).unwrap_err();
+        let e = Policy::new(&ignoring(&["10.0.0/8"]), &[], std::slice::from_ref(&origin)).unwrap_err();
         assert_eq!((e.line, e.col), (1, 28));
         let long = PolicyConfig {
             bantime: Dur(MAX_BAN + 1),
             ..Default::default()
         };
-        assert!(Policy::new(&long, &[], &origin).unwrap_err().reason.contains("100 years"));
+        assert!(Policy::new(&long, &[], std::slice::from_ref(&origin)).unwrap_err().reason.contains("100 years"));
     }
 }

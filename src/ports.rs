@@ -6,18 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Deserialize;
-
-/// Ports as a pipeline file writes them: a number, a service name (`"submission"`), a range
-/// (`"8000:8080"`), or a fail2ban-style list in one string (`"smtp,465,submission"`).
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum PortSpec {
-    /// A port number.
-    Number(u16),
-    /// A service name, a range or a comma-separated list.
-    Name(String),
-}
+pub use crate::primitives::PortSpec;
 
 /// TCP ports a ban applies to: sorted, merged ranges; empty means every port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

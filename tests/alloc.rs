@@ -41,7 +41,7 @@ fn allocations_for(p: &mut Pipeline, lines: &[String]) -> u64 {
 fn hot_path_does_not_allocate() {
     let mut cfg = Config::builtin();
     cfg.parse.timezone = Some("UTC".into());
-    let mut p = Pipeline::new(&cfg, Mode::Live).unwrap();
+    let mut p = Pipeline::new(&cfg.stages().unwrap(), Mode::Live).unwrap();
     let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/sample/maillog")).unwrap();
     // Every line once, to warm the lazy DFAs and the scratch buffers.
     let all: Vec<String> = sample.lines().map(str::to_string).collect();

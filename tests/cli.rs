@@ -384,3 +384,23 @@ fn system_layout_layers_conf_d_in_name_order() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&*sock.to_string_lossy()), "the socket comes from the configuration");
 }
+
+/// A bad setting is reported in the file that wrote it, not the file that included it.
+#[test]
+fn a_bad_setting_points_at_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sub.ron"), "Pipeline(\n  policy: (ignore: [\"10.0.0/8\"]),\n)").unwrap();
+    std::fs::write(
+        dir.path().join("top.ron"),
+        format!("Pipeline(include: [(file: \"sub.ron\"), (file: \"{}/pipelines/mail.ron\")])", env!("CARGO_MANIFEST_DIR")),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+        .args(["check", "-c"])
+        .arg(dir.path().join("top.ron"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("sub.ron:2:") && err.contains("10.0.0/8"), "{err}");
+}

@@ -278,7 +278,7 @@ fn fail2ban_corpus_agrees() {
     let zone = Zone::resolve(Some("Europe/Zurich")).unwrap();
     // One pipeline for all lines: in Live mode a line's year does not depend on earlier lines,
     // and matches are reported whatever the window and policy make of them.
-    let mut p = Pipeline::new(&cfg, Mode::Live).unwrap();
+    let mut p = Pipeline::new(&cfg.stages().unwrap(), Mode::Live).unwrap();
     let names = p.jail_names().to_vec();
     let only: Option<Vec<String>> = std::env::var("CORPUS").ok().map(|v| v.split(',').map(String::from).collect());
     let (mut failures, mut deliberate_n, mut report) = (Vec::new(), 0, Vec::new());

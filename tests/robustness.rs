@@ -42,8 +42,8 @@ fn fragment() -> impl Strategy<Value = String> {
 }
 
 // Compiled once: matches do not depend on what earlier lines left in the windows.
-static LIVE: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| Mutex::new(Pipeline::new(&all(), Mode::Live).unwrap()));
-static REPLAY: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| Mutex::new(Pipeline::new(&all(), Mode::Replay).unwrap()));
+static LIVE: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| Mutex::new(Pipeline::new(&all().stages().unwrap(), Mode::Live).unwrap()));
+static REPLAY: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| Mutex::new(Pipeline::new(&all().stages().unwrap(), Mode::Replay).unwrap()));
 /// How many rules (patterns) the matcher has.
 fn rules(m: &Matcher) -> u32 {
     m.literal_sets().len() as u32

@@ -12,7 +12,7 @@ use mailpipe::pipeline::Pipeline;
 static PIPELINE: LazyLock<Mutex<Pipeline>> = LazyLock::new(|| {
     let mut cfg = Config::builtin_named("all.ron").expect("shipped");
     cfg.parse.timezone = Some("UTC".into());
-    Mutex::new(Pipeline::new(&cfg, Mode::Replay).expect("builds"))
+    Mutex::new(Pipeline::new(&cfg.stages().expect("ports resolve"), Mode::Replay).expect("builds"))
 });
 
 fuzz_target!(|data: &[u8]| {

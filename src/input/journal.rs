@@ -18,8 +18,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use super::Msg;
-use super::net::{InputStats, Queue};
+use crate::queue::{Msg, Queue};
+use super::net::InputStats;
 
 /// What `Journal(...)` says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,6 @@ pub mod frame;
 pub mod journal;
 pub mod net;
 
-use bytes::BytesMut;
 use serde::Deserialize;
 
 /// An input of a pipeline file.
@@ -51,7 +50,7 @@ pub enum InputConfig {
         max_per_source: usize,
         /// A connection silent this long is closed, so idle ones cannot hold every slot.
         #[serde(default = "default_idle_timeout")]
-        idle_timeout: crate::config::Dur,
+        idle_timeout: crate::primitives::Dur,
     },
     /// Syslog datagrams on a Unix socket (`logger -u PATH`, rsyslog's omuxsock).
     Unix {
@@ -79,7 +78,7 @@ pub enum InputConfig {
         journalctl: String,
         /// Without a saved cursor, how far back to start.
         #[serde(default = "default_lookback")]
-        lookback: crate::config::Dur,
+        lookback: crate::primitives::Dur,
         /// Longest entry line (JSON) accepted.
         #[serde(default = "default_journal_frame")]
         max_frame: usize,
@@ -89,8 +88,8 @@ pub enum InputConfig {
 fn default_journalctl() -> String {
     "journalctl".into()
 }
-fn default_lookback() -> crate::config::Dur {
-    crate::config::Dur(600)
+fn default_lookback() -> crate::primitives::Dur {
+    crate::primitives::Dur(600)
 }
 fn default_journal_frame() -> usize {
     1 << 20
@@ -108,78 +107,8 @@ fn default_max_connections() -> usize {
 fn default_max_per_source() -> usize {
     16
 }
-fn default_idle_timeout() -> crate::config::Dur {
-    crate::config::Dur(600)
-}
-
-/// The bytes the edges may have queued for the pipeline at once. Senders wait their turn for
-/// room (first come, first served: a sender ready again queues behind the others), UDP drops
-/// when there is none; room comes back as the pipeline finishes each message.
-#[derive(Debug, Clone)]
-pub struct Budget {
-    room: std::sync::Arc<tokio::sync::Semaphore>,
-    total: usize,
-}
-
-/// Room taken in the budget, given back when dropped (after the pipeline is done with it).
-#[derive(Debug)]
-pub struct Lease(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
-
-impl Budget {
-    /// A budget of `bytes`.
-    pub fn new(bytes: usize) -> Budget {
-        let total = bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-        Budget {
-            room: std::sync::Arc::new(tokio::sync::Semaphore::new(total)),
-            total,
-        }
-    }
-
-    fn permits(&self, bytes: usize) -> u32 {
-        // A message larger than the whole budget takes all of it rather than waiting forever.
-        bytes.clamp(1, self.total).min(u32::MAX as usize) as u32
-    }
-
-    /// Waits for room for `bytes`.
-    pub async fn take(&self, bytes: usize) -> Lease {
-        Lease(
-            self.room
-                .clone()
-                .acquire_many_owned(self.permits(bytes))
-                .await
-                .expect("the budget is never closed"),
-        )
-    }
-
-    /// Room for `bytes` now, or `None`.
-    pub fn try_take(&self, bytes: usize) -> Option<Lease> {
-        self.room.clone().try_acquire_many_owned(self.permits(bytes)).ok().map(Lease)
-    }
-
-    /// Bytes queued now.
-    pub fn used(&self) -> usize {
-        self.total - self.room.available_permits()
-    }
-}
-
-/// What the edges hand the pipeline thread.
-#[derive(Debug)]
-pub enum Msg {
-    /// A chunk of a byte stream (stdin), to be cut into lines.
-    Stream(Vec<u8>, Lease),
-    /// Whole messages (one datagram or frame each).
-    Frames(Vec<BytesMut>, Lease),
-    /// Journal entries (JSON lines); the last one's cursor is where the journal resumes.
-    Journal(Vec<BytesMut>, Lease),
-    /// A control request, answered on the pipeline thread.
-    Control(crate::control::Request, tokio::sync::oneshot::Sender<serde_json::Value>),
-    /// A pipeline compiled elsewhere (a reload), to take over from the running one.
-    Swap(Box<crate::pipeline::Pipeline>, tokio::sync::oneshot::Sender<serde_json::Value>),
-    /// A second has passed: bans end, the state file retries, counters are published, even when
-    /// no line comes.
-    Tick,
-    /// Stop after everything queued before this.
-    Stop,
+fn default_idle_timeout() -> crate::primitives::Dur {
+    crate::primitives::Dur(600)
 }
 
 /// Cuts a byte stream into lines.

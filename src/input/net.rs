@@ -19,30 +19,11 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket, UnixDatagram};
-use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{Frame, SyslogFrames};
-use super::{Budget, Msg};
-
-/// How the edges reach the pipeline: its queue and the byte budget that bounds it.
-#[derive(Debug, Clone)]
-pub struct Queue {
-    /// The pipeline thread's queue (bounded by `budget`, not by count).
-    pub tx: mpsc::UnboundedSender<Msg>,
-    /// Bytes that may be queued at once.
-    pub budget: Budget,
-}
-
-impl Queue {
-    /// Queues `frames` once the budget has room; false when the pipeline is gone.
-    async fn send(&self, frames: Vec<BytesMut>) -> bool {
-        let bytes = frames.iter().map(|f| f.len()).sum();
-        let lease = self.budget.take(bytes).await;
-        self.tx.send(Msg::Frames(frames, lease)).is_ok()
-    }
-}
+use crate::queue::{Msg, Queue};
 
 /// When to stop reading: a stop signal, and how long connections may then drain.
 #[derive(Debug, Clone)]

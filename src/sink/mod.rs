@@ -50,7 +50,7 @@ pub enum SinkConfig {
         forward: bool,
         /// How often the kernel is checked against the bans (sets, entries, rules).
         #[serde(default = "default_reconcile")]
-        reconcile: crate::config::Dur,
+        reconcile: crate::primitives::Dur,
     },
     /// Add bans to nftables sets with per-element timeouts (`nft -f -`).
     Nftables {
@@ -71,7 +71,7 @@ pub enum SinkConfig {
         forward: bool,
         /// How often the kernel is checked against the bans (table, elements).
         #[serde(default = "default_reconcile")]
-        reconcile: crate::config::Dur,
+        reconcile: crate::primitives::Dur,
     },
     /// Mail the admin about bans through the local `sendmail`, one mail per batch.
     Mail {
@@ -86,7 +86,7 @@ pub enum SinkConfig {
         sendmail: String,
         /// Bans gathered into one mail: the first starts the clock.
         #[serde(default = "default_batch")]
-        batch: crate::config::Dur,
+        batch: crate::primitives::Dur,
         /// Log lines quoted per ban.
         #[serde(default = "default_lines")]
         lines: usize,
@@ -129,8 +129,8 @@ fn default_from() -> String {
 fn default_sendmail() -> String {
     "/usr/sbin/sendmail".into()
 }
-fn default_batch() -> crate::config::Dur {
-    crate::config::Dur(600)
+fn default_batch() -> crate::primitives::Dur {
+    crate::primitives::Dur(600)
 }
 fn default_lines() -> usize {
     10
@@ -142,8 +142,8 @@ fn default_max_bans() -> usize {
 fn yes() -> bool {
     true
 }
-fn default_reconcile() -> crate::config::Dur {
-    crate::config::Dur(60)
+fn default_reconcile() -> crate::primitives::Dur {
+    crate::primitives::Dur(60)
 }
 
 fn default_nft_table() -> String {
