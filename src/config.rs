@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::queue::DaemonConfig;
 use crate::input::InputConfig;
 use crate::matcher::MatcherConfig;
 use crate::parse::ParseConfig;
 use crate::policy::PolicyConfig;
 use crate::ports::Ports;
 pub use crate::primitives::{ConfigError, Dur, Jail, Origin, PortSpec, jail_needles, regex_needles};
+use crate::queue::DaemonConfig;
 use crate::sink::SinkConfig;
 use crate::window::WindowConfig;
 
@@ -328,7 +328,10 @@ impl Config {
                 let Some(i) = acc.jails.iter().position(|j| j.name == *name) else {
                     return Err(layer.origin.error_at(
                         &[&format!("\"{name}\"")],
-                        format!("set: no jail {name:?} is loaded (jails: {})", acc.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")),
+                        format!(
+                            "set: no jail {name:?} is loaded (jails: {})",
+                            acc.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
                     ));
                 };
                 if set.enabled == Some(false) {
@@ -608,10 +611,20 @@ mod tests {
 
     #[test]
     fn an_include_filter_holds_through_nested_includes() {
-        let c = Config::from_text("x.ron", "Pipeline(include: [(file: \"all.ron\", jails: [\"roundcube-auth\"])])", Path::new(BUILTIN_DIR)).unwrap();
+        let c = Config::from_text(
+            "x.ron",
+            "Pipeline(include: [(file: \"all.ron\", jails: [\"roundcube-auth\"])])",
+            Path::new(BUILTIN_DIR),
+        )
+        .unwrap();
         let names: Vec<_> = c.jails.iter().map(|j| j.name.as_str()).collect();
         assert_eq!(names, ["roundcube-auth"]);
-        let e = Config::from_text("x.ron", "Pipeline(include: [(file: \"all.ron\", jails: [\"nosuch\"])])", Path::new(BUILTIN_DIR)).unwrap_err();
+        let e = Config::from_text(
+            "x.ron",
+            "Pipeline(include: [(file: \"all.ron\", jails: [\"nosuch\"])])",
+            Path::new(BUILTIN_DIR),
+        )
+        .unwrap_err();
         assert!(e.reason.contains("unknown jail \"nosuch\""), "{e}");
     }
 
@@ -619,14 +632,23 @@ mod tests {
     fn sections_merge_field_by_field_and_lists_add_up() {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-        write("base.ron", r#"Pipeline(policy: (bantime: "2h", increment: Some((factor: 3.0, maxtime: "1d")), ignore: ["10.0.0.0/8"]), parse: (max_line: 100))"#);
-        write("top.ron", r#"Pipeline(include: [(file: "base.ron")], policy: (ignore: ["192.0.2.0/24"]))"#);
+        write(
+            "base.ron",
+            r#"Pipeline(policy: (bantime: "2h", increment: Some((factor: 3.0, maxtime: "1d")), ignore: ["10.0.0.0/8"]), parse: (max_line: 100))"#,
+        );
+        write(
+            "top.ron",
+            r#"Pipeline(include: [(file: "base.ron")], policy: (ignore: ["192.0.2.0/24"]))"#,
+        );
         let c = Config::load(&dir.path().join("top.ron")).unwrap();
         assert_eq!(c.policy.bantime.secs(), 7200, "kept from the include");
         assert_eq!(c.policy.increment.map(|i| i.factor), Some(3.0), "not dropped by writing ignore");
         assert_eq!(c.policy.ignore, ["127.0.0.0/8", "::1", "10.0.0.0/8", "192.0.2.0/24"]);
         assert_eq!(c.parse.max_line, 100);
-        write("top.ron", r#"Pipeline(include: [(file: "base.ron")], replace: ["policy.ignore"], policy: (ignore: ["192.0.2.0/24"], increment: None))"#);
+        write(
+            "top.ron",
+            r#"Pipeline(include: [(file: "base.ron")], replace: ["policy.ignore"], policy: (ignore: ["192.0.2.0/24"], increment: None))"#,
+        );
         let c = Config::load(&dir.path().join("top.ron")).unwrap();
         assert_eq!(c.policy.ignore, ["192.0.2.0/24"]);
         assert_eq!(c.policy.increment, None, "written None turns it off");

@@ -18,9 +18,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::input::net::InputStats;
-use crate::queue::{Msg, Queue, Reloader};
 use crate::parse::rfc3339;
 use crate::pipeline::Pipeline;
+use crate::queue::{Msg, Queue, Reloader};
 use crate::sink::SinkHandle;
 
 /// Longest request line; a longer one is answered with an error and the connection closed.
@@ -86,7 +86,10 @@ pub async fn reload(reload: Option<&Reloader>, queue: &Queue) -> Value {
     }
     let mut v = rx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));
     if v["ok"] == true && !not_applied.is_empty() {
-        eprintln!("mailpipe: warning: reload: changed, but applied only by a restart: {}", not_applied.join(", "));
+        eprintln!(
+            "mailpipe: warning: reload: changed, but applied only by a restart: {}",
+            not_applied.join(", ")
+        );
         v["not_applied"] = not_applied.into();
     }
     v
@@ -256,7 +259,11 @@ async fn answer(line: &str, queue: &Queue, reloader: Option<&Reloader>, inputs: 
     }
     let status = req == Request::Status;
     let (rtx, rrx) = oneshot::channel();
-    if queue.tx.send(Msg::Control(Box::new(move |p, sink, now| handle(p, sink, req, now)), rtx)).is_err() {
+    if queue
+        .tx
+        .send(Msg::Control(Box::new(move |p, sink, now| handle(p, sink, req, now)), rtx))
+        .is_err()
+    {
         return json!({"ok": false, "error": "shutting down"});
     }
     let mut v = rrx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));

@@ -27,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::wall_clock;
 use crate::input::net::{self, Allow, InputStats, Shutdown, TcpLimits};
 use crate::input::{InputConfig, LineSplitter};
-pub use crate::queue::{DaemonConfig, Reloader};
-use crate::queue::{Budget, Msg, Queue};
 use crate::pipeline::{Event, Pipeline};
 use crate::policy::{Ban, Decision};
+use crate::queue::{Budget, Msg, Queue};
+pub use crate::queue::{DaemonConfig, Reloader};
 use crate::sink::{self, SinkConfig, SinkHandle};
 
 /// Why the daemon could not run.
@@ -65,7 +65,6 @@ pub enum DaemonError {
 
 /// Each input's name and counters, as the daemon ends.
 pub type InputReport = Vec<(String, Arc<InputStats>)>;
-
 
 fn allow_list(input: &str, allow: &[String]) -> Result<Allow, DaemonError> {
     allow
@@ -489,6 +488,7 @@ fn restored_decision(b: &Ban, now: i64) -> Decision {
         narrowed_from: None,
         ports: b.ports.clone(),
         evidence: Default::default(),
+        restored: true,
     }
 }
 

@@ -238,7 +238,13 @@ fn load(path: &Option<PathBuf>) -> Result<Config, ConfigError> {
 /// `--socket PATH`; else the control socket the system configuration names; else the default.
 fn socket_of(given: Option<PathBuf>) -> PathBuf {
     given
-        .or_else(|| Config::load_system(&system_dir()).ok().flatten().and_then(|c| c.control).map(PathBuf::from))
+        .or_else(|| {
+            Config::load_system(&system_dir())
+                .ok()
+                .flatten()
+                .and_then(|c| c.control)
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from(mailpipe::control::DEFAULT_SOCKET))
 }
 
@@ -266,218 +272,254 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Run { config, dry_run, metrics } => {
-            let mut cfg = load(&config)?;
-            if metrics.is_some() {
-                cfg.metrics.clone_from(&metrics);
-            }
-            let pipeline = Pipeline::new(&cfg.stages()?, Mode::Live)?;
-            // `mailpipe reload` and SIGHUP read the same files again (the built-in default has
-            // nothing to re-read).
-            let system = config.is_none() && Config::load_system(&system_dir())?.is_some();
-            let reload = (config.is_some() || system).then(|| -> mailpipe::daemon::Reloader {
-                let (path, running, flag) = (config.clone(), cfg.clone(), metrics.clone());
-                std::sync::Arc::new(move || {
-                    let mut next = load(&path).map_err(|e| e.to_string())?;
-                    if flag.is_some() {
-                        next.metrics.clone_from(&flag);
-                    }
-                    let not_applied = running.restart_needed(&next);
-                    mailpipe::pipeline::build_within(next.stages().map_err(|e| e.to_string())?, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)
-                        .map(|p| (p, not_applied))
-                        .map_err(|e| e.to_string())
-                })
-            });
-            let report = mailpipe::daemon::run(&cfg, dry_run, pipeline, reload, std::io::stdout(), signals()).map_err(|e| match e {
-                DaemonError::Config { .. } => Failure::Config(ConfigError {
-                    file: config_name(&config),
-                    line: 1,
-                    col: 1,
-                    reason: e.to_string(),
-                }),
-                e => Failure::Runtime(e.into()),
-            })?;
-            for (name, stats) in report {
-                eprintln!("mailpipe: input {name}: {}", stats.summary());
-            }
-            Ok(())
-        }
-        Command::Test {
-            config,
-            json,
-            matches,
-            decisions,
-            missed,
-            now,
-            max_line,
-            logs,
-        } => {
-            let cfg = load(&config)?;
-            let mut pipeline = Pipeline::new(&cfg.stages()?, Mode::Replay)?;
-            let mut sources = Vec::new();
-            for name in logs {
-                let (reader, len): (Box<dyn Read + Send>, _) = if name == "-" {
-                    (Box::new(std::io::stdin()), None)
-                } else {
-                    let f = std::fs::File::open(&name).with_context(|| format!("cannot open {name}"))?;
-                    let len = f.metadata().ok().map(|m| m.len());
-                    (Box::new(f), len)
-                };
-                sources.push(replay::Source { name, reader, len });
-            }
-            let opts = replay::Options {
-                json,
-                matches,
-                decisions,
-                missed,
-                max_line: max_line.unwrap_or(cfg.parse.max_line),
-            };
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            replay::run(&mut pipeline, sources, now.unwrap_or_else(wall_clock), opts, &mut out).context("test")?;
-            out.flush().context("writing output")?;
-            Ok(())
-        }
-        Command::Check { config, literals, print } => {
-            let cfg = load(&config)?;
-            let pipeline = mailpipe::pipeline::build_within(cfg.stages()?, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)?;
-            if print {
-                print!("{}", cfg.effective_text());
-                return Ok(());
-            }
-            if literals {
-                for l in pipeline.literal_texts() {
-                    println!("{l}");
-                }
-                return Ok(());
-            }
-            let rules: usize = cfg.jails.iter().map(|j| j.rules.len() + j.ignore.len()).sum();
-            let literals = pipeline.literal_texts().len();
-            println!(
-                "ok: {} jails, {rules} rules, {literals} prefilter literals ({})",
-                cfg.jails.len(),
-                cfg.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
-            );
-            for (jail, rule, ignore) in pipeline.unliteral_rules() {
-                let what = if ignore { "ignore rule" } else { "rule" };
-                println!("note: jail {jail} {what} {rule} has no literal the prefilter can use: every line is parsed for it");
-            }
-            for (jail, rule, ignore) in pipeline.heavy_rules() {
-                let what = if ignore { "ignore rule" } else { "rule" };
-                println!(
-                    "warning: jail {jail} {what} {rule}: its automaton is very large, so on long lines it can run thousands of times slower than the others; avoid `.*` or `.{{n}}` before the text it looks for (e.g. `[^\\[]*\\[<HOST>\\]`)"
-                );
-            }
-            Ok(())
-        }
-        Command::Firewall { config } => {
-            let cfg = load(&config)?;
-            let scopes = cfg.jail_ports().map_err(|e| anyhow::anyhow!("{e}"))?;
-            for sink in &cfg.sinks {
-                mailpipe::sink::open(sink, None::<std::io::Sink>, &scopes).context("setting up the firewall")?;
-                println!("ok: {sink:?}");
-            }
-            Ok(())
-        }
-        Command::Status { socket, json } => {
-            let v = ask(&socket, &mailpipe::control::Request::Status)?;
-            if json {
-                println!("{v}");
-                return Ok(());
-            }
-            println!(
-                "lines {}, matched {}, bans {} ({} active), {} addresses counting",
-                v["lines"], v["matched"], v["bans"], v["currently_banned"], v["tracked"]
-            );
-            for j in v["jails"].as_array().into_iter().flatten() {
-                println!(
-                    "  {:<22} failing {:>6}  banned {:>6}  total banned {:>8}",
-                    j["name"].as_str().unwrap_or(""),
-                    j["currently_failing"],
-                    j["currently_banned"],
-                    j["total_banned"]
-                );
-            }
-            for i in v["inputs"].as_array().into_iter().flatten() {
-                println!(
-                    "  input {}: {}",
-                    i["name"].as_str().unwrap_or(""),
-                    i["summary"].as_str().unwrap_or("")
-                );
-            }
-            for sink in v["sinks"].as_array().into_iter().flatten() {
-                let latency = match (sink["latency_us_p50"].as_u64(), sink["latency_us_p99"].as_u64()) {
-                    (Some(p50), Some(p99)) => format!(", latency p50 {p50} µs, p99 {p99} µs"),
-                    _ => String::new(),
-                };
-                println!(
-                    "  sink {}: {} applied, {} errors, {} given up, {} waits{latency}",
-                    sink["name"].as_str().unwrap_or(""),
-                    sink["applied"],
-                    sink["errors"],
-                    sink["given_up"],
-                    sink["waited"]
-                );
-            }
-            if let Some(state) = v["state"].as_object() {
-                let error = state.get("error").and_then(|e| e.as_str()).map(|e| format!(", failing: {e}")).unwrap_or_default();
-                println!("  state file: {} changes waiting{error}", state.get("pending").unwrap_or(&0.into()));
-            }
-            Ok(())
-        }
-        Command::List { socket, jail, json } => {
-            let v = ask(&socket, &mailpipe::control::Request::List { jail })?;
-            if json {
-                println!("{v}");
-                return Ok(());
-            }
-            for b in v["bans"].as_array().into_iter().flatten() {
-                let net = format!("{}/{}", b["ip"].as_str().unwrap_or(""), b["prefix"]);
-                let ports = match b["ports"].as_array().map(Vec::as_slice) {
-                    Some([]) | None => "every port".to_string(),
-                    Some(p) => p.iter().map(|v| v.to_string().trim_matches('"').to_string()).collect::<Vec<_>>().join(","),
-                };
-                let until = if b["permanent"] == true {
-                    "permanent".to_string()
-                } else {
-                    format!("until {} ({} s left)", b["until"].as_str().unwrap_or(""), b["left_s"])
-                };
-                println!("{net:<24} {:<20} {until} on {ports}", b["jail"].as_str().unwrap_or(""));
-            }
-            Ok(())
-        }
+        Command::Run { config, dry_run, metrics } => cmd_run(config, dry_run, metrics),
+        test @ Command::Test { .. } => cmd_test(test),
+        Command::Check { config, literals, print } => cmd_check(config, literals, print),
+        Command::Firewall { config } => cmd_firewall(config),
+        Command::Status { socket, json } => cmd_status(socket, json),
+        Command::List { socket, jail, json } => cmd_list(socket, jail, json),
         Command::Ban {
             ip,
             jail,
             for_s,
             force,
             socket,
-        } => {
-            let v = ask(&socket, &mailpipe::control::Request::Ban { ip, jail, for_s, force })?;
-            println!("banned {}/{} for {} s", v["ip"].as_str().unwrap_or(""), v["prefix"], v["ban_for_s"]);
-            Ok(())
-        }
-        Command::Reload { socket } => {
-            let v = ask(&socket, &mailpipe::control::Request::Reload)?;
-            println!("reloaded: jails {}", v["jails"]);
-            if let Some(n) = v["not_applied"].as_array() {
-                let names: Vec<&str> = n.iter().filter_map(|x| x.as_str()).collect();
-                println!("changed, but applied only by a restart: {}", names.join(", "));
-            }
-            Ok(())
-        }
-        Command::Unban { ip, all, socket } => {
-            let v = ask(&socket, &mailpipe::control::Request::Unban { ip, all })?;
-            for u in v["unbanned"].as_array().into_iter().flatten() {
-                println!("unbanned {}", u.as_str().unwrap_or(""));
-            }
-            Ok(())
-        }
-        Command::Explain { config, now, line } => {
-            let cfg = load(&config)?;
-            let mut pipeline = Pipeline::new(&cfg.stages()?, Mode::Live)?;
-            print!("{}", pipeline.explain(line.as_bytes(), now.unwrap_or_else(wall_clock)));
-            Ok(())
-        }
+        } => cmd_ban(ip, jail, for_s, force, socket),
+        Command::Reload { socket } => cmd_reload(socket),
+        Command::Unban { ip, all, socket } => cmd_unban(ip, all, socket),
+        Command::Explain { config, now, line } => cmd_explain(config, now, line),
     }
+}
+
+fn cmd_run(config: Option<PathBuf>, dry_run: bool, metrics: Option<String>) -> Result<(), Failure> {
+    let mut cfg = load(&config)?;
+    if metrics.is_some() {
+        cfg.metrics.clone_from(&metrics);
+    }
+    let pipeline = Pipeline::new(&cfg.stages()?, Mode::Live)?;
+    // `mailpipe reload` and SIGHUP read the same files again (the built-in default has
+    // nothing to re-read).
+    let system = config.is_none() && Config::load_system(&system_dir())?.is_some();
+    let reload = (config.is_some() || system).then(|| -> mailpipe::daemon::Reloader {
+        let (path, running, flag) = (config.clone(), cfg.clone(), metrics.clone());
+        std::sync::Arc::new(move || {
+            let mut next = load(&path).map_err(|e| e.to_string())?;
+            if flag.is_some() {
+                next.metrics.clone_from(&flag);
+            }
+            let not_applied = running.restart_needed(&next);
+            mailpipe::pipeline::build_within(
+                next.stages().map_err(|e| e.to_string())?,
+                Mode::Live,
+                mailpipe::pipeline::COMPILE_TIMEOUT,
+            )
+            .map(|p| (p, not_applied))
+            .map_err(|e| e.to_string())
+        })
+    });
+    let report = mailpipe::daemon::run(&cfg, dry_run, pipeline, reload, std::io::stdout(), signals()).map_err(|e| match e {
+        DaemonError::Config { .. } => Failure::Config(ConfigError {
+            file: config_name(&config),
+            line: 1,
+            col: 1,
+            reason: e.to_string(),
+        }),
+        e => Failure::Runtime(e.into()),
+    })?;
+    for (name, stats) in report {
+        eprintln!("mailpipe: input {name}: {}", stats.summary());
+    }
+    Ok(())
+}
+
+fn cmd_test(test: Command) -> Result<(), Failure> {
+    let Command::Test {
+        config,
+        json,
+        matches,
+        decisions,
+        missed,
+        now,
+        max_line,
+        logs,
+    } = test
+    else {
+        unreachable!("called for `test` only")
+    };
+    let cfg = load(&config)?;
+    let mut pipeline = Pipeline::new(&cfg.stages()?, Mode::Replay)?;
+    let mut sources = Vec::new();
+    for name in logs {
+        let (reader, len): (Box<dyn Read + Send>, _) = if name == "-" {
+            (Box::new(std::io::stdin()), None)
+        } else {
+            let f = std::fs::File::open(&name).with_context(|| format!("cannot open {name}"))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), len)
+        };
+        sources.push(replay::Source { name, reader, len });
+    }
+    let opts = replay::Options {
+        json,
+        matches,
+        decisions,
+        missed,
+        max_line: max_line.unwrap_or(cfg.parse.max_line),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    replay::run(&mut pipeline, sources, now.unwrap_or_else(wall_clock), opts, &mut out).context("test")?;
+    out.flush().context("writing output")?;
+    Ok(())
+}
+
+fn cmd_check(config: Option<PathBuf>, literals: bool, print: bool) -> Result<(), Failure> {
+    let cfg = load(&config)?;
+    let pipeline = mailpipe::pipeline::build_within(cfg.stages()?, Mode::Live, mailpipe::pipeline::COMPILE_TIMEOUT)?;
+    if print {
+        print!("{}", cfg.effective_text());
+        return Ok(());
+    }
+    if literals {
+        for l in pipeline.literal_texts() {
+            println!("{l}");
+        }
+        return Ok(());
+    }
+    let rules: usize = cfg.jails.iter().map(|j| j.rules.len() + j.ignore.len()).sum();
+    let literals = pipeline.literal_texts().len();
+    println!(
+        "ok: {} jails, {rules} rules, {literals} prefilter literals ({})",
+        cfg.jails.len(),
+        cfg.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    for (jail, rule, ignore) in pipeline.unliteral_rules() {
+        let what = if ignore { "ignore rule" } else { "rule" };
+        println!("note: jail {jail} {what} {rule} has no literal the prefilter can use: every line is parsed for it");
+    }
+    for (jail, rule, ignore) in pipeline.heavy_rules() {
+        let what = if ignore { "ignore rule" } else { "rule" };
+        println!(
+            "warning: jail {jail} {what} {rule}: its automaton is very large, so on long lines it can run thousands of times slower than the others; avoid `.*` or `.{{n}}` before the text it looks for (e.g. `[^\\[]*\\[<HOST>\\]`)"
+        );
+    }
+    Ok(())
+}
+
+fn cmd_firewall(config: Option<PathBuf>) -> Result<(), Failure> {
+    let cfg = load(&config)?;
+    let scopes = cfg.jail_ports().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for sink in &cfg.sinks {
+        mailpipe::sink::open(sink, None::<std::io::Sink>, &scopes).context("setting up the firewall")?;
+        println!("ok: {sink:?}");
+    }
+    Ok(())
+}
+
+fn cmd_status(socket: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    let v = ask(&socket, &mailpipe::control::Request::Status)?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "lines {}, matched {}, bans {} ({} active), {} addresses counting",
+        v["lines"], v["matched"], v["bans"], v["currently_banned"], v["tracked"]
+    );
+    for j in v["jails"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<22} failing {:>6}  banned {:>6}  total banned {:>8}",
+            j["name"].as_str().unwrap_or(""),
+            j["currently_failing"],
+            j["currently_banned"],
+            j["total_banned"]
+        );
+    }
+    for i in v["inputs"].as_array().into_iter().flatten() {
+        println!(
+            "  input {}: {}",
+            i["name"].as_str().unwrap_or(""),
+            i["summary"].as_str().unwrap_or("")
+        );
+    }
+    for sink in v["sinks"].as_array().into_iter().flatten() {
+        let latency = match (sink["latency_us_p50"].as_u64(), sink["latency_us_p99"].as_u64()) {
+            (Some(p50), Some(p99)) => format!(", latency p50 {p50} µs, p99 {p99} µs"),
+            _ => String::new(),
+        };
+        println!(
+            "  sink {}: {} applied, {} errors, {} given up, {} waits{latency}",
+            sink["name"].as_str().unwrap_or(""),
+            sink["applied"],
+            sink["errors"],
+            sink["given_up"],
+            sink["waited"]
+        );
+    }
+    if let Some(state) = v["state"].as_object() {
+        let error = state
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(|e| format!(", failing: {e}"))
+            .unwrap_or_default();
+        println!("  state file: {} changes waiting{error}", state.get("pending").unwrap_or(&0.into()));
+    }
+    Ok(())
+}
+
+fn cmd_list(socket: Option<PathBuf>, jail: Option<String>, json: bool) -> Result<(), Failure> {
+    let v = ask(&socket, &mailpipe::control::Request::List { jail })?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    for b in v["bans"].as_array().into_iter().flatten() {
+        let net = format!("{}/{}", b["ip"].as_str().unwrap_or(""), b["prefix"]);
+        let ports = match b["ports"].as_array().map(Vec::as_slice) {
+            Some([]) | None => "every port".to_string(),
+            Some(p) => p
+                .iter()
+                .map(|v| v.to_string().trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let until = if b["permanent"] == true {
+            "permanent".to_string()
+        } else {
+            format!("until {} ({} s left)", b["until"].as_str().unwrap_or(""), b["left_s"])
+        };
+        println!("{net:<24} {:<20} {until} on {ports}", b["jail"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+fn cmd_ban(ip: std::net::IpAddr, jail: Option<String>, for_s: Option<u64>, force: bool, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let v = ask(&socket, &mailpipe::control::Request::Ban { ip, jail, for_s, force })?;
+    println!("banned {}/{} for {} s", v["ip"].as_str().unwrap_or(""), v["prefix"], v["ban_for_s"]);
+    Ok(())
+}
+
+fn cmd_reload(socket: Option<PathBuf>) -> Result<(), Failure> {
+    let v = ask(&socket, &mailpipe::control::Request::Reload)?;
+    println!("reloaded: jails {}", v["jails"]);
+    if let Some(n) = v["not_applied"].as_array() {
+        let names: Vec<&str> = n.iter().filter_map(|x| x.as_str()).collect();
+        println!("changed, but applied only by a restart: {}", names.join(", "));
+    }
+    Ok(())
+}
+
+fn cmd_unban(ip: Option<std::net::IpAddr>, all: bool, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let v = ask(&socket, &mailpipe::control::Request::Unban { ip, all })?;
+    for u in v["unbanned"].as_array().into_iter().flatten() {
+        println!("unbanned {}", u.as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+fn cmd_explain(config: Option<PathBuf>, now: Option<i64>, line: String) -> Result<(), Failure> {
+    let cfg = load(&config)?;
+    let mut pipeline = Pipeline::new(&cfg.stages()?, Mode::Live)?;
+    print!("{}", pipeline.explain(line.as_bytes(), now.unwrap_or_else(wall_clock)));
+    Ok(())
 }

@@ -21,8 +21,8 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, PatternID};
 use serde::Deserialize;
 
-use crate::primitives::{ConfigError, Jail, Origin, jail_needles, regex_needles};
 use crate::parse::Record;
+use crate::primitives::{ConfigError, Jail, Origin, jail_needles, regex_needles};
 
 /// IPv4, dotted quad.
 const IPV4: &str = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}";
@@ -335,7 +335,10 @@ fn regex_error(rule: &str, e: &regex_syntax::Error) -> String {
         _ => return format!("bad regex: {}", one_line(&e.to_string())),
     };
     let text = rule.get(span.start.offset..span.end.offset.max(span.start.offset)).unwrap_or("");
-    format!("bad regex: {kind}, at {text:?} (character {} of the rule)", rule[..span.start.offset.min(rule.len())].chars().count() + 1)
+    format!(
+        "bad regex: {kind}, at {text:?} (character {} of the rule)",
+        rule[..span.start.offset.min(rule.len())].chars().count() + 1
+    )
 }
 
 /// fail2ban's syntax pasted into a rule: `%(name)s` interpolation, `<F-USER>` groups, its
@@ -909,7 +912,10 @@ mod tests {
         let e = Matcher::new(&[jail("a", &[], &["no host here"], &[])], &origins, &MatcherConfig::default()).unwrap_err();
         assert!(e.reason.contains("exactly one <HOST>"), "{e}");
         let e = Matcher::new(&[jail("a", &[], &["(<HOST>"], &[])], &origins, &MatcherConfig::default()).unwrap_err();
-        assert!(e.reason.contains("unclosed group") && e.reason.contains("character 1 of the rule"), "shown as written: {e}");
+        assert!(
+            e.reason.contains("unclosed group") && e.reason.contains("character 1 of the rule"),
+            "shown as written: {e}"
+        );
         assert!(!e.reason.contains("(?P<host>"), "not the expanded grammar: {e}");
         for pasted in [r"^%(__prefix_line)sfailed from <HOST>", r"for <F-USER>.+</F-USER> from <HOST>"] {
             let e = Matcher::new(&[jail("a", &[], &[pasted], &[])], &origins, &MatcherConfig::default()).unwrap_err();

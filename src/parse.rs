@@ -295,7 +295,11 @@ impl Parser {
                 format: Format::HostTag,
             };
         }
-        let format = if time.is_some() || host.is_some() || !program.is_empty() { Format::Syslog } else { Format::Bare };
+        let format = if time.is_some() || host.is_some() || !program.is_empty() {
+            Format::Syslog
+        } else {
+            Format::Bare
+        };
         Record {
             time,
             host,
@@ -484,10 +488,7 @@ impl JournalScratch {
         set(&mut self.msg, Some(&message));
         set(&mut self.cursor, e.cursor.as_ref());
         // Microseconds since the epoch, as a string.
-        self.time = e
-            .realtime
-            .and_then(|t| t.0.parse::<i64>().ok())
-            .map(|us| us.div_euclid(1_000_000));
+        self.time = e.realtime.and_then(|t| t.0.parse::<i64>().ok()).map(|us| us.div_euclid(1_000_000));
         true
     }
 
@@ -574,10 +575,13 @@ fn application_time(line: &str) -> Option<(i64, &str)> {
     let b = line.as_bytes();
     let num = |s: &[u8]| -> Option<u32> {
         (!s.is_empty()).then_some(())?;
-        s.iter().try_fold(0u32, |a, &c| c.is_ascii_digit().then(|| a * 10 + u32::from(c - b'0')))
+        s.iter()
+            .try_fold(0u32, |a, &c| c.is_ascii_digit().then(|| a * 10 + u32::from(c - b'0')))
     };
     let month = |s: &[u8]| -> Option<u32> {
-        const M: [&[u8]; 12] = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+        const M: [&[u8]; 12] = [
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+        ];
         M.iter().position(|m| *m == s).map(|i| i as u32 + 1)
     };
     let valid = |(y, mo, d): (i32, u32, u32)| ((1..=12).contains(&mo) && (1..=31).contains(&d)).then_some((y, mo, d));
@@ -743,10 +747,12 @@ fn head(rest: &str) -> Option<Head<'_>> {
 /// BusyBox syslogd's `mail.warn` between host and tag.
 fn facility_level(word: &str) -> bool {
     const FACILITIES: &[&str] = &[
-        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "local0",
-        "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "local0", "local1", "local2",
+        "local3", "local4", "local5", "local6", "local7",
     ];
-    const LEVELS: &[&str] = &["emerg", "alert", "crit", "err", "error", "warn", "warning", "notice", "info", "debug"];
+    const LEVELS: &[&str] = &[
+        "emerg", "alert", "crit", "err", "error", "warn", "warning", "notice", "info", "debug",
+    ];
     word.split_once('.')
         .is_some_and(|(f, l)| FACILITIES.contains(&f) && LEVELS.contains(&l))
 }
@@ -829,7 +835,8 @@ fn date(b: &[u8]) -> Option<(i32, u32, u32)> {
         return None;
     }
     let n = |r: std::ops::Range<usize>| -> Option<u32> {
-        b[r].iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+        b[r].iter()
+            .try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
     };
     let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
     ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some((y as i32, m, d))
@@ -1059,11 +1066,19 @@ mod tests {
         for (line, when, msg) in [
             ("10/06/2013 15:50:41 [LOGIN_ERROR] x", "2013-10-06T15:50:41", "[LOGIN_ERROR] x"),
             ("03-07-2005 23:07:20   SMTP Server: x", "2005-07-03T23:07:20", "SMTP Server: x"),
-            ("[28325:00010-3735542592] 22-06-2014 09:56:12   smtp: x", "2014-06-22T09:56:12", "smtp: x"),
+            (
+                "[28325:00010-3735542592] 22-06-2014 09:56:12   smtp: x",
+                "2014-06-22T09:56:12",
+                "smtp: x",
+            ),
             ("[17/Jun/2011 17:00:45] Attempt x", "2011-06-17T17:00:45", "Attempt x"),
             ("Sat Dec 28 19:03:53 2013 - [72926] (x) y", "2013-12-28T19:03:53", "[72926] (x) y"),
             ("Apr-07-13 07:08:36 [SSL-out] x", "2013-04-07T07:08:36", "[SSL-out] x"),
-            ("<co ts=\"2014-06-02T16:06:33.99\" pi=\"1\"", "2014-06-02T16:06:33", "<co ts=\"2014-06-02T16:06:33.99\" pi=\"1\""),
+            (
+                "<co ts=\"2014-06-02T16:06:33.99\" pi=\"1\"",
+                "2014-06-02T16:06:33",
+                "<co ts=\"2014-06-02T16:06:33.99\" pi=\"1\"",
+            ),
         ] {
             let r = p.parse(line, 0, false);
             assert_eq!((r.time, r.msg, r.format), (Some(at(when)), msg, Format::LocalTime), "{line}");
@@ -1090,8 +1105,14 @@ mod tests {
             (format!("Mon 2026-11-23 05:00:01 -0500 {tail}"), Format::ShortFull),
             (format!("Mon 2026-11-23 10:00:01 CET {tail}"), Format::ShortFull),
             (format!("1795428001.123456 {tail}"), Format::ShortUnix),
-            ("Nov 23 10:00:01 mx1 mail.warn postfix/smtpd[7]: warning: m".to_string(), Format::BusyBox),
-            ("Nov 23 10:00:01 <mail.notice> mx1 postfix/smtpd[7]: warning: m".to_string(), Format::Rfc3164),
+            (
+                "Nov 23 10:00:01 mx1 mail.warn postfix/smtpd[7]: warning: m".to_string(),
+                Format::BusyBox,
+            ),
+            (
+                "Nov 23 10:00:01 <mail.notice> mx1 postfix/smtpd[7]: warning: m".to_string(),
+                Format::Rfc3164,
+            ),
         ] {
             let r = p.parse(&line, at("2026-11-23T12:00:00"), false);
             assert_eq!(
@@ -1101,10 +1122,20 @@ mod tests {
             );
         }
         // Dovecot's own file: a user name with a space is neither host nor program.
-        let r = p.parse("Aug 30 00:10:57 auth(john smith,192.0.2.1,sasl:login)<s>: Info: sql: unknown user", 0, false);
-        assert_eq!((r.host, r.program, r.msg), (None, "", "auth(john smith,192.0.2.1,sasl:login)<s>: Info: sql: unknown user"));
+        let r = p.parse(
+            "Aug 30 00:10:57 auth(john smith,192.0.2.1,sasl:login)<s>: Info: sql: unknown user",
+            0,
+            false,
+        );
+        assert_eq!(
+            (r.host, r.program, r.msg),
+            (None, "", "auth(john smith,192.0.2.1,sasl:login)<s>: Info: sql: unknown user")
+        );
         // A bracketed tag without a host.
-        for line in ["Mar  3 00:17:22 [sshd]: User root from x", "Jun 25 23:53:34 [sshd] User root from x"] {
+        for line in [
+            "Mar  3 00:17:22 [sshd]: User root from x",
+            "Jun 25 23:53:34 [sshd] User root from x",
+        ] {
             let r = p.parse(line, 0, false);
             assert_eq!((r.host, r.program, r.msg), (None, "sshd", "User root from x"), "{line}");
         }
@@ -1113,8 +1144,15 @@ mod tests {
         assert_eq!((r.time, r.host, r.program, r.format), (None, Some("srv"), "sshd", Format::HostTag));
         // multilog's accustamp: the time, then a message with no host.
         let r = p.parse("1157520813.485077 rblsmtpd: 198.51.100.77 pid 1", 0, false);
-        assert_eq!((r.time, r.program, r.msg), (Some(1_157_520_813), "", "rblsmtpd: 198.51.100.77 pid 1"));
-        for bad in ["2026-13-23T10:00:01+0000 x y: z", "Mon 2026-11-23 25:00:01 UTC x y: z", "12345.6 x y: z"] {
+        assert_eq!(
+            (r.time, r.program, r.msg),
+            (Some(1_157_520_813), "", "rblsmtpd: 198.51.100.77 pid 1")
+        );
+        for bad in [
+            "2026-13-23T10:00:01+0000 x y: z",
+            "Mon 2026-11-23 25:00:01 UTC x y: z",
+            "12345.6 x y: z",
+        ] {
             assert_ne!(p.parse(bad, 0, false).format, Format::Iso8601, "{bad}");
         }
     }
@@ -1127,7 +1165,13 @@ mod tests {
         let r = p.parse_any(line, &mut scratch, 0, false);
         assert_eq!(
             (r.time, r.host, r.program, r.msg, r.format),
-            (Some(at("2026-11-23T10:00:01")), Some("mx1"), "postfix/smtpd", "warning: m \"q\"", Format::JournalJson)
+            (
+                Some(at("2026-11-23T10:00:01")),
+                Some("mx1"),
+                "postfix/smtpd",
+                "warning: m \"q\"",
+                Format::JournalJson
+            )
         );
         assert_eq!(scratch.cursor(), "s=ab;i=1");
         assert!(json_hides_literals(line.as_bytes()), "escapes");

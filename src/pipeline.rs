@@ -9,17 +9,17 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 
 use crate::clock::{Clock, Mode};
+use crate::evidence::Evidence;
 use crate::matcher::MatcherConfig;
+use crate::matcher::{Found, JailId, Match, Matcher};
 use crate::parse::ParseConfig;
+use crate::parse::{Parser, Record, Zone};
 use crate::policy::PolicyConfig;
+use crate::policy::{Admit, Ban, Decision, History, Policy};
 use crate::ports::Ports;
+use crate::prefilter::Prefilter;
 use crate::primitives::{Jail, Origin, error_in};
 use crate::window::WindowConfig;
-use crate::evidence::Evidence;
-use crate::matcher::{Found, JailId, Match, Matcher};
-use crate::parse::{Parser, Record, Zone};
-use crate::policy::{Admit, Ban, Decision, History, Policy};
-use crate::prefilter::Prefilter;
 use crate::window::{Threshold, Window};
 
 /// Counters of everything the pipeline saw; the `test` summary and metrics read them.

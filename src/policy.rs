@@ -16,11 +16,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use smallvec::SmallVec;
 use serde::Deserialize;
+use smallvec::SmallVec;
 
-use crate::primitives::{ConfigError, Dur, Origin, error_in};
 use crate::ports::Ports;
+use crate::primitives::{ConfigError, Dur, Origin, error_in};
 
 /// Escalation for repeat offenders.
 #[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
@@ -158,6 +158,9 @@ pub struct Decision {
     /// The log lines that counted toward it, oldest first, as far as the pipeline keeps them
     /// (only when a sink asks for them: `Pipeline::keep_evidence`).
     pub evidence: Arc<[Box<str>]>,
+    /// A ban from the state file applied again at start (its reason and offence are the
+    /// original ones).
+    pub restored: bool,
 }
 
 impl Decision {
@@ -292,12 +295,14 @@ impl Policy {
             for entry in list {
                 let at = |why: String| error_in(files, &[&format!("\"{entry}\"")], format!("{field}: {why}"));
                 for n in expand(entry).map_err(at)? {
-                    out.push(match n.addr().to_canonical() {
-                        // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
-                        IpAddr::V4(v4) if n.addr().is_ipv6() => IpNet::new(v4.into(), n.prefix_len().saturating_sub(96)).unwrap_or(n),
-                        _ => n,
-                    }
-                    .trunc());
+                    out.push(
+                        match n.addr().to_canonical() {
+                            // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
+                            IpAddr::V4(v4) if n.addr().is_ipv6() => IpNet::new(v4.into(), n.prefix_len().saturating_sub(96)).unwrap_or(n),
+                            _ => n,
+                        }
+                        .trunc(),
+                    );
                 }
             }
             Ok(out)
@@ -320,7 +325,11 @@ impl Policy {
             if let Some(d) = d
                 && !(1..=MAX_BAN).contains(&d.secs())
             {
-                return Err(error_in(files, &[field], format!("{field}: a ban lasts from 1 s to 100 years (got {} s)", d.secs())));
+                return Err(error_in(
+                    files,
+                    &[field],
+                    format!("{field}: a ban lasts from 1 s to 100 years (got {} s)", d.secs()),
+                ));
             }
         }
         let jails = jails
@@ -448,7 +457,11 @@ impl Policy {
     /// recidive ban if due.
     pub fn decide(&mut self, jail: u16, key: IpNet, failures: u32, time: i64, now: i64, out: &mut Vec<Decision>) {
         self.expire(now);
-        let JailPolicy { name, bantime: base, ports } = self.jails[jail as usize].clone();
+        let JailPolicy {
+            name,
+            bantime: base,
+            ports,
+        } = self.jails[jail as usize].clone();
         let offence = self.offend(key, now);
         let ban_for = match self.cfg.increment {
             Some(inc) => {
@@ -473,6 +486,7 @@ impl Policy {
             narrowed_from,
             ports,
             evidence: Arc::default(),
+            restored: false,
         };
         if let Some(r) = self.cfg.recidive {
             let h = self.history.get_mut(&key).expect("offend inserted it");
@@ -543,6 +557,7 @@ impl Policy {
                 .find(|j| &*j.name == jail)
                 .map_or_else(|| self.every.clone(), |j| j.ports.clone()),
             evidence: Arc::default(),
+            restored: false,
         };
         self.insert(d.ban());
         Ok(d)
@@ -834,7 +849,7 @@ mod tests {
         std::fs::write(&file, "# the office\n192.0.2.0/24\n\n2001:db8::1 # admin\n").unwrap();
         let got = expand(&format!("@{}", file.display())).unwrap();
         assert_eq!(got, vec![net("192.0.2.0/24"), net("2001:db8::1/128")]);
-        assert_eq!(expand("localhost").unwrap().iter().any(|n| n.addr().is_loopback()), true);
+        assert!(expand("localhost").unwrap().iter().any(|n| n.addr().is_loopback()));
         assert!(expand("@/nonexistent/allow.txt").unwrap_err().contains("cannot read"));
         std::fs::write(&file, "192.0.2.0/24\nnot an address\n").unwrap();
         assert!(expand(&format!("@{}", file.display())).unwrap_err().contains("allow.txt:2:"));
@@ -853,6 +868,11 @@ mod tests {
             bantime: Dur(MAX_BAN + 1),
             ..Default::default()
         };
-        assert!(Policy::new(&long, &[], std::slice::from_ref(&origin)).unwrap_err().reason.contains("100 years"));
+        assert!(
+            Policy::new(&long, &[], std::slice::from_ref(&origin))
+                .unwrap_err()
+                .reason
+                .contains("100 years")
+        );
     }
 }

@@ -104,11 +104,7 @@ impl Ports {
         if self.is_every() {
             return true;
         }
-        !other.is_every()
-            && other
-                .0
-                .iter()
-                .all(|&(lo, hi)| self.0.iter().any(|&(a, b)| a <= lo && hi <= b))
+        !other.is_every() && other.0.iter().all(|&(lo, hi)| self.0.iter().any(|&(a, b)| a <= lo && hi <= b))
     }
 
     /// iptables `--dports` arguments, each within multiport's 15 slots (`25,465,1000:2000`).
@@ -165,12 +161,15 @@ impl Ports {
 
     /// The ranges as bytes (4 per range, little-endian), for the state file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.0.iter().flat_map(|&(lo, hi)| [lo.to_le_bytes(), hi.to_le_bytes()].concat()).collect()
+        self.0
+            .iter()
+            .flat_map(|&(lo, hi)| [lo.to_le_bytes(), hi.to_le_bytes()].concat())
+            .collect()
     }
 
     /// Reads `to_bytes` back; `None` for anything else.
     pub fn from_bytes(b: &[u8]) -> Option<Ports> {
-        if b.len() % 4 != 0 {
+        if !b.len().is_multiple_of(4) {
             return None;
         }
         let v: Vec<(u16, u16)> = b
@@ -197,9 +196,9 @@ fn range(item: &str, lookup: &impl Fn(&str) -> Option<u16>) -> Result<(u16, u16)
         let p = match s.parse::<u16>() {
             Ok(p) => p,
             Err(_) if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() => return Err(format!("{s:?} is not a port (1-65535)")),
-            Err(_) => service(s).or_else(|| lookup(s)).ok_or_else(|| {
-                format!("unknown service {s:?} (write the port number, or a name from /etc/services)")
-            })?,
+            Err(_) => service(s)
+                .or_else(|| lookup(s))
+                .ok_or_else(|| format!("unknown service {s:?} (write the port number, or a name from /etc/services)"))?,
         };
         if p == 0 {
             return Err("port 0 is not a port".into());
@@ -221,25 +220,20 @@ fn range(item: &str, lookup: &impl Fn(&str) -> Option<u16>) -> Result<(u16, u16)
 
 /// The port of a service this module knows by name.
 fn service(name: &str) -> Option<u16> {
-    SERVICES
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|&(_, p)| p)
+    SERVICES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, p)| p)
 }
 
 /// The system's services file, read at configuration time only: the TCP port of `name`.
 pub fn etc_services(name: &str) -> Option<u16> {
     let text = std::fs::read_to_string("/etc/services").ok()?;
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (svc, port) = (f.next()?, f.next()?);
-            let (num, proto) = port.split_once('/')?;
-            (proto == "tcp" && (svc == name || f.any(|alias| alias == name)))
-                .then(|| num.parse().ok())
-                .flatten()
-        })
+    text.lines().map(|l| l.split('#').next().unwrap_or("")).find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (svc, port) = (f.next()?, f.next()?);
+        let (num, proto) = port.split_once('/')?;
+        (proto == "tcp" && (svc == name || f.any(|alias| alias == name)))
+            .then(|| num.parse().ok())
+            .flatten()
+    })
 }
 
 #[cfg(test)]
@@ -266,7 +260,10 @@ mod tests {
         for bad in ["nosuch", "70000", "0", "90:80", ""] {
             assert!(ports(&[name(bad)]).is_err(), "{bad}");
         }
-        assert_eq!(Ports::resolve(&[name("ldap")], |n| (n == "ldap").then_some(389)).unwrap().ranges(), &[(389, 389)]);
+        assert_eq!(
+            Ports::resolve(&[name("ldap")], |n| (n == "ldap").then_some(389)).unwrap().ranges(),
+            &[(389, 389)]
+        );
     }
 
     #[test]

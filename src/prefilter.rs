@@ -59,12 +59,7 @@ impl Prefilter {
             .iter()
             .map(|f| {
                 (0..sets.len() as u32)
-                    .filter(|&r| {
-                        sets[r as usize]
-                            .iter()
-                            .flatten()
-                            .any(|l| memchr::memmem::find(l, f).is_some())
-                    })
+                    .filter(|&r| sets[r as usize].iter().flatten().any(|l| memchr::memmem::find(l, f).is_some()))
                     .collect()
             })
             .collect();
@@ -278,10 +273,20 @@ mod tests {
     #[test]
     fn shared_starts_and_ends_fold_into_one_literal() {
         let l = |s: &[&str]| s.iter().map(|x| x.as_bytes().to_vec()).collect::<Vec<_>>();
-        let folded = fold(l(&["Aborted login (", "Aborted login: ", ": Unknown user", ": unknown user", "short (", "short: "]));
+        let folded = fold(l(&[
+            "Aborted login (",
+            "Aborted login: ",
+            ": Unknown user",
+            ": unknown user",
+            "short (",
+            "short: ",
+        ]));
         assert_eq!(folded, l(&["Aborted login", "nknown user", "short (", "short: "]));
         // Not when ordinary lines have the shared part more often: `Disconnected:` is in them.
-        assert_eq!(fold(l(&["Disconnected (", "Disconnected -x"])), l(&["Disconnected (", "Disconnected -x"]));
+        assert_eq!(
+            fold(l(&["Disconnected (", "Disconnected -x"])),
+            l(&["Disconnected (", "Disconnected -x"])
+        );
     }
 
     #[test]

@@ -110,9 +110,7 @@ pub struct ConfigError {
 /// An error at the first place one of `needles` is written in the first of `origins` that has
 /// it (the files a setting may have come from, most important first).
 pub fn error_in(origins: &[Origin], needles: &[&str], reason: impl Into<String>) -> ConfigError {
-    let written = origins
-        .iter()
-        .find(|o| needles.iter().any(|n| !n.is_empty() && o.text.contains(n)));
+    let written = origins.iter().find(|o| needles.iter().any(|n| !n.is_empty() && o.text.contains(n)));
     match written.or(origins.first()) {
         Some(o) => o.error_at(needles, reason),
         None => ConfigError {
@@ -153,4 +151,3 @@ pub fn jail_needles(jail: &Jail) -> String {
 pub fn regex_needles(re: &str) -> [String; 2] {
     [re.to_string(), re.replace('\\', "\\\\").replace('"', "\\\"")]
 }
-

@@ -140,4 +140,3 @@ impl Queue {
         self.tx.send(Msg::Frames(frames, lease)).is_ok()
     }
 }
-

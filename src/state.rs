@@ -179,7 +179,13 @@ fn decode_ban((net, ports): (IpNet, Option<Ports>), v: &[u8], now: i64) -> Optio
     let jail: Arc<str> = String::from_utf8_lossy(v.get(21..)?).into();
     let length = until.saturating_sub(since).clamp(0, MAX_BAN as i64);
     let since = since.min(now);
-    let ports = ports.unwrap_or_else(|| if reason == Reason::Recidive { Ports::every() } else { Ports::mail() });
+    let ports = ports.unwrap_or_else(|| {
+        if reason == Reason::Recidive {
+            Ports::every()
+        } else {
+            Ports::mail()
+        }
+    });
     Some(Ban {
         net,
         jail,
@@ -626,6 +632,7 @@ mod tests {
             narrowed_from: None,
             ports: Ports::mail(),
             evidence: Default::default(),
+            restored: false,
         }
     }
 
@@ -730,7 +737,10 @@ mod tests {
         got.sort();
         assert_eq!(
             got,
-            vec![("192.0.2.1/32".to_string(), Ports::mail()), ("192.0.2.2/32".to_string(), Ports::every())]
+            vec![
+                ("192.0.2.1/32".to_string(), Ports::mail()),
+                ("192.0.2.2/32".to_string(), Ports::every())
+            ]
         );
     }
 
@@ -745,7 +755,12 @@ mod tests {
         s.record(&[a, b, decision("192.0.2.10", 100, 3600, 1)]);
         drop(s);
         let (mut s, loaded) = Store::open(&path, 200, 86_400).unwrap();
-        let mut scopes: Vec<_> = loaded.bans.iter().filter(|b| b.net.addr().to_string() == "192.0.2.1").map(|b| b.ports.clone()).collect();
+        let mut scopes: Vec<_> = loaded
+            .bans
+            .iter()
+            .filter(|b| b.net.addr().to_string() == "192.0.2.1")
+            .map(|b| b.ports.clone())
+            .collect();
         scopes.sort();
         let mut want = vec![Ports::mail(), web];
         want.sort();

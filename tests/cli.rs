@@ -295,7 +295,10 @@ fn check_print_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     let mp = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe")).args(args).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -305,7 +308,11 @@ fn check_print_round_trips() {
         let copy = dir.path().join("effective.ron");
         std::fs::write(&copy, &printed).unwrap();
         assert_eq!(mp(&["check", "-c", copy.to_str().unwrap()]), mp(&["check", "-c", &path]), "{file}");
-        assert_eq!(mp(&["check", "--print", "-c", copy.to_str().unwrap()]), printed, "{file}: printing is stable");
+        assert_eq!(
+            mp(&["check", "--print", "-c", copy.to_str().unwrap()]),
+            printed,
+            "{file}: printing is stable"
+        );
     }
 }
 
@@ -325,7 +332,11 @@ fn dry_run_into_a_closed_pipe_exits_quietly() {
     let writer = std::thread::spawn(move || {
         for i in 0..2000 {
             for _ in 0..5 {
-                let l = format!("{now} mx1 postfix/smtpd[7]: warning: unknown[198.18.{}.{}]: SASL LOGIN authentication failed: x\n", i / 256, i % 256);
+                let l = format!(
+                    "{now} mx1 postfix/smtpd[7]: warning: unknown[198.18.{}.{}]: SASL LOGIN authentication failed: x\n",
+                    i / 256,
+                    i % 256
+                );
                 if stdin.write_all(l.as_bytes()).is_err() {
                     return;
                 }
@@ -355,7 +366,10 @@ fn system_layout_layers_conf_d_in_name_order() {
     let sock = etc.join("ctl.sock");
     std::fs::write(
         etc.join("mailpipe.ron"),
-        format!("Pipeline(include: [(file: \"mail.ron\")], control: \"{}\", policy: (bantime: \"2h\"))", sock.display()),
+        format!(
+            "Pipeline(include: [(file: \"mail.ron\")], control: \"{}\", policy: (bantime: \"2h\"))",
+            sock.display()
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -363,7 +377,11 @@ fn system_layout_layers_conf_d_in_name_order() {
         r#"Pipeline(set: {"postfix-sasl": (maxretry: 3), "dovecot-auth": (enabled: false)}, policy: (ignore: ["192.0.2.0/24"], bantime: "3h"))"#,
     )
     .unwrap();
-    std::fs::write(etc.join("conf.d/20-local.ron"), r#"Pipeline(policy: (bantime: "4h", ignore: ["198.51.100.7"]))"#).unwrap();
+    std::fs::write(
+        etc.join("conf.d/20-local.ron"),
+        r#"Pipeline(policy: (bantime: "4h", ignore: ["198.51.100.7"]))"#,
+    )
+    .unwrap();
     std::fs::write(etc.join("conf.d/README"), "not a pipeline").unwrap();
     let mp = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe"))
@@ -375,14 +393,20 @@ fn system_layout_layers_conf_d_in_name_order() {
     let out = mp(&["check", "--print"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8(out.stdout).unwrap();
-    assert!(printed.contains("bantime: \"4h\""), "20-local.ron wins over 10-sasl.ron and mailpipe.ron:\n{printed}");
+    assert!(
+        printed.contains("bantime: \"4h\""),
+        "20-local.ron wins over 10-sasl.ron and mailpipe.ron:\n{printed}"
+    );
     assert!(printed.contains("maxretry: 3") && !printed.contains("dovecot-auth"), "{printed}");
     for net in ["127.0.0.0/8", "192.0.2.0/24", "198.51.100.7"] {
         assert!(printed.contains(net), "ignore lists add up: {net}\n{printed}");
     }
     let out = mp(&["status"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&*sock.to_string_lossy()), "the socket comes from the configuration");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&*sock.to_string_lossy()),
+        "the socket comes from the configuration"
+    );
 }
 
 /// A bad setting is reported in the file that wrote it, not the file that included it.
@@ -392,7 +416,10 @@ fn a_bad_setting_points_at_its_own_file() {
     std::fs::write(dir.path().join("sub.ron"), "Pipeline(\n  policy: (ignore: [\"10.0.0/8\"]),\n)").unwrap();
     std::fs::write(
         dir.path().join("top.ron"),
-        format!("Pipeline(include: [(file: \"sub.ron\"), (file: \"{}/pipelines/mail.ron\")])", env!("CARGO_MANIFEST_DIR")),
+        format!(
+            "Pipeline(include: [(file: \"sub.ron\"), (file: \"{}/pipelines/mail.ron\")])",
+            env!("CARGO_MANIFEST_DIR")
+        ),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe"))

@@ -31,7 +31,11 @@ fn jail_for(file: &str, mode: &str) -> String {
         (file, "" | "normal") => file,
         _ => "",
     };
-    if known.is_empty() { format!("{file}-{mode}") } else { known.to_string() }
+    if known.is_empty() {
+        format!("{file}-{mode}")
+    } else {
+        known.to_string()
+    }
 }
 
 /// `2005-03-7T02:09:33` → `2005-03-07T02:09:33` (the corpus does not always pad).
@@ -268,7 +272,9 @@ fn fail2ban_corpus_agrees() {
     // all.ron, and the jail it leaves out on purpose (OpenWebMail logs an address the client
     // chooses: shipped in webmail.ron for hosts that strip those headers).
     let root = env!("CARGO_MANIFEST_DIR");
-    let text = format!("Pipeline(include: [(file: \"{root}/pipelines/all.ron\"), (file: \"{root}/pipelines/webmail.ron\", jails: [\"openwebmail\"])])");
+    let text = format!(
+        "Pipeline(include: [(file: \"{root}/pipelines/all.ron\"), (file: \"{root}/pipelines/webmail.ron\", jails: [\"openwebmail\"])])"
+    );
     let mut cfg = Config::from_text("conformance.ron", &text, std::path::Path::new(root)).unwrap();
     cfg.parse.timezone = Some("Europe/Zurich".into());
     cfg.policy.ignore.clear();
@@ -305,7 +311,10 @@ fn fail2ban_corpus_agrees() {
                 deliberate_n += 1;
                 if got.as_ref().map(|g| g.0.as_str()) != ours {
                     bad += 1;
-                    failures.push(format!("{file}:{} jail {jail}: {why}: want {ours:?}, got {got:?}\n    {}", case.lineno, case.line));
+                    failures.push(format!(
+                        "{file}:{} jail {jail}: {why}: want {ours:?}, got {got:?}\n    {}",
+                        case.lineno, case.line
+                    ));
                 }
                 continue;
             }

@@ -86,7 +86,12 @@ fn guide_pipelines_check_and_match_the_readme() {
     files.sort();
     assert_eq!(files.len(), 5, "one per guide");
     for f in files {
-        let out = Command::new(env!("CARGO_BIN_EXE_mailpipe")).arg("check").arg("-c").arg(&f).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+            .arg("check")
+            .arg("-c")
+            .arg(&f)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
         let text = std::fs::read_to_string(&f).unwrap();
         assert!(readme.contains(&text), "README.md does not show {} as shipped", f.display());

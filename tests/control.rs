@@ -109,11 +109,7 @@ fn reload_keeps_counts_and_refuses_a_bad_file() {
     let (ok, out, err) = cli(&socket, &["reload"]);
     assert!(ok && out.contains("postfix-rbl") && !out.contains("restart"), "{out}{err}");
     // A changed input is not taken by a reload, and the operator is told so.
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg).unwrap().replace("127.0.0.1:0", "127.0.0.1:1"),
-    )
-    .unwrap();
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("127.0.0.1:0", "127.0.0.1:1")).unwrap();
     let (ok, out, err) = cli(&socket, &["reload"]);
     assert!(ok && out.contains("applied only by a restart: inputs"), "{out}{err}");
     let v = status(&socket);

@@ -61,7 +61,12 @@ fn listen(ns: &str, ports: &[u16]) -> Reaper {
     let code = format!(
         "import socket, threading\ndef serve(port):\n    s = socket.socket(socket.AF_INET6)\n    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    s.bind(('::', port))\n    s.listen(64)\n    while True:\n        c, _ = s.accept()\n        c.close()\nfor p in [{list}][1:]:\n    threading.Thread(target=serve, args=(p,), daemon=True).start()\nserve([{list}][0])"
     );
-    Reaper(Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &code]).spawn().unwrap())
+    Reaper(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", &code])
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Two namespaces joined by a veth pair: a server (192.0.2.1, 2001:db8:1::1) listening on
@@ -218,12 +223,17 @@ fn each_jail_bans_its_own_ports(tag: &str, sink: &str) {
     let both = |addr: &str| (connects_port(&cli, addr, 25), connects_port(&cli, addr, 443));
     assert!((0..20).any(|_| both("192.0.2.1") == (true, true)), "open before");
     for _ in 0..5 {
-        let line = "[17-Jun-2024 06:14:40 +0200]: <3lq5onb8> Failed login for postmaster from 192.0.2.2 in session 3lq5onb87b7oqnc7 (error: 1)\n";
+        let line =
+            "[17-Jun-2024 06:14:40 +0200]: <3lq5onb8> Failed login for postmaster from 192.0.2.2 in session 3lq5onb87b7oqnc7 (error: 1)\n";
         stdin.write_all(line.as_bytes()).unwrap();
     }
     stdin.flush().unwrap();
     wait_log(&log, "banned 192.0.2.2/32 for 3600 s on 80,443 (jail roundcube-auth");
-    assert_eq!(both("192.0.2.1"), (true, false), "the webmail's attacker still reaches SMTP, not 443");
+    assert_eq!(
+        both("192.0.2.1"),
+        (true, false),
+        "the webmail's attacker still reaches SMTP, not 443"
+    );
     fail5(&mut stdin, "2001:db8:1::2");
     wait_log(&log, "banned 2001:db8:1::/64 for 3600 s on 25,465,587 (jail postfix-sasl");
     assert_eq!(both("2001:db8:1::1"), (false, true), "the SMTP attacker still reaches the webmail");
@@ -249,7 +259,21 @@ fn forwarded_traffic_is_dropped(tag: &str, sink: &str) {
     let Some(mut bed) = Testbed::new(tag) else { return };
     let inner = Netns::create(&format!("f{tag}"));
     let (srv, cli) = (bed.srv.name.clone(), bed.cli.name.clone());
-    common::run(&["ip", "-n", &srv, "link", "add", "vr", "type", "veth", "peer", "name", "vi", "netns", &inner.name]);
+    common::run(&[
+        "ip",
+        "-n",
+        &srv,
+        "link",
+        "add",
+        "vr",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vi",
+        "netns",
+        &inner.name,
+    ]);
     common::run(&["ip", "-n", &srv, "addr", "add", "198.51.100.1/24", "dev", "vr"]);
     common::run(&["ip", "-n", &srv, "link", "set", "vr", "up"]);
     common::run(&["ip", "-n", &inner.name, "addr", "add", "198.51.100.2/24", "dev", "vi"]);
@@ -259,7 +283,10 @@ fn forwarded_traffic_is_dropped(tag: &str, sink: &str) {
     bed.server(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     bed.children.push(listen(&inner.name, &[25]));
     let (mut stdin, log) = bed.mailpipe(&format!("sink: {sink}"));
-    assert!(until_connects(&cli, "198.51.100.2", true, 20), "the inner host is reachable through the server");
+    assert!(
+        until_connects(&cli, "198.51.100.2", true, 20),
+        "the inner host is reachable through the server"
+    );
     fail5(&mut stdin, "192.0.2.2");
     wait_log(&log, "banned 192.0.2.2/32");
     assert!(!connects(&cli, "198.51.100.2"), "forwarded SMTP dropped while banned");
@@ -366,6 +393,10 @@ fn lost_bans_come_back(tag: &str, sink: &str, losses: &[&[&[&str]]], show: &[&st
     wait_log(&log, "banned 192.0.2.78/32");
     let shown = bed.srv.exec(show).unwrap();
     assert!(permanent(&shown), "{shown}");
-    assert!(mailpipe(&["list"]).lines().any(|l| l.starts_with("192.0.2.78/32") && l.contains("permanent")));
+    assert!(
+        mailpipe(&["list"])
+            .lines()
+            .any(|l| l.starts_with("192.0.2.78/32") && l.contains("permanent"))
+    );
     drop(stdin);
 }

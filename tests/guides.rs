@@ -42,7 +42,10 @@ fn parse(file: &str, examples: &str) -> (Vec<Case>, Vec<String>) {
     let mut pending: Option<(usize, BTreeSet<Hit>, Option<String>)> = None;
     for (i, text) in examples.lines().enumerate() {
         let n = i + 1;
-        let fields = text.strip_prefix("# guide:").map(|f| format!("guide:{f}")).or_else(|| text.strip_prefix("# expect:").map(|f| format!("expect:{f}")));
+        let fields = text
+            .strip_prefix("# guide:")
+            .map(|f| format!("guide:{f}"))
+            .or_else(|| text.strip_prefix("# expect:").map(|f| format!("expect:{f}")));
         if let Some(fields) = fields {
             if let Some((at, ..)) = pending.take() {
                 errors.push(format!("{file}:{at}: annotation without a log line before the next one"));
@@ -125,16 +128,7 @@ fn run_mailpipe(root: &Path, file: &str) -> Seen {
     let out = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
         .current_dir(root)
         .env("TZ", "UTC")
-        .args([
-            "test",
-            "-c",
-            PIPELINE,
-            "--json",
-            "--matches",
-            "--now",
-            "2024-07-01T00:00:00Z",
-            file,
-        ])
+        .args(["test", "-c", PIPELINE, "--json", "--matches", "--now", "2024-07-01T00:00:00Z", file])
         .output()
         .expect("run mailpipe");
     assert!(

@@ -66,7 +66,11 @@ impl Journald {
     }
 
     fn run(&self, cmd: &[&str]) -> bool {
-        self.command(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        self.command(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Writes one entry per line under `ident`, and waits until the journal shows them.
@@ -128,7 +132,10 @@ fn wait_lines(socket: &Path, n: u64) -> u64 {
     let deadline = Instant::now() + common::LIMIT;
     loop {
         if socket.exists()
-            && let Ok(out) = Command::new(env!("CARGO_BIN_EXE_mailpipe")).args(["status", "--json", "--socket"]).arg(socket).output()
+            && let Ok(out) = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+                .args(["status", "--json", "--socket"])
+                .arg(socket)
+                .output()
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
             && let Some(lines) = v["lines"].as_u64()
             && lines >= n
@@ -174,7 +181,10 @@ fn a_restart_neither_loses_nor_recounts_journal_entries() {
 
     // Written while mailpipe is down: read after the restart, and only they (the three before
     // are behind the saved cursor: read again, they would make five and a ban).
-    jd.log("postfix/smtpd", &[failure("198.51.100.50"), failure("198.51.100.50"), failure("198.51.100.51")]);
+    jd.log(
+        "postfix/smtpd",
+        &[failure("198.51.100.50"), failure("198.51.100.50"), failure("198.51.100.51")],
+    );
     let second = start(&jd, &cfg);
     assert_eq!(wait_lines(&socket, 3), 3, "exactly the entries written while it was down");
     // The counting goes on from there: three more for .50 (2 + 3 = maxretry 5) ban it.
@@ -207,7 +217,10 @@ fn a_journalctl_that_dies_is_started_again_after_the_last_entry() {
     let pid = running.child.0.id().to_string();
     assert!(jd.run(&["pkill", "-KILL", "-P", &pid, "journalctl"]));
     jd.log("postfix/smtpd", &vec![failure("198.51.100.60"); 3]);
-    let ban = running.bans.recv_timeout(common::LIMIT).expect("a ban after the restart of journalctl");
+    let ban = running
+        .bans
+        .recv_timeout(common::LIMIT)
+        .expect("a ban after the restart of journalctl");
     assert!(ban.contains("198.51.100.60"), "{ban}");
     assert_eq!(wait_lines(&socket, 5), 5, "nothing read twice");
     stop(running);

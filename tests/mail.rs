@@ -48,7 +48,10 @@ fn run(dir: &Path, sink: &str, lines: &[String]) -> String {
     let cfg = dir.join("p.ron");
     std::fs::write(
         &cfg,
-        format!("Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], sinks: [{sink}])", env!("CARGO_MANIFEST_DIR")),
+        format!(
+            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], sinks: [{sink}])",
+            env!("CARGO_MANIFEST_DIR")
+        ),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
@@ -100,7 +103,10 @@ fn one_mail_per_batch_with_the_lines_behind_each_ban() {
     let (args, mail) = &sent[0];
     assert_eq!(args, "-oi\n-f\nmailpipe@example.org\n--\nadmin@example.org\n");
     let (head, body) = mail.split_once("\n\n").unwrap();
-    assert!(head.contains("Subject: [mailpipe] ") && head.contains(": 2 bans (postfix-sasl: 2)"), "{head}");
+    assert!(
+        head.contains("Subject: [mailpipe] ") && head.contains(": 2 bans (postfix-sasl: 2)"),
+        "{head}"
+    );
     assert!(head.contains("To: admin@example.org") && !head.contains("Bcc"), "{head}");
     for want in [
         "192.0.2.10/32: banned by jail postfix-sasl for 1h (offence 1, threshold, 5 failures), on 25,465,587",
@@ -121,8 +127,13 @@ fn one_mail_per_batch_with_the_lines_behind_each_ban() {
 fn a_ban_storm_is_one_bounded_mail() {
     let dir = tempfile::tempdir().unwrap();
     let sendmail = recorder(dir.path());
-    let lines: Vec<String> = (0..300).flat_map(|i| failures(&format!("198.51.{}.{}", 100 + i / 200, i % 200 + 1), 5)).collect();
-    let sink = format!("Mail(to: [\"a@example.org\", \"b@example.org\"], sendmail: \"{}\", max_bans: 50, lines: 2)", sendmail.display());
+    let lines: Vec<String> = (0..300)
+        .flat_map(|i| failures(&format!("198.51.{}.{}", 100 + i / 200, i % 200 + 1), 5))
+        .collect();
+    let sink = format!(
+        "Mail(to: [\"a@example.org\", \"b@example.org\"], sendmail: \"{}\", max_bans: 50, lines: 2)",
+        sendmail.display()
+    );
     run(dir.path(), &sink, &lines);
     let sent = mails(dir.path());
     assert_eq!(sent.len(), 1);
@@ -138,7 +149,11 @@ fn a_ban_storm_is_one_bounded_mail() {
 #[test]
 fn a_failing_sendmail_is_reported_and_mailpipe_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let broken = program(dir.path(), "sendmail", "cat >/dev/null; echo 'sendmail: fatal: queue file write error' >&2; exit 75");
+    let broken = program(
+        dir.path(),
+        "sendmail",
+        "cat >/dev/null; echo 'sendmail: fatal: queue file write error' >&2; exit 75",
+    );
     let log = run(
         dir.path(),
         &format!("Mail(to: \"root\", sendmail: \"{}\"), DryRun", broken.display()),
@@ -151,7 +166,14 @@ fn a_failing_sendmail_is_reported_and_mailpipe_goes_on() {
 fn bad_mail_settings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("p.ron");
-    std::fs::write(&cfg, format!("Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], sinks: [Mail(to: \"-oQ/tmp/x\")])", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], sinks: [Mail(to: \"-oQ/tmp/x\")])",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
         .args(["run", "-c"])
         .arg(&cfg)

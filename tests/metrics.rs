@@ -69,7 +69,10 @@ fn counters_equal_what_was_sent() {
         ("mailpipe_banned{jail=\"postfix-sasl\"}", 1.0),
         ("mailpipe_input_dropped_total{input=\"udp 127.0.0.1:0\",reason=\"queue_full\"}", 0.0),
         ("mailpipe_ban_latency_seconds_count", 1.0),
-        ("mailpipe_bans_applied_total{jail=\"postfix-sasl\",reason=\"threshold\",sink=\"dry-run\"}", 1.0),
+        (
+            "mailpipe_bans_applied_total{jail=\"postfix-sasl\",reason=\"threshold\",sink=\"dry-run\"}",
+            1.0,
+        ),
     ] {
         assert_eq!(value(&body, series), Some(want), "{series}\n{body}");
     }

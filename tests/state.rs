@@ -58,7 +58,16 @@ fn kill_9_loses_no_ban_and_keeps_history() {
     assert!(lost.is_empty(), "bans lost across kill -9: {lost:?}");
     // The restored bans are applied again (dry run: printed) before anything else.
     let reapplied: Vec<String> = (0..listed.len())
-        .map(|_| mp.next_ban()["ip"].as_str().unwrap().to_string())
+        .map(|_| {
+            let d = mp.next_ban();
+            // Marked as restored, with the reason and offence they were made with.
+            assert_eq!(
+                (d["restored"].as_bool(), d["reason"].as_str(), d["offence"].as_u64()),
+                (Some(true), Some("threshold"), Some(1)),
+                "{d}"
+            );
+            d["ip"].as_str().unwrap().to_string()
+        })
         .collect();
     assert!(applied.iter().all(|ip| reapplied.contains(ip)));
 

@@ -18,8 +18,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{Msg, Queue};
 use super::net::InputStats;
+use crate::queue::{Msg, Queue};
 
 /// What `Journal(...)` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,14 +93,20 @@ pub async fn run(cfg: JournalConfig, mut cursor: Option<String>, q: Queue, st: A
         {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("mailpipe: error: journal: cannot run {}: {e}; retrying in {backoff:?}", cfg.journalctl);
+                eprintln!(
+                    "mailpipe: error: journal: cannot run {}: {e}; retrying in {backoff:?}",
+                    cfg.journalctl
+                );
                 if wait(&stop, &mut backoff).await {
                     return;
                 }
                 continue;
             }
         };
-        eprintln!("mailpipe: reading the journal ({})", cursor.as_deref().map_or("from the lookback", |_| "after the saved cursor"));
+        eprintln!(
+            "mailpipe: reading the journal ({})",
+            cursor.as_deref().map_or("from the lookback", |_| "after the saved cursor")
+        );
         let stdout = child.stdout.take().expect("piped");
         let read = read_entries(stdout, &cfg, &q, &st, &stop, &mut cursor).await;
         let _ = child.start_kill();
@@ -204,7 +210,11 @@ mod tests {
     fn matches_cursor_and_lookback() {
         let a = cfg().args(Some("s=1;i=2"), 1000);
         assert!(a.contains(&"--after-cursor=s=1;i=2".to_string()));
-        let tail: Vec<&str> = a.iter().map(String::as_str).skip_while(|s| !s.starts_with("_SYSTEMD_UNIT")).collect();
+        let tail: Vec<&str> = a
+            .iter()
+            .map(String::as_str)
+            .skip_while(|s| !s.starts_with("_SYSTEMD_UNIT"))
+            .collect();
         assert_eq!(
             tail,
             [

@@ -159,7 +159,11 @@ impl Mailer {
         args.extend(self.cfg.to.iter().cloned());
         run(&self.cfg.sendmail, &args, Some(message.as_bytes())).map_err(|(spawn, reason)| {
             let program = self.cfg.sendmail.clone();
-            if spawn { MailError::Spawn { program, reason } } else { MailError::Failed { program, reason } }
+            if spawn {
+                MailError::Spawn { program, reason }
+            } else {
+                MailError::Failed { program, reason }
+            }
         })?;
         let sent = *total;
         self.unsent = None;
@@ -180,7 +184,11 @@ impl Mailer {
             [d] if total == 1 => format!("banned {} ({})", d.net, clean(&d.jail)),
             _ => format!(
                 "{total} bans ({})",
-                self.counts.iter().map(|(j, n)| format!("{}: {n}", clean(j))).collect::<Vec<_>>().join(", ")
+                self.counts
+                    .iter()
+                    .map(|(j, n)| format!("{}: {n}", clean(j)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         let mut m = format!(
@@ -238,8 +246,20 @@ impl Mailer {
 /// The lines of whois output that say who holds a network (name, owner, country, abuse contact).
 fn whois_summary(out: &str) -> impl Iterator<Item = &str> {
     const KEYS: &[&str] = &[
-        "inetnum", "inet6num", "netrange", "cidr", "route", "netname", "descr", "country", "org-name", "orgname",
-        "owner", "abuse-mailbox", "orgabuseemail", "origin",
+        "inetnum",
+        "inet6num",
+        "netrange",
+        "cidr",
+        "route",
+        "netname",
+        "descr",
+        "country",
+        "org-name",
+        "orgname",
+        "owner",
+        "abuse-mailbox",
+        "orgabuseemail",
+        "origin",
     ];
     out.lines()
         .filter(|l| {
@@ -342,7 +362,12 @@ mod tests {
         let out = "% comment\ninetnum: 192.0.2.0 - 192.0.2.255\nnetname: TEST-NET\nremarks: long text\ncountry: ZZ\nabuse-mailbox: abuse@example.net\n";
         assert_eq!(
             whois_summary(out).collect::<Vec<_>>(),
-            vec!["inetnum: 192.0.2.0 - 192.0.2.255", "netname: TEST-NET", "country: ZZ", "abuse-mailbox: abuse@example.net"]
+            vec![
+                "inetnum: 192.0.2.0 - 192.0.2.255",
+                "netname: TEST-NET",
+                "country: ZZ",
+                "abuse-mailbox: abuse@example.net"
+            ]
         );
     }
 }

@@ -330,12 +330,16 @@ pub fn spawn<W: Write + Send + 'static>(
     scopes: &[Ports],
 ) -> Result<SinkHandle, OpenError> {
     if cfgs.is_empty() {
-        return Err(OpenError::Config("sinks: [] would send decisions nowhere (write DryRun for that)".into()));
+        return Err(OpenError::Config(
+            "sinks: [] would send decisions nowhere (write DryRun for that)".into(),
+        ));
     }
     // Two sinks of one kind would fight over the same chain (iptables) or table (nftables).
     let kernel = |k: &str| cfgs.iter().filter(|c| c.kind() == k).count();
     if kernel("ipset") > 1 {
-        return Err(OpenError::Config("more than one Ipset sink: they would share chain `mailpipe`".into()));
+        return Err(OpenError::Config(
+            "more than one Ipset sink: they would share chain `mailpipe`".into(),
+        ));
     }
     let mut tables: Vec<&str> = cfgs
         .iter()
@@ -636,6 +640,9 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
     if kernel::permanent(d.ban_for) {
         v["permanent"] = true.into();
     }
+    if d.restored {
+        v["restored"] = true.into();
+    }
     v
 }
 
@@ -701,7 +708,10 @@ impl<W: Write> Sink<W> {
         match self {
             Sink::DryRun(w) => {
                 if let Some(w) = w {
-                    print(w, &serde_json::json!({"kind": "unban", "ip": net.addr().to_string(), "prefix": net.prefix_len()}))?;
+                    print(
+                        w,
+                        &serde_json::json!({"kind": "unban", "ip": net.addr().to_string(), "prefix": net.prefix_len()}),
+                    )?;
                 }
             }
             Sink::Ipset(s) => {
@@ -736,7 +746,8 @@ impl<W: Write> Sink<W> {
             Sink::Nft(s) => s.apply(d, now)?,
         }
         eprintln!(
-            "mailpipe: banned {} for {} s on {} (jail {}, offence {}{})",
+            "mailpipe: {} {} for {} s on {} (jail {}, offence {}{})",
+            if d.restored { "restored the ban of" } else { "banned" },
             d.net,
             d.ban_for,
             d.ports,
@@ -767,6 +778,7 @@ mod tests {
             narrowed_from: None,
             ports: Ports::resolve(&[crate::ports::PortSpec::Name("imap,imaps".into())], |_| None).unwrap(),
             evidence: Arc::default(),
+            restored: false,
         }
     }
 

@@ -114,7 +114,8 @@ impl Nft {
         let t = &self.cfg.table;
         let mut script = format!("table inet {t} {{\n");
         for (s4, s6) in self.scopes.values() {
-            script += &format!(" set {s4} {{ type ipv4_addr; flags timeout; }}\n set {s6} {{ type ipv6_addr; flags interval, timeout; }}\n");
+            script +=
+                &format!(" set {s4} {{ type ipv4_addr; flags timeout; }}\n set {s6} {{ type ipv6_addr; flags interval, timeout; }}\n");
         }
         script += "}\n";
         if !self.cfg.rules {
@@ -122,7 +123,11 @@ impl Nft {
         }
         let mut rules = String::new();
         for (ports, (s4, s6)) in &self.scopes {
-            let dport = if ports.is_every() { String::new() } else { format!("tcp dport {} ", ports.nft()) };
+            let dport = if ports.is_every() {
+                String::new()
+            } else {
+                format!("tcp dport {} ", ports.nft())
+            };
             rules += &format!("  {dport}ip saddr @{s4} drop\n  {dport}ip6 saddr @{s6} drop\n");
         }
         let hooks: &[&str] = if self.cfg.forward { &["input", "forward"] } else { &["input"] };

@@ -32,7 +32,9 @@ fn expected(scopes: &[Scope<'_>], v6: bool) -> Vec<String> {
             rules.push(format!("-A {CHAIN} -m set --match-set {set} src -j DROP"));
         }
         for dports in s.ports.multiport() {
-            rules.push(format!("-A {CHAIN} -p tcp -m multiport --dports {dports} -m set --match-set {set} src -j DROP"));
+            rules.push(format!(
+                "-A {CHAIN} -p tcp -m multiport --dports {dports} -m set --match-set {set} src -j DROP"
+            ));
         }
     }
     rules
