@@ -73,6 +73,29 @@ fn run(dir: &Path, sink: &str, lines: &[String]) -> String {
     err
 }
 
+/// mailpipe running on mail.ron's jails with `sinks`, stdin piped (kept open by the caller).
+fn running(dir: &Path, sinks: &str, stdout: Stdio) -> common::Reaper {
+    let cfg = dir.join("p.ron");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], sinks: [{sinks}])",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
+    common::Reaper(
+        Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn failures(ip: &str, n: usize) -> Vec<String> {
     (0..n).map(|_| common::sasl_line(ip)).collect()
 }
@@ -188,25 +211,10 @@ fn bad_mail_settings_are_refused() {
 fn a_batch_goes_out_when_its_time_is_up() {
     let dir = tempfile::tempdir().unwrap();
     let sendmail = recorder(dir.path());
-    let cfg = dir.path().join("p.ron");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], sinks: [Mail(to: \"root\", sendmail: \"{}\", batch: \"1s\")])",
-            env!("CARGO_MANIFEST_DIR"),
-            sendmail.display()
-        ),
-    )
-    .unwrap();
-    let mut child = common::Reaper(
-        Command::new(env!("CARGO_BIN_EXE_mailpipe"))
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mut child = running(
+        dir.path(),
+        &format!("Mail(to: \"root\", sendmail: \"{}\", batch: \"1s\")", sendmail.display()),
+        Stdio::null(),
     );
     let mut stdin = child.0.stdin.take().unwrap();
     for l in failures("192.0.2.30", 5).iter().chain(&failures("192.0.2.31", 5)) {
@@ -231,25 +239,10 @@ fn a_hanging_sendmail_delays_no_other_sink() {
     let dir = tempfile::tempdir().unwrap();
     let started = dir.path().join("started");
     let hang = program(dir.path(), "sendmail", &format!("touch {}; exec sleep 60", started.display()));
-    let cfg = dir.path().join("p.ron");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], sinks: [Mail(to: \"root\", sendmail: \"{}\", batch: \"1s\"), DryRun])",
-            env!("CARGO_MANIFEST_DIR"),
-            hang.display()
-        ),
-    )
-    .unwrap();
-    let mut child = common::Reaper(
-        Command::new(env!("CARGO_BIN_EXE_mailpipe"))
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mut child = running(
+        dir.path(),
+        &format!("Mail(to: \"root\", sendmail: \"{}\", batch: \"1s\"), DryRun", hang.display()),
+        Stdio::piped(),
     );
     let mut stdin = child.0.stdin.take().unwrap();
     let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());

@@ -7,11 +7,9 @@
 //! cut to a bounded length with control characters replaced, so it can neither add headers nor
 //! end the message early.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wait_timeout::ChildExt;
+use super::exec;
 
 use crate::policy::Decision;
 
@@ -157,12 +155,14 @@ impl Mailer {
         }
         let mut args = vec!["-oi".to_string(), "-f".into(), self.cfg.from.clone(), "--".into()];
         args.extend(self.cfg.to.iter().cloned());
-        run(&self.cfg.sendmail, &args, Some(message.as_bytes())).map_err(|(spawn, reason)| {
+        exec::run(&self.cfg.sendmail, &args, Some(message.as_bytes()), PROGRAM_TIMEOUT).map_err(|e| {
             let program = self.cfg.sendmail.clone();
-            if spawn {
-                MailError::Spawn { program, reason }
-            } else {
-                MailError::Failed { program, reason }
+            match e {
+                exec::ExecError::Spawn(reason) => MailError::Spawn { program, reason },
+                e => MailError::Failed {
+                    program,
+                    reason: e.to_string(),
+                },
             }
         })?;
         let sent = *total;
@@ -230,13 +230,13 @@ impl Mailer {
         }
         if let Some(program) = self.cfg.whois.as_deref().filter(|_| whois) {
             s += "  whois:\n";
-            match run(program, &[d.net.addr().to_string()], None) {
+            match exec::run(program, &[d.net.addr().to_string()], None, PROGRAM_TIMEOUT) {
                 Ok(out) => {
                     for l in whois_summary(&out) {
                         s += &format!("    {}\n", clean(l));
                     }
                 }
-                Err((_, e)) => s += &format!("    ({program}: {})\n", clean(&e)),
+                Err(e) => s += &format!("    ({program}: {})\n", clean(&e.to_string())),
             }
         }
         s
@@ -281,53 +281,6 @@ fn clean(s: &str) -> String {
         out.push_str(" [...]");
     }
     out
-}
-
-/// Runs `program` with `args` (no shell), feeding `input`, within `PROGRAM_TIMEOUT`; its
-/// standard output, or (whether it could not start, why). Input is written and output read on
-/// threads of their own, so a program that reads nothing or writes much cannot block this one
-/// past the timeout (killing it ends them).
-fn run(program: &str, args: &[String], input: Option<&[u8]>) -> Result<String, (bool, String)> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| (true, e.to_string()))?;
-    let read = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut r) = r {
-                let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut r, 1 << 20), &mut v);
-            }
-            v
-        })
-    };
-    let out = read(child.stdout.take().map(|s| Box::new(s) as _));
-    let err = read(child.stderr.take().map(|s| Box::new(s) as _));
-    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
-        let bytes = bytes.to_vec();
-        // A program that stops reading early is judged by its exit status below.
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&bytes);
-        });
-    }
-    let status = match child.wait_timeout(PROGRAM_TIMEOUT).map_err(|e| (false, e.to_string()))? {
-        Some(s) => s,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err((false, format!("no answer within {} s", PROGRAM_TIMEOUT.as_secs())));
-        }
-    };
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    if status.success() {
-        Ok(String::from_utf8_lossy(&out).into_owned())
-    } else {
-        let first = String::from_utf8_lossy(&err).lines().next().unwrap_or("").to_string();
-        Err((false, format!("{status}: {first}")))
-    }
 }
 
 #[cfg(test)]

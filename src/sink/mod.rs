@@ -5,6 +5,7 @@
 //! for the firewall, and a slow or failing sink never delays another: a ban that cannot be
 //! applied is retried with backoff, logged and counted there.
 
+pub mod exec;
 pub mod ipset;
 pub mod kernel;
 pub mod mail;

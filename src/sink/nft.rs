@@ -7,7 +7,6 @@
 //! bans longer than the kernel timeout refreshed before their element runs out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
@@ -52,27 +51,12 @@ fn valid(name: &str) -> bool {
 }
 
 fn run(script: &str) -> Result<(), NftError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| NftError(format!("cannot run nft: {e} (apt-get install nftables)")))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())
-        .map_err(|e| NftError(e.to_string()))?;
-    let out = child.wait_with_output().map_err(|e| NftError(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NftError(
-            String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("failed").to_string(),
-        ))
-    }
+    super::exec::run("nft", &["-f", "-"], Some(script.as_bytes()), std::time::Duration::from_secs(30))
+        .map(drop)
+        .map_err(|e| match e {
+            super::exec::ExecError::Spawn(why) => NftError(format!("cannot run nft: {why} (apt-get install nftables)")),
+            e => NftError(e.to_string()),
+        })
 }
 
 impl Nft {

@@ -5,9 +5,6 @@
 //! reconciliation, so a reboot or a flush that lost them does not leave bans without effect.
 //! Through the `iptables` programs (their restore format is atomic per chain), never a shell.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 /// The chain the rules live in.
 pub const CHAIN: &str = "mailpipe";
 
@@ -40,23 +37,14 @@ fn expected(scopes: &[Scope<'_>], v6: bool) -> Vec<String> {
     rules
 }
 
+/// The firewall's own programs answer at once; one that hangs (a held xtables lock) is given up.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e} (apt-get install iptables)"))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
+    super::exec::run(program, args, input.map(str::as_bytes), LIMIT).map_err(|e| match e {
+        super::exec::ExecError::Spawn(why) => format!("cannot run {program}: {why} (apt-get install iptables)"),
+        e => format!("{program}: {e}"),
+    })
 }
 
 /// Puts the chain, its rules and the jumps to it (from INPUT, and from FORWARD with
