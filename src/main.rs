@@ -144,6 +144,9 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Write a pipeline for another tool's configuration (stdout; notes on stderr).
+    #[command(subcommand)]
+    Import(Import),
     /// Show what each stage makes of one line.
     Explain {
         /// Pipeline file (default: the built-in pipelines/mail.ron).
@@ -185,6 +188,8 @@ fn ask(socket: &Option<PathBuf>, req: &mailpipe::control::Request) -> anyhow::Re
 /// A failure and the exit code it earns.
 enum Failure {
     Config(ConfigError),
+    /// Input refused for a reason that says where (exit 2, like a bad pipeline file).
+    Refused(String),
     Runtime(anyhow::Error),
 }
 
@@ -256,6 +261,10 @@ fn main() -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(2)
         }
+        Err(Failure::Refused(e)) => {
+            eprintln!("mailpipe: {e}");
+            ExitCode::from(2)
+        }
         Err(Failure::Runtime(e)) => {
             // A closed stdout (`| head`) is not an error worth a message.
             if e.chain().any(|c| {
@@ -288,7 +297,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Reload { socket } => cmd_reload(socket),
         Command::Unban { ip, all, socket } => cmd_unban(ip, all, socket),
         Command::Explain { config, now, line } => cmd_explain(config, now, line),
+        Command::Import(Import::Fail2ban { dir }) => cmd_import_fail2ban(dir),
     }
+}
+
+/// What `mailpipe import` reads.
+#[derive(Subcommand)]
+enum Import {
+    /// fail2ban's jail.conf, jail.local, jail.d and filter.d: the enabled jails as a pipeline.
+    /// What cannot be carried over is said, with file:line, as comments at the top and on stderr.
+    Fail2ban {
+        /// The configuration directory (default: /etc/fail2ban).
+        dir: Option<PathBuf>,
+    },
+}
+
+fn cmd_import_fail2ban(dir: Option<PathBuf>) -> Result<(), Failure> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(mailpipe::import::DEFAULT_DIR));
+    let import = mailpipe::import::fail2ban(&dir).map_err(|e| match e {
+        mailpipe::import::ImportError::Output(_) => Failure::Runtime(e.into()),
+        e => Failure::Refused(e.to_string()),
+    })?;
+    for note in &import.notes {
+        eprintln!("mailpipe: {}/{note}", dir.display());
+    }
+    print!("{}", import.pipeline);
+    Ok(())
 }
 
 fn cmd_run(config: Option<PathBuf>, dry_run: bool, metrics: Option<String>) -> Result<(), Failure> {

@@ -58,10 +58,10 @@ impl Journald {
         Some(jd)
     }
 
-    /// `cmd` inside the namespace.
+    /// `cmd` inside the namespace (with the target's root directory, so a chroot stays one).
     fn command(&self, cmd: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
-        c.args(["-t", &self.ns.0.id().to_string(), "-m", "--"]).args(cmd);
+        c.args(["-t", &self.ns.0.id().to_string(), "-m", "-r", "-w", "--"]).args(cmd);
         c
     }
 
