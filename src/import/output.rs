@@ -1,0 +1,239 @@
+//! The pipeline file: RON text for the includes, the policy and the converted jails, checked to
+//! load before it is returned.
+
+use super::*;
+
+/// A RON string.
+pub(super) fn ron_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A RON raw string (`r"..."`, `r#"..."#` when the text has a quote).
+pub(super) fn ron_raw(s: &str) -> String {
+    if s.chars().any(|c| c.is_control()) {
+        return ron_str(s);
+    }
+    let mut hashes = 0;
+    while s.contains(&format!("\"{}", "#".repeat(hashes))) {
+        hashes += 1;
+    }
+    let h = "#".repeat(hashes);
+    format!("r{h}\"{s}\"{h}")
+}
+
+pub(super) fn ports_text(p: &[PortSpec]) -> String {
+    let items: Vec<String> = p
+        .iter()
+        .map(|x| match x {
+            PortSpec::Number(n) => n.to_string(),
+            PortSpec::Name(s) => ron_str(s),
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+pub(super) fn write_pipeline(
+    dir: &str,
+    files: &[String],
+    outs: Vec<JailOut>,
+    policy: &PolicyOut,
+    imp: &mut Importer,
+) -> Result<String, ImportError> {
+    let mut used: HashSet<String> = crate::policy::BAN_NAMES.iter().map(|s| s.to_string()).collect();
+    let unique = |used: &mut HashSet<String>, want: &str| -> String {
+        let mut name = want.to_string();
+        let mut n = 2;
+        while used.contains(&name) {
+            name = format!("{want}-{n}");
+            n += 1;
+        }
+        used.insert(name.clone());
+        name
+    };
+    // Shipped jails included, by file; the rest written out.
+    let mut includes: Vec<(&'static str, Vec<(String, String)>)> = Vec::new();
+    let mut written: Vec<(String, Jail, Vec<Pos>, Vec<Pos>)> = Vec::new();
+    let mut summary: Vec<String> = Vec::new();
+    for o in outs {
+        let set = format!(
+            "(maxretry: {}, findtime: {}, bantime: {}, ports: {})",
+            o.maxretry,
+            ron_str(&dur_text(o.findtime)),
+            ron_str(&dur_text(o.bantime)),
+            ports_text(&o.ports)
+        );
+        let head = format!("[{}] {}:{}, filter = {}", o.section, o.pos.file, o.pos.line, o.filter);
+        match o.plan {
+            Plan::Recidive => summary.push(format!("[{}] → policy.recidive", o.section)),
+            Plan::Map { file, jail } if !used.contains(jail) => {
+                used.insert(jail.to_string());
+                summary.push(format!("[{}] → {file}'s {jail}", o.section));
+                match includes.iter_mut().find(|(f, _)| *f == file) {
+                    Some((_, v)) => v.push((jail.to_string(), set)),
+                    None => includes.push((file, vec![(jail.to_string(), set)])),
+                }
+            }
+            Plan::Map { file, jail } => {
+                let shipped = Config::builtin_named(file)
+                    .ok()
+                    .and_then(|c| c.jails.into_iter().find(|j| j.name == jail))
+                    .ok_or_else(|| ImportError::Output(format!("no jail {jail} in the built-in {file}")))?;
+                let name = unique(&mut used, &o.section);
+                imp.note(
+                    &o.pos,
+                    format!(
+                        "[{}] plays {file}'s {jail} like an earlier jail: written as a copy of it named {name:?}",
+                        o.section
+                    ),
+                );
+                summary.push(format!("[{}] → jail {name:?} (a copy of {file}'s {jail})", o.section));
+                let mut j = shipped;
+                j.name = name;
+                j.maxretry = o.maxretry;
+                j.findtime = crate::config::Dur(o.findtime);
+                j.bantime = Some(crate::config::Dur(o.bantime));
+                j.ports = Some(o.ports.clone());
+                written.push((head, j, Vec::new(), Vec::new()));
+            }
+            Plan::Convert(j, rpos, ipos) => {
+                let mut j = *j;
+                let name = unique(&mut used, &o.section);
+                if name != o.section {
+                    imp.note(&o.pos, format!("[{}] written as jail {name:?}: the name is taken", o.section));
+                }
+                summary.push(format!("[{}] → jail {name:?} (converted)", o.section));
+                j.name = name;
+                j.maxretry = o.maxretry;
+                j.findtime = crate::config::Dur(o.findtime);
+                j.bantime = Some(crate::config::Dur(o.bantime));
+                j.ports = Some(o.ports.clone());
+                written.push((head, j, rpos, ipos));
+            }
+        }
+    }
+    if includes.is_empty() && written.is_empty() {
+        imp.note(
+            &Pos {
+                file: Rc::from("jail.conf"),
+                line: 0,
+            },
+            "no enabled jail could be converted: the pipeline has no jails",
+        );
+    }
+    let mut t = String::new();
+    t.push_str(&format!(
+        "// Written by `mailpipe import fail2ban {dir}` from {}.\n",
+        files.join(", ")
+    ));
+    t.push_str("// `mailpipe check -c FILE` names rules it runs slowly; `mailpipe test -c FILE LOG` shows what each jail matches.\n");
+    if !summary.is_empty() {
+        t.push_str("// Enabled fail2ban jails:\n");
+        for s in &summary {
+            t.push_str(&format!("//   {s}\n"));
+        }
+    }
+    if imp.notes.is_empty() {
+        t.push_str("// Everything is converted as fail2ban runs it.\n");
+    } else {
+        t.push_str(&format!(
+            "// Not converted as fail2ban runs it, or rewritten ({} notes, files relative to {dir}):\n",
+            imp.notes.len()
+        ));
+        for n in &imp.notes {
+            t.push_str(&format!("//   {}\n", n.to_string().replace(['\n', '\r'], " ")));
+        }
+    }
+    t.push_str("Pipeline(\n");
+    if !includes.is_empty() {
+        t.push_str("    include: [\n");
+        for (file, jails) in &includes {
+            let names: Vec<String> = jails.iter().map(|(n, _)| ron_str(n)).collect();
+            t.push_str(&format!(
+                "        (file: {}, jails: [{}], set: {{\n",
+                ron_str(file),
+                names.join(", ")
+            ));
+            for (n, set) in jails {
+                t.push_str(&format!("            {}: {set},\n", ron_str(n)));
+            }
+            t.push_str("        }),\n");
+        }
+        t.push_str("    ],\n");
+    }
+    t.push_str("    policy: (\n");
+    t.push_str(&format!("        bantime: {},\n", ron_str(&dur_text(policy.bantime))));
+    match policy.increment {
+        Some((f, max)) => t.push_str(&format!(
+            "        increment: Some((factor: {f:?}, maxtime: {})),\n",
+            ron_str(&dur_text(max))
+        )),
+        None => t.push_str("        increment: None,\n"),
+    }
+    match policy.recidive {
+        Some((bans, find, ban)) => t.push_str(&format!(
+            "        recidive: Some((bans: {bans}, findtime: {}, bantime: {})),\n",
+            ron_str(&dur_text(find)),
+            ron_str(&dur_text(ban))
+        )),
+        None => t.push_str("        recidive: None,\n"),
+    }
+    let ig: Vec<String> = policy.ignore.iter().map(|s| ron_str(s)).collect();
+    t.push_str(&format!("        ignore: [{}],\n", ig.join(", ")));
+    t.push_str("    ),\n");
+    if !written.is_empty() {
+        t.push_str("    jails: [\n");
+        for (head, j, rpos, ipos) in &written {
+            t.push_str(&format!("        // {head}\n"));
+            t.push_str("        Jail(\n");
+            t.push_str(&format!("            name: {},\n", ron_str(&j.name)));
+            let progs: Vec<String> = j.programs.iter().map(|p| ron_str(p)).collect();
+            t.push_str(&format!("            programs: [{}],\n", progs.join(", ")));
+            t.push_str(&format!("            maxretry: {},\n", j.maxretry));
+            t.push_str(&format!("            findtime: {},\n", ron_str(&dur_text(j.findtime.secs()))));
+            if let Some(b) = j.bantime {
+                t.push_str(&format!("            bantime: Some({}),\n", ron_str(&dur_text(b.secs()))));
+            }
+            if let Some(p) = &j.ports {
+                t.push_str(&format!("            ports: {},\n", ports_text(p)));
+            }
+            if let Some(p) = &j.prefix {
+                t.push_str(&format!("            prefix: Some({}),\n", ron_raw(p)));
+            }
+            for (field, list, pos) in [("rules", &j.rules, rpos), ("ignore", &j.ignore, ipos)] {
+                if list.is_empty() {
+                    t.push_str(&format!("            {field}: [],\n"));
+                    continue;
+                }
+                t.push_str(&format!("            {field}: [\n"));
+                for (k, r) in list.iter().enumerate() {
+                    if let Some(p) = pos.get(k).filter(|p| p.line > 0) {
+                        t.push_str(&format!("                // {}:{}\n", p.file, p.line));
+                    }
+                    t.push_str(&format!("                {},\n", ron_raw(r)));
+                }
+                t.push_str("            ],\n");
+            }
+            t.push_str("        ),\n");
+        }
+        t.push_str("    ],\n");
+    }
+    t.push_str(")\n");
+    // What is written must load and compile as it is.
+    let nowhere = Path::new("/nonexistent/mailpipe-import");
+    let cfg = Config::from_text("import.ron", &t, nowhere).map_err(|e| ImportError::Output(e.to_string()))?;
+    if !cfg.jails.is_empty() {
+        crate::matcher::Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher).map_err(|e| ImportError::Output(e.to_string()))?;
+    }
+    cfg.jail_ports().map_err(|e| ImportError::Output(e.to_string()))?;
+    Ok(t)
+}
