@@ -223,6 +223,7 @@ impl Config {
         check("state", self.state == next.state);
         check("metrics", self.metrics == next.metrics);
         check("daemon", self.daemon == next.daemon);
+        check("parse.max_line", self.parse.max_line == next.parse.max_line);
         v
     }
 
@@ -285,8 +286,19 @@ impl Config {
     /// later file over the earlier ones (as sshd_config.d and fail2ban's jail.d work). `None`
     /// when `DIR/mailpipe.ron` does not exist.
     pub fn load_system(dir: &Path) -> Result<Option<Config>, ConfigError> {
-        if !dir.join("mailpipe.ron").is_file() {
-            return Ok(None);
+        let main = dir.join("mailpipe.ron");
+        match std::fs::metadata(&main) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // Unreadable is not absent: falling back to the built-in pipeline would stop banning.
+            Err(e) => {
+                return Err(ConfigError {
+                    file: main.display().to_string(),
+                    line: 1,
+                    col: 1,
+                    reason: format!("cannot read it: {e}"),
+                });
+            }
+            Ok(_) => {}
         }
         let mut parts: Vec<String> = match std::fs::read_dir(dir.join("conf.d")) {
             Ok(entries) => entries
@@ -428,16 +440,18 @@ fn written_fields(text: &str) -> Option<std::collections::HashMap<String, Vec<St
         while let ron::Value::Option(Some(inner)) = v {
             v = inner;
         }
-        if let ron::Value::Map(fields) = v {
-            let names = fields
+        // `parse: ()` writes no field: it must not override the includes' with defaults.
+        let names = match v {
+            ron::Value::Map(fields) => fields
                 .keys()
                 .filter_map(|f| match f {
                     ron::Value::String(s) => Some(s.clone()),
                     _ => None,
                 })
-                .collect();
-            out.insert(section.clone(), names);
-        }
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.insert(section.clone(), names);
     }
     Some(out)
 }
@@ -500,6 +514,12 @@ impl Acc {
                 col: e.span.start.col,
                 reason: e.code.to_string(),
             })?;
+        if let Some(bad) = file.replace.iter().find(|r| !ADDING.contains(&r.as_str())) {
+            return Err(origin.error_at(
+                &[&format!("\"{bad}\"")],
+                format!("replace: {bad:?} is not a list that adds up (those are: {})", ADDING.join(", ")),
+            ));
+        }
         self.layers.push(Layer {
             file: PipelineFile {
                 jails: Vec::new(),

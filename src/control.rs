@@ -189,8 +189,14 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
 /// too), if it does not.
 fn unknown_jail(p: &Pipeline, jail: &str) -> Option<String> {
     let names = p.jail_names();
-    (!names.iter().any(|n| n == jail) && jail != "manual" && jail != "recidive")
-        .then(|| format!("no jail {jail:?} (jails: {}, and manual, recidive)", names.join(", ")))
+    let known = names.iter().map(String::as_str).chain(crate::policy::BAN_NAMES).any(|n| n == jail);
+    (!known).then(|| {
+        format!(
+            "no jail {jail:?} (jails: {}, and {})",
+            names.join(", "),
+            crate::policy::BAN_NAMES.join(", ")
+        )
+    })
 }
 
 /// Binds the control socket, mode 0600 (root only, as the daemon runs). A stale socket at the

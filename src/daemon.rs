@@ -152,6 +152,7 @@ pub fn run<W: Write + Send + 'static>(
         sinks: sink.stats(),
         budget: queue.budget.clone(),
         journal_cursor,
+        backlog: cfg.parse.backlog.secs(),
     };
     let worker = spawn_pipeline(pipeline, sink, rx, cfg.parse.max_line, cfg.metrics.is_some())?;
     let stats = rt.block_on(serve(cfg, queue, reload, edges, shutdown))?;
@@ -191,6 +192,8 @@ struct Edges {
     budget: Budget,
     /// Where the journal input starts (from the state file).
     journal_cursor: Option<String>,
+    /// `parse.backlog` in seconds: an older saved cursor is not resumed.
+    backlog: u64,
 }
 
 /// The pipeline thread: takes messages until `Stop`, hands each batch's decisions to the sink.
@@ -303,9 +306,16 @@ async fn serve(
     let mut stats = Vec::new();
     let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
     let mut eof_tx = Some(eof_tx);
+    if cfg.inputs.iter().filter(|i| matches!(i, InputConfig::Journal { .. })).count() > 1 {
+        // One cursor is kept: two journal inputs would resume after each other's entries.
+        return Err(DaemonError::Config {
+            input: "journal".into(),
+            reason: "at most one Journal input (list every unit and identifier in it)".into(),
+        });
+    }
     for input in &cfg.inputs {
         let st = Arc::new(InputStats::default());
-        let name = start_input(input, &queue, &st, &ends, &mut tasks, &mut eof_tx, &edges.journal_cursor).await?;
+        let name = start_input(input, &queue, &st, &ends, &mut tasks, &mut eof_tx, &edges).await?;
         stats.push((name, st));
     }
     if let Some(path) = cfg.control.as_deref().map(std::path::Path::new) {
@@ -369,7 +379,7 @@ async fn start_input(
     ends: &Shutdown,
     tasks: &mut tokio::task::JoinSet<()>,
     eof_tx: &mut Option<tokio::sync::oneshot::Sender<()>>,
-    journal_cursor: &Option<String>,
+    edges: &Edges,
 ) -> Result<String, DaemonError> {
     let (q, st) = (queue.clone(), st.clone());
     Ok(match input {
@@ -433,9 +443,16 @@ async fn start_input(
                 directory: directory.clone(),
                 journalctl: journalctl.clone(),
                 lookback: Duration::from_secs(lookback.secs()),
+                backlog: Duration::from_secs(edges.backlog),
                 max_frame: *max_frame,
             };
-            tasks.spawn(crate::input::journal::run(cfg, journal_cursor.clone(), q, st, ends.stop.clone()));
+            tasks.spawn(crate::input::journal::run(
+                cfg,
+                edges.journal_cursor.clone(),
+                q,
+                st,
+                ends.stop.clone(),
+            ));
             "journal".to_string()
         }
         InputConfig::Unix { path, max_frame } => {

@@ -334,10 +334,23 @@ fn cmd_run(config: Option<PathBuf>, dry_run: bool, metrics: Option<String>) -> R
     // `mailpipe reload` and SIGHUP read the same files again (the built-in default has
     // nothing to re-read).
     let system = config.is_none() && Config::load_system(&system_dir())?.is_some();
+    if config.is_none() && !system {
+        eprintln!(
+            "mailpipe: no --config and no {}/mailpipe.ron: running the built-in mail.ron",
+            system_dir().display()
+        );
+    }
     let reload = (config.is_some() || system).then(|| -> mailpipe::daemon::Reloader {
         let (path, running, flag) = (config.clone(), cfg.clone(), metrics.clone());
         std::sync::Arc::new(move || {
-            let mut next = load(&path).map_err(|e| e.to_string())?;
+            // The same source as at start: a layout that has gone is refused, never swapped for
+            // the built-in pipeline.
+            let mut next = match &path {
+                Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+                None => Config::load_system(&system_dir())
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{}/mailpipe.ron is gone: reload refused", system_dir().display()))?,
+            };
             if flag.is_some() {
                 next.metrics.clone_from(&flag);
             }

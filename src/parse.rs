@@ -336,13 +336,16 @@ impl Parser {
                 msg: h.msg,
                 format,
             },
-            None => Record {
+            // multilog's accustamp (`1157520813.485077 rblsmtpd: ...`) has no host; an ISO or
+            // short-full line whose tag this does not read is syslog_loose's to split.
+            None if format == Format::ShortUnix => Record {
                 time: Some(time),
                 host: None,
                 program: "",
                 msg: rest,
                 format,
             },
+            None => return None,
         })
     }
 
@@ -415,7 +418,6 @@ pub struct JournalScratch {
     host: String,
     program: String,
     msg: String,
-    cursor: String,
 }
 
 /// A JSON string value, borrowed when it has no escapes; journald writes a message that is not
@@ -464,8 +466,6 @@ struct Entry<'a> {
     comm: Option<Text<'a>>,
     #[serde(rename = "MESSAGE", borrow)]
     message: Option<Text<'a>>,
-    #[serde(rename = "__CURSOR", borrow)]
-    cursor: Option<Text<'a>>,
 }
 
 impl JournalScratch {
@@ -486,7 +486,6 @@ impl JournalScratch {
         set(&mut self.host, e.host.as_ref());
         set(&mut self.program, e.ident.as_ref().or(e.comm.as_ref()));
         set(&mut self.msg, Some(&message));
-        set(&mut self.cursor, e.cursor.as_ref());
         // Microseconds since the epoch, as a string.
         self.time = e.realtime.and_then(|t| t.0.parse::<i64>().ok()).map(|us| us.div_euclid(1_000_000));
         true
@@ -501,11 +500,6 @@ impl JournalScratch {
             msg: &self.msg,
             format: Format::JournalJson,
         }
-    }
-
-    /// The entry's journal cursor (empty when the line had none).
-    pub fn cursor(&self) -> &str {
-        &self.cursor
     }
 }
 
@@ -1173,7 +1167,6 @@ mod tests {
                 Format::JournalJson
             )
         );
-        assert_eq!(scratch.cursor(), "s=ab;i=1");
         assert!(json_hides_literals(line.as_bytes()), "escapes");
         // Not UTF-8: an array of bytes; no identifier: the command name.
         let line = r#"{"__REALTIME_TIMESTAMP":"1795428001000000","_COMM":"dovecot","MESSAGE":[104,105,255]}"#;

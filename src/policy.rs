@@ -231,12 +231,22 @@ pub struct Policy {
 /// One entry of an address list: an address or network; `@FILE`, a file of them (one per line,
 /// `#` comments); or a host name, resolved now (at start and at each reload, never per line).
 /// A name that does not resolve is reported and skipped: it must not stop the protection.
-fn expand(entry: &str) -> Result<Vec<IpNet>, String> {
+fn expand(entry: &str, names: bool) -> Result<Vec<IpNet>, String> {
     let one = |s: &str| s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
     if let Ok(n) = one(entry) {
         return Ok(vec![n]);
     }
     if let Some(path) = entry.strip_prefix('@') {
+        // Absolute: a daemon's working directory is `/`, not the file's. A regular file of at
+        // most 1 MiB: a FIFO or a device would hang or fill the start.
+        if !path.starts_with('/') {
+            return Err(format!("{path:?}: an allow-list file is written with its absolute path"));
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.len() <= 1 << 20 => {}
+            Ok(_) => return Err(format!("{path} is not a regular file of at most 1 MiB")),
+            Err(e) => return Err(format!("cannot read {path}: {e}")),
+        }
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
         return text
             .lines()
@@ -252,6 +262,10 @@ fn expand(entry: &str) -> Result<Vec<IpNet>, String> {
         && entry.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if !name_like {
         return Err(format!("{entry:?} is not an address, a CIDR network, @FILE or a host name"));
+    }
+    if !names {
+        // Whoever answers the DNS query would choose whose X-Forwarded-For is believed.
+        return Err(format!("{entry:?}: write addresses or networks here, not host names"));
     }
     use std::net::ToSocketAddrs;
     match (entry, 0).to_socket_addrs() {
@@ -294,7 +308,7 @@ impl Policy {
             let mut out = Vec::new();
             for entry in list {
                 let at = |why: String| error_in(files, &[&format!("\"{entry}\"")], format!("{field}: {why}"));
-                for n in expand(entry).map_err(at)? {
+                for n in expand(entry, field == "ignore").map_err(at)? {
                     out.push(
                         match n.addr().to_canonical() {
                             // `::ffff:192.0.2.1` is an IPv4 address, and so is its ignore entry.
@@ -464,6 +478,8 @@ impl Policy {
         } = self.jails[jail as usize].clone();
         let offence = self.offend(key, now);
         let ban_for = match self.cfg.increment {
+            // A permanent ban is not shortened to `maxtime`.
+            Some(_) if base >= MAX_BAN => base,
             Some(inc) => {
                 let f = inc.factor.powi(offence.saturating_sub(1).min(64) as i32);
                 ((base as f64 * f).min(inc.maxtime.secs() as f64)) as u64
@@ -847,13 +863,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("allow.txt");
         std::fs::write(&file, "# the office\n192.0.2.0/24\n\n2001:db8::1 # admin\n").unwrap();
-        let got = expand(&format!("@{}", file.display())).unwrap();
+        let got = expand(&format!("@{}", file.display()), true).unwrap();
         assert_eq!(got, vec![net("192.0.2.0/24"), net("2001:db8::1/128")]);
-        assert!(expand("localhost").unwrap().iter().any(|n| n.addr().is_loopback()));
-        assert!(expand("@/nonexistent/allow.txt").unwrap_err().contains("cannot read"));
+        assert!(expand("localhost", true).unwrap().iter().any(|n| n.addr().is_loopback()));
+        assert!(expand("@/nonexistent/allow.txt", true).unwrap_err().contains("cannot read"));
         std::fs::write(&file, "192.0.2.0/24\nnot an address\n").unwrap();
-        assert!(expand(&format!("@{}", file.display())).unwrap_err().contains("allow.txt:2:"));
-        assert!(expand("no such thing!").is_err());
+        assert!(expand(&format!("@{}", file.display()), true).unwrap_err().contains("allow.txt:2:"));
+        assert!(expand("no such thing!", true).is_err());
+        assert!(expand("localhost", false).unwrap_err().contains("not host names"));
+        assert!(expand("@allow.txt", true).unwrap_err().contains("absolute"));
+        assert!(expand("@/dev/zero", true).unwrap_err().contains("regular file"));
     }
 
     #[test]

@@ -105,9 +105,18 @@ impl Prefilter {
             // byte after each match's start finds every occurrence.
             let mut at = 0;
             while let Some(m) = p.find_in(line, aho_corasick::Span::from(at..line.len())) {
-                scratch.extend_from_slice(&self.rules_of[m.pattern().as_usize()]);
+                scratch.push(m.pattern().as_u32());
                 at = m.start() + 1;
             }
+            // A literal an attacker repeats a thousand times is one pattern, expanded once.
+            scratch.sort_unstable();
+            scratch.dedup();
+            let patterns = scratch.len();
+            for i in 0..patterns {
+                let rules = &self.rules_of[scratch[i] as usize];
+                scratch.extend_from_slice(rules);
+            }
+            scratch.drain(..patterns);
         } else if let Some(each) = &self.each {
             for m in each.find_overlapping_iter(line) {
                 scratch.extend_from_slice(&self.rules_of[m.pattern().as_usize()]);

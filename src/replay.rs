@@ -203,11 +203,18 @@ fn lines_per_s(r: &Report) -> f64 {
 /// (a time such as `00:00:00` does not).
 pub fn has_address(line: &[u8]) -> bool {
     let is_part = |b: &u8| b.is_ascii_hexdigit() || *b == b'.' || *b == b':';
+    let is_ip = |t: &[u8]| std::str::from_utf8(t).is_ok_and(|t| t.parse::<std::net::IpAddr>().is_ok());
     line.split(|b| !is_part(b)).any(|tok| {
-        let tok = tok.strip_suffix(b":").unwrap_or(tok).strip_suffix(b".").unwrap_or(tok);
+        // `ip:192.0.2.1`, `[192.0.2.1]:25`, `192.0.2.1.`: punctuation around, a port after.
+        let tok = tok.trim_ascii_start();
+        let start = tok.iter().position(|b| b.is_ascii_hexdigit()).unwrap_or(tok.len());
+        let tok = &tok[start..];
+        let end = tok.iter().rposition(|b| b.is_ascii_hexdigit()).map_or(0, |i| i + 1);
+        let tok = &tok[..end];
         tok.len() >= 7
-            && (tok.iter().filter(|&&b| b == b'.').count() == 3 || tok.contains(&b':'))
-            && std::str::from_utf8(tok).is_ok_and(|t| t.parse::<std::net::IpAddr>().is_ok())
+            && (is_ip(tok)
+                || (tok.iter().filter(|&&b| b == b'.').count() == 3
+                    && tok.iter().rposition(|&b| b == b':').is_some_and(|c| is_ip(&tok[..c]))))
     })
 }
 
@@ -307,6 +314,8 @@ mod tests {
             ("rip=2001:db8::7, lip=::1", true),
             ("version 1.2.3.4.5 of x", false),
             ("at 12:34:56.789", false),
+            ("user:a ip:192.0.2.1 auth:failed", true),
+            ("relay=mx.example.net[198.51.100.1]:25, delay=1", true),
         ] {
             assert_eq!(super::has_address(line.as_bytes()), want, "{line}");
         }

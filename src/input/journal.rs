@@ -34,6 +34,9 @@ pub struct JournalConfig {
     pub journalctl: String,
     /// Without a saved cursor, how far back to start.
     pub lookback: Duration,
+    /// A saved cursor older than this is not resumed (`parse.backlog`): its entries would all
+    /// count at once, now, and ban whoever failed now and then over the downtime.
+    pub backlog: Duration,
     /// Longest entry line; longer ones are skipped and counted.
     pub max_frame: usize,
 }
@@ -42,13 +45,16 @@ impl JournalConfig {
     /// journalctl's arguments: JSON, following, from `cursor` or `lookback` ago (at `now`),
     /// only the fields the pipeline reads, and the matches (units OR identifiers).
     pub fn args(&self, cursor: Option<&str>, now: i64) -> Vec<String> {
-        let mut a: Vec<String> = ["--follow", "--output=json", "--all", "--no-pager", "--quiet"]
+        // Not --quiet: journalctl's hint about missing permissions must reach the log.
+        let mut a: Vec<String> = ["--follow", "--output=json", "--all", "--no-pager"]
             .into_iter()
             .map(String::from)
             .collect();
         a.push("--output-fields=MESSAGE,SYSLOG_IDENTIFIER,_COMM,_HOSTNAME".into());
+        let oldest = now - self.backlog.as_secs() as i64;
         match cursor {
-            Some(c) => a.push(format!("--after-cursor={c}")),
+            Some(c) if cursor_time(c).is_none_or(|t| t >= oldest) => a.push(format!("--after-cursor={c}")),
+            Some(_) => a.push(format!("--since=@{oldest}")),
             None => a.push(format!("--since=@{}", now - self.lookback.as_secs() as i64)),
         }
         if let Some(d) = &self.directory {
@@ -68,6 +74,12 @@ impl JournalConfig {
         }
         a
     }
+}
+
+/// The time (Unix seconds) a cursor names: its `t=` field, microseconds in hex.
+fn cursor_time(cursor: &str) -> Option<i64> {
+    let t = cursor.split(';').find_map(|f| f.strip_prefix("t="))?;
+    i64::from_str_radix(t, 16).ok().map(|us| us / 1_000_000)
 }
 
 /// The cursor in one JSON entry line, found without decoding it.
@@ -107,16 +119,35 @@ pub async fn run(cfg: JournalConfig, mut cursor: Option<String>, q: Queue, st: A
             "mailpipe: reading the journal ({})",
             cursor.as_deref().map_or("from the lookback", |_| "after the saved cursor")
         );
+        // Its stderr is read as it comes (bounded), so warnings cannot fill the pipe and stall it.
+        let errors = child.stderr.take().map(|mut e| {
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                let _ = (&mut e).take(4096).read_to_end(&mut all).await;
+                let _ = tokio::io::copy(&mut e, &mut tokio::io::sink()).await;
+                String::from_utf8_lossy(&all).into_owned()
+            })
+        });
         let stdout = child.stdout.take().expect("piped");
+        let started_with = cursor.clone();
         let read = read_entries(stdout, &cfg, &q, &st, &stop, &mut cursor).await;
         let _ = child.start_kill();
         let status = child.wait().await;
         if stop.is_cancelled() || read.is_err() {
             return;
         }
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err).await;
+        let err = match errors {
+            Some(h) => h.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        if cursor != started_with {
+            // It read entries: a later death is news, not a loop.
+            backoff = Duration::from_secs(1);
+        } else if started_with.is_some() {
+            // Nothing read after a cursor: a cursor it refuses (another host's, damaged) would
+            // stop the journal for good; start from the lookback instead.
+            eprintln!("mailpipe: warning: journal: nothing read after the saved cursor; starting from the lookback");
+            cursor = None;
         }
         eprintln!(
             "mailpipe: error: journal: {} ended ({}{}); starting it again in {backoff:?}",
@@ -155,14 +186,13 @@ async fn read_entries(
     let mut skipping = false;
     loop {
         carry.reserve(CHUNK);
-        let n = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             r = out.read_buf(&mut carry) => match r {
                 Ok(0) | Err(_) => return Ok(()),
-                Ok(n) => n,
+                Ok(_) => {}
             },
-        };
-        let _ = n;
+        }
         let mut frames = Vec::new();
         let mut bytes = 0;
         while let Some(nl) = memchr::memchr(b'\n', &carry) {
@@ -202,6 +232,7 @@ mod tests {
             directory: None,
             journalctl: "journalctl".into(),
             lookback: Duration::from_secs(600),
+            backlog: Duration::from_secs(86_400),
             max_frame: 65536,
         }
     }
@@ -225,6 +256,11 @@ mod tests {
             ]
         );
         assert!(cfg().args(None, 1000).contains(&"--since=@400".to_string()));
+        // A cursor older than the backlog is not resumed: its entries would all count now.
+        let old = "s=1;i=2;b=3;m=4;t=5f5e100;x=6"; // t = 100 s after the epoch
+        assert_eq!(cursor_time(old), Some(100));
+        assert!(cfg().args(Some(old), 200_000).contains(&"--since=@113600".to_string()));
+        assert!(cfg().args(Some(old), 1000).contains(&format!("--after-cursor={old}")));
         assert_eq!(cursor_of(br#"{"__CURSOR":"s=ab;i=9","MESSAGE":"x"}"#), Some("s=ab;i=9"));
         assert_eq!(cursor_of(br#"{"MESSAGE":"x"}"#), None);
     }

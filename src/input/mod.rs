@@ -92,7 +92,7 @@ fn default_lookback() -> crate::primitives::Dur {
     crate::primitives::Dur(600)
 }
 fn default_journal_frame() -> usize {
-    1 << 20
+    64 << 10
 }
 
 fn default_max_frame() -> usize {

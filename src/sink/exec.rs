@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
+/// How long the output of a program that has ended may still take to arrive.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Why a program did not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -32,14 +35,18 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S], input: Option<&
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| ExecError::Spawn(e.to_string()))?;
+    // Each output is read on a thread that reports back by channel: a grandchild that keeps a
+    // pipe open (a sendmail that forks its delivery) cannot hold the caller once the child ends.
     let read = |r: Option<Box<dyn std::io::Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut v = Vec::new();
             if let Some(mut r) = r {
                 let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut r, 1 << 20), &mut v);
             }
-            v
-        })
+            let _ = tx.send(v);
+        });
+        rx
     };
     let out = read(child.stdout.take().map(|s| Box::new(s) as _));
     let err = read(child.stderr.take().map(|s| Box::new(s) as _));
@@ -58,7 +65,10 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S], input: Option<&
             return Err(ExecError::Timeout(limit.as_secs()));
         }
     };
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    let (out, err) = (
+        out.recv_timeout(LINGER).unwrap_or_default(),
+        err.recv_timeout(LINGER).unwrap_or_default(),
+    );
     if status.success() {
         Ok(String::from_utf8_lossy(&out).into_owned())
     } else {
