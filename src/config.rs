@@ -391,6 +391,20 @@ fn read_file(path: &Path) -> Result<String, String> {
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
+    // A pipeline file names programs the daemon runs (sendmail, whois, journalctl): read as
+    // root, one that others may write would hand them root (as sshd's StrictModes refuses).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mode = meta.permissions().mode();
+    let others_write = mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0);
+    if root && (others_write || meta.uid() != 0) {
+        return Err(format!(
+            "owned by uid {} with mode {:o}: read as root, a pipeline file must be root's and writable by no one else (chown root; chmod go-w)",
+            meta.uid(),
+            mode & 0o7777
+        ));
+    }
     let mut text = String::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE + 1).read_to_string(&mut text))

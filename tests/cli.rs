@@ -431,3 +431,31 @@ fn a_bad_setting_points_at_its_own_file() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("sub.ron:2:") && err.contains("10.0.0/8"), "{err}");
 }
+
+/// Read as root, a pipeline file that someone else may write is refused: it names programs
+/// the daemon runs.
+#[test]
+fn a_pipeline_file_others_may_write_is_refused_as_root() {
+    if let Some(why) = common::missing(&[common::Need::Root]) {
+        return common::skip(&why);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.ron");
+    std::fs::write(&file, "Pipeline(sinks: [Mail(to: \"root\", sendmail: \"/tmp/evil\")])").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by no one else"));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
