@@ -334,26 +334,7 @@ impl Config {
                 ));
             }
         }
-        // Top-level `set`s, the least important file's first, so the top file's win.
-        for layer in acc.layers.iter().rev() {
-            for (name, set) in &layer.file.set {
-                let Some(i) = acc.jails.iter().position(|j| j.name == *name) else {
-                    return Err(layer.origin.error_at(
-                        &[&format!("\"{name}\"")],
-                        format!(
-                            "set: no jail {name:?} is loaded (jails: {})",
-                            acc.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                };
-                if set.enabled == Some(false) {
-                    acc.jails.remove(i);
-                    acc.origins.remove(i);
-                } else {
-                    set.apply(&mut acc.jails[i]);
-                }
-            }
-        }
+        acc.apply_sets()?;
         let daemon = acc.merged("daemon", |f| f.daemon.as_ref())?;
         let parse = acc.merged("parse", |f| f.parse.as_ref())?;
         let matcher = acc.merged("matcher", |f| f.matcher.as_ref())?;
@@ -428,6 +409,8 @@ struct Acc {
     origins: Vec<Origin>,
     /// Every file's sections, first (the top file) to last, with the fields each wrote.
     layers: Vec<Layer>,
+    /// Include-level `set`s: (the including file's layer, jail, changes).
+    sets: Vec<(usize, String, JailSet)>,
 }
 
 /// One file's settings, and which fields of each section it wrote.
@@ -471,6 +454,38 @@ fn written_fields(text: &str) -> Option<std::collections::HashMap<String, Vec<St
 }
 
 impl Acc {
+    /// Every `set` (an include's, or a file's own for jails loaded anywhere), the least
+    /// important file's first so the most important file's win; within a file its includes'
+    /// before its own. A jail is dropped when the last word on `enabled` is `false`, so a more
+    /// important file can enable again what a less important one disabled.
+    fn apply_sets(&mut self) -> Result<(), ConfigError> {
+        let mut order: Vec<(usize, u8, &String, &JailSet)> = self.sets.iter().map(|(l, n, s)| (*l, 0, n, s)).collect();
+        for (l, layer) in self.layers.iter().enumerate() {
+            order.extend(layer.file.set.iter().map(|(n, s)| (l, 1, n, s)));
+        }
+        order.sort_by_key(|&(l, own, _, _)| (std::cmp::Reverse(l), own));
+        let mut enabled = std::collections::HashMap::new();
+        for (l, _, name, set) in order {
+            let Some(jail) = self.jails.iter_mut().find(|j| j.name == *name) else {
+                let names: Vec<&str> = self.jails.iter().map(|j| j.name.as_str()).collect();
+                return Err(self.layers[l].origin.error_at(
+                    &[&format!("\"{name}\"")],
+                    format!("set: no jail {name:?} is loaded (jails: {})", names.join(", ")),
+                ));
+            };
+            set.apply(jail);
+            if let Some(on) = set.enabled {
+                enabled.insert(name.clone(), on);
+            }
+        }
+        let keep: Vec<bool> = self.jails.iter().map(|j| enabled.get(&j.name) != Some(&false)).collect();
+        let mut keep_iter = keep.iter();
+        self.jails.retain(|_| *keep_iter.next().expect("one per jail"));
+        let mut keep_iter = keep.iter();
+        self.origins.retain(|_| *keep_iter.next().expect("one per jail"));
+        Ok(())
+    }
+
     /// Section `name` of the merged pipeline: its defaults, then each file's written fields from
     /// the last file to the first, lists in `ADDING` added up.
     fn merged<T>(&self, name: &str, get: impl Fn(&PipelineFile) -> Option<&T>) -> Result<T, ConfigError>
@@ -534,6 +549,7 @@ impl Acc {
                 format!("replace: {bad:?} is not a list that adds up (those are: {})", ADDING.join(", ")),
             ));
         }
+        let layer = self.layers.len();
         self.layers.push(Layer {
             file: PipelineFile {
                 jails: Vec::new(),
@@ -606,18 +622,14 @@ impl Acc {
                 if !wanted.is_empty() && !wanted.contains(name) {
                     continue;
                 }
-                let Some(i) = (before..self.jails.len()).find(|&i| self.jails[i].name == *name) else {
+                if !got.contains(name) {
                     return Err(origin.error_at(
                         &[&format!("\"{name}\"")],
                         format!("set: no jail {name:?} in include {:?} (it has: {})", inc.file, got.join(", ")),
                     ));
-                };
-                if set.enabled == Some(false) {
-                    self.jails.remove(i);
-                    self.origins.remove(i);
-                } else {
-                    set.apply(&mut self.jails[i]);
                 }
+                // Applied once every file is read, in the files' order of importance.
+                self.sets.push((layer, name.clone(), set.clone()));
             }
         }
         for jail in file.jails {
@@ -686,6 +698,25 @@ mod tests {
         let c = Config::load(&dir.path().join("top.ron")).unwrap();
         assert_eq!(c.policy.ignore, ["192.0.2.0/24"]);
         assert_eq!(c.policy.increment, None, "written None turns it off");
+    }
+
+    #[test]
+    fn sets_apply_in_the_files_order_of_importance() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        // The less important file disables a jail and sets a number in its own `set`; the more
+        // important one re-enables the jail and sets the number through an include's `set`.
+        write(
+            "low.ron",
+            r#"Pipeline(include: [(file: "mail.ron")], set: {"dovecot-auth": (enabled: false), "postfix-sasl": (maxretry: 9)})"#,
+        );
+        write(
+            "top.ron",
+            r#"Pipeline(include: [(file: "low.ron", set: {"postfix-sasl": (maxretry: 3)})], set: {"dovecot-auth": (enabled: true)})"#,
+        );
+        let c = Config::load(&dir.path().join("top.ron")).unwrap();
+        let names: Vec<_> = c.jails.iter().map(|j| (j.name.as_str(), j.maxretry)).collect();
+        assert_eq!(names, [("postfix-sasl", 3), ("dovecot-auth", 7)]);
     }
 
     #[test]
