@@ -222,8 +222,11 @@ async fn signals() {
 }
 
 fn config_name(path: &Option<PathBuf>) -> String {
-    path.as_ref()
-        .map_or_else(|| "<builtin>/mail.ron".into(), |p| p.display().to_string())
+    match path {
+        Some(p) => p.display().to_string(),
+        None if system_dir().join("mailpipe.ron").exists() => system_dir().join("mailpipe.ron").display().to_string(),
+        None => "<builtin>/mail.ron".into(),
+    }
 }
 
 /// Where the system layout lives (`MAILPIPE_CONFIG_DIR` overrides it, for tests and packages).
