@@ -503,13 +503,6 @@ impl JournalScratch {
     }
 }
 
-/// Whether a JSON journal line may hide a literal from the prefilter: a message with escapes,
-/// or one journald wrote as an array of bytes (not UTF-8). Such lines are parsed whatever the
-/// prefilter says.
-pub fn json_hides_literals(line: &[u8]) -> bool {
-    line.first() == Some(&b'{') && (memchr::memchr(b'\\', line).is_some() || memchr::memmem::find(line, b"\"MESSAGE\":[").is_some())
-}
-
 /// `prog` of a tag `prog` or `prog[pid]` made of name characters only.
 fn plain_tag(tag: &str) -> Option<&str> {
     let (prog, rest) = tag.split_once('[').unwrap_or((tag, ""));
@@ -1167,12 +1160,10 @@ mod tests {
                 Format::JournalJson
             )
         );
-        assert!(json_hides_literals(line.as_bytes()), "escapes");
         // Not UTF-8: an array of bytes; no identifier: the command name.
         let line = r#"{"__REALTIME_TIMESTAMP":"1795428001000000","_COMM":"dovecot","MESSAGE":[104,105,255]}"#;
         let r = p.parse_any(line, &mut scratch, 0, false);
         assert_eq!((r.program, r.msg, r.host), ("dovecot", "hi\u{fffd}", None));
-        assert!(json_hides_literals(line.as_bytes()));
         // Not a journal entry: read as text.
         let r = p.parse_any("{not json", &mut scratch, 0, false);
         assert_eq!((r.msg, r.format), ("{not json", Format::Bare));

@@ -386,14 +386,12 @@ impl Pipeline {
     /// Returns whether some jail's failure rule matched.
     pub fn process(&mut self, line: &[u8], arrival: i64, mut on: impl FnMut(Event<'_>)) -> bool {
         self.stats.lines += 1;
-        let hit = self.prefilter.is_candidate(line);
-        // A JSON line's escapes may hide literals: every rule is tried on it.
-        let json = crate::parse::json_hides_literals(line);
-        let any = hit || json;
-        if !any && !self.prefilter.has_unliteral() {
+        let mut scratch = std::mem::take(&mut self.candidates);
+        let Some(candidates) = self.prefilter.select(line, &mut scratch) else {
             self.stats.skipped += 1;
+            self.candidates = scratch;
             return false;
-        }
+        };
         self.stats.parsed += 1;
         let mut lossy = std::mem::take(&mut self.lossy);
         // simdutf8: the same check as std's, several times faster on ASCII logs.
@@ -419,12 +417,6 @@ impl Pipeline {
         self.stats.time_clamped += u64::from(placed.clamped);
         // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
         let mut matches: Vec<Match<'_>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
-        let mut scratch = std::mem::take(&mut self.candidates);
-        let candidates = if hit && !json {
-            self.prefilter.candidates_in(line, &mut scratch)
-        } else {
-            self.prefilter.candidates(any)
-        };
         self.matcher.find(&rec, candidates, &mut matches);
         self.candidates = scratch;
         for m in &mut matches {
@@ -513,13 +505,10 @@ impl Pipeline {
         let mut o = String::new();
         let text = String::from_utf8_lossy(line).into_owned();
         let lits = self.prefilter.hits(line);
-        let (hit, json) = (self.prefilter.is_candidate(line), crate::parse::json_hides_literals(line));
-        let any = hit || json;
-        let candidates = if hit && !json {
-            self.prefilter.candidates_in(line, &mut Vec::new()).to_vec()
-        } else {
-            self.prefilter.candidates(any).to_vec()
-        };
+        let mut scratch = Vec::new();
+        let selected = self.prefilter.select(line, &mut scratch).map(<[u32]>::to_vec);
+        let any = selected.as_ref().is_some_and(|c| c.len() > self.prefilter.candidates(false).len());
+        let candidates = selected.unwrap_or_default();
         let _ = writeln!(o, "line:      {text:?}");
         let (reference, follow) = self.clock.year_reference(now);
         let mut journal = crate::parse::JournalScratch::default();

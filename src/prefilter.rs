@@ -96,6 +96,19 @@ impl Prefilter {
         if any { &self.all } else { &self.always }
     }
 
+    /// The rules to try on `line`, ascending; `None` when it can be skipped unparsed (no literal
+    /// in it, and every rule has one). A line holding literals gets the rules whose literals it
+    /// holds; a JSON journal line whose escapes may hide a literal gets every rule.
+    pub fn select<'s>(&'s self, line: &[u8], scratch: &'s mut Vec<u32>) -> Option<&'s [u32]> {
+        if json_hides_literals(line) {
+            return Some(&self.all);
+        }
+        if self.is_candidate(line) {
+            return Some(self.candidates_in(line, scratch));
+        }
+        (!self.always.is_empty()).then_some(&self.always[..])
+    }
+
     /// The rules worth trying on a line that holds a literal, ascending: those whose literals
     /// it holds, and those without literals. `scratch` is reused from line to line.
     pub fn candidates_in<'s>(&self, line: &[u8], scratch: &'s mut Vec<u32>) -> &'s [u32] {
@@ -141,6 +154,12 @@ impl Prefilter {
     pub fn literals(&self) -> &[Vec<u8>] {
         &self.literals
     }
+}
+
+/// Whether a JSON journal line may hide a literal: a message with escapes, or one journald wrote
+/// as an array of bytes (not UTF-8). Such lines are parsed whatever the literals say.
+pub fn json_hides_literals(line: &[u8]) -> bool {
+    line.first() == Some(&b'{') && (memchr::memchr(b'\\', line).is_some() || memchr::memmem::find(line, b"\"MESSAGE\":[").is_some())
 }
 
 /// Literals sharing a start (`Aborted login (`, `Aborted login: `) or an end (`Unknown user`,
@@ -318,5 +337,16 @@ mod tests {
         let mut scratch = Vec::new();
         assert_eq!(p.candidates_in(b"x (auth failed, 3 attempts)", &mut scratch), [0, 1, 2]);
         assert_eq!(p.candidates_in(b"x unknown user", &mut scratch), [1, 2]);
+        assert_eq!(
+            p.select(b"connect from x", &mut scratch),
+            Some(&[1u32][..]),
+            "only the rule without a literal"
+        );
+        assert_eq!(
+            p.select(br#"{"MESSAGE":"a \"b\""}"#, &mut scratch),
+            Some(&[0u32, 1, 2][..]),
+            "escapes may hide a literal"
+        );
+        assert!(json_hides_literals(br#"{"MESSAGE":[104,105]}"#));
     }
 }
