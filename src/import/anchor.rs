@@ -90,6 +90,22 @@ pub(super) struct Pref {
     pub(super) a: Vec<Node>,
 }
 
+impl Pref {
+    /// The start of every rule this prefregex heads: what fail2ban's prefix line leaves
+    /// (`__daemon_extra_re`, or `.*` when the prefregex is not anchored), then its part before
+    /// the content.
+    pub(super) fn head(&self) -> Vec<Node> {
+        let mut v = Vec::new();
+        if self.mark && self.anchored {
+            v.push(daemon_extra());
+        } else if !self.anchored {
+            v.push(dot_star());
+        }
+        v.extend(self.a.iter().cloned());
+        v
+    }
+}
+
 pub(super) fn split_prefregex(n: Node) -> Result<Pref, String> {
     let v = items(n);
     let Some(c) = v.iter().position(|n| matches!(n, Node::Tag { name, .. } if name == "CONTENT")) else {
@@ -136,12 +152,7 @@ pub(super) fn compose(pref: Option<&Pref>, n: Node, notes: &mut Vec<Problem>) ->
                     message: "%(__prefix_line)s in a failregex that follows a prefregex".to_string(),
                 });
             }
-            if p.mark && p.anchored {
-                v.push(daemon_extra());
-            } else if !p.anchored {
-                v.push(dot_star());
-            }
-            v.extend(p.a.iter().cloned());
+            v.extend(p.head());
             if !h.anchored {
                 notes.push(Problem {
                     at: 0,
@@ -178,12 +189,7 @@ pub(super) fn compose_ignore(pref: Option<&Pref>, n: Node) -> Vec<Node> {
             v.push(dot_star());
         }
     } else if let Some(p) = pref {
-        if p.mark && p.anchored {
-            v.push(daemon_extra());
-        } else if !p.anchored {
-            v.push(dot_star());
-        }
-        v.extend(p.a.iter().cloned());
+        v.extend(p.head());
     }
     v.extend(h.rest);
     v

@@ -16,23 +16,132 @@ pub(super) struct IniFile {
 /// Reads `text` as Python's `configparser` (fail2ban's settings: `;` inline comments after
 /// whitespace, `#`/`;` full-line comments, `=` or `:`, strict) does.
 pub(super) fn parse_ini(text: &str, file: &Rc<str>) -> Result<IniFile, (usize, String)> {
-    enum Cur {
-        None,
-        Default,
-        Section(usize),
-    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut ini = IniFile::default();
-    let mut cur = Cur::None;
-    // The option being written: (its values' lines, as (text, line)).
-    let mut opt: Option<(String, Vec<(String, usize)>)> = None;
-    let mut indent_level = 0usize;
-    let mut added_sections: HashSet<String> = HashSet::new();
-    let mut added_opts: HashSet<(String, String)> = HashSet::new();
-    let mut cur_name = String::new();
+    let mut p = IniParser {
+        file,
+        ini: IniFile::default(),
+        cur: Cur::None,
+        opt: None,
+        indent_level: 0,
+        added_sections: HashSet::new(),
+        added_opts: HashSet::new(),
+        cur_name: String::new(),
+    };
+    for (i, raw) in text.split('\n').enumerate() {
+        p.line(i + 1, raw.strip_suffix('\r').unwrap_or(raw))?;
+    }
+    p.finish();
+    Ok(p.ini)
+}
 
-    fn finish(ini: &mut IniFile, cur: &Cur, opt: Option<(String, Vec<(String, usize)>)>, file: &Rc<str>) {
-        let Some((name, lines)) = opt else { return };
+/// The section [`parse_ini`] is in.
+enum Cur {
+    None,
+    Default,
+    Section(usize),
+}
+
+/// The option being written: its name and its values' lines, as (text, line).
+type OptLines = (String, Vec<(String, usize)>);
+
+/// [`parse_ini`]'s state between lines.
+struct IniParser<'a> {
+    file: &'a Rc<str>,
+    ini: IniFile,
+    cur: Cur,
+    opt: Option<OptLines>,
+    indent_level: usize,
+    added_sections: HashSet<String>,
+    added_opts: HashSet<(String, String)>,
+    cur_name: String,
+}
+
+impl IniParser<'_> {
+    /// Line `lineno` (without its line break): a continuation, a section header or an option.
+    fn line(&mut self, lineno: usize, line: &str) -> Result<(), (usize, String)> {
+        let (value, commented) = strip_comment(line);
+        if value.is_empty() {
+            if !commented && let Some((_, lines)) = &mut self.opt {
+                lines.push((String::new(), lineno));
+            }
+            return Ok(());
+        }
+        let indent = line.chars().position(|c| !c.is_whitespace()).unwrap_or(0);
+        if self.opt.is_some() && !matches!(self.cur, Cur::None) && indent > self.indent_level {
+            if let Some((_, lines)) = &mut self.opt {
+                lines.push((value.to_string(), lineno));
+            }
+            return Ok(());
+        }
+        self.indent_level = indent;
+        if value.starts_with('[')
+            && let Some(close) = value.rfind(']')
+            && close >= 2
+        {
+            return self.section(lineno, value[1..close].to_string());
+        }
+        self.option(lineno, value)
+    }
+
+    /// A `[name]` header on line `lineno`.
+    fn section(&mut self, lineno: usize, name: String) -> Result<(), (usize, String)> {
+        self.finish();
+        if name == "DEFAULT" {
+            self.cur = Cur::Default;
+        } else {
+            if !self.added_sections.insert(name.clone()) {
+                return Err((
+                    lineno,
+                    format!("section [{name}] written twice in this file (fail2ban refuses that)"),
+                ));
+            }
+            self.ini.sections.push((
+                name.clone(),
+                Pos {
+                    file: self.file.clone(),
+                    line: lineno,
+                },
+                Vec::new(),
+            ));
+            self.cur = Cur::Section(self.ini.sections.len() - 1);
+        }
+        self.cur_name = name;
+        Ok(())
+    }
+
+    /// `NAME = VALUE` (or `NAME: VALUE`) on line `lineno`.
+    fn option(&mut self, lineno: usize, value: &str) -> Result<(), (usize, String)> {
+        if matches!(self.cur, Cur::None) {
+            return Err((lineno, format!("text before the first [section]: {value:?}")));
+        }
+        let Some(delim) = value.find(['=', ':']) else {
+            return Err((
+                lineno,
+                format!("neither an option (NAME = VALUE), a [section] nor a continuation line (indent it): {value:?}"),
+            ));
+        };
+        let name = value[..delim].trim_end().to_lowercase();
+        if name.is_empty() {
+            return Err((lineno, format!("an option without a name: {value:?}")));
+        }
+        self.finish();
+        if !self.added_opts.insert((self.cur_name.clone(), name.clone())) {
+            return Err((
+                lineno,
+                format!(
+                    "option {name:?} written twice in [{}] of this file (fail2ban refuses that)",
+                    self.cur_name
+                ),
+            ));
+        }
+        self.opt = Some((name, vec![(value[delim + 1..].trim().to_string(), lineno)]));
+        Ok(())
+    }
+
+    /// The option being written, its lines joined, stored in its section.
+    fn finish(&mut self) {
+        let Some((name, lines)) = self.opt.take() else { return };
+        let file = self.file;
         let mut v = Spanned::default();
         for (i, (t, line)) in lines.iter().enumerate() {
             let pos = Pos {
@@ -51,9 +160,9 @@ pub(super) fn parse_ini(text: &str, file: &Rc<str>) -> Result<IniFile, (usize, S
         // configparser joins the lines and strips the end (trailing empty lines).
         let end = v.s.trim_end().len();
         let v = v.slice(0, end);
-        let slot = match cur {
-            Cur::Default => &mut ini.defaults,
-            Cur::Section(i) => &mut ini.sections[*i].2,
+        let slot = match self.cur {
+            Cur::Default => &mut self.ini.defaults,
+            Cur::Section(i) => &mut self.ini.sections[i].2,
             Cur::None => return,
         };
         match slot.iter_mut().find(|(k, _)| *k == name) {
@@ -61,91 +170,24 @@ pub(super) fn parse_ini(text: &str, file: &Rc<str>) -> Result<IniFile, (usize, S
             None => slot.push((name, v)),
         }
     }
+}
 
-    for (i, raw) in text.split('\n').enumerate() {
-        let lineno = i + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let chars: Vec<(usize, char)> = line.char_indices().collect();
-        let mut comment_start: Option<usize> = None;
-        for (k, &(off, c)) in chars.iter().enumerate() {
-            if c == ';' && (k == 0 || chars[k - 1].1.is_whitespace()) {
-                comment_start = Some(off);
-                break;
-            }
+/// A line's text before its comment (`;` after whitespace, or a `#`/`;` line), trimmed; and
+/// whether it has a comment.
+fn strip_comment(line: &str) -> (&str, bool) {
+    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let mut comment_start: Option<usize> = None;
+    for (k, &(off, c)) in chars.iter().enumerate() {
+        if c == ';' && (k == 0 || chars[k - 1].1.is_whitespace()) {
+            comment_start = Some(off);
+            break;
         }
-        let stripped = line.trim();
-        if stripped.starts_with('#') || stripped.starts_with(';') {
-            comment_start = Some(0);
-        }
-        let value = line[..comment_start.unwrap_or(line.len())].trim();
-        if value.is_empty() {
-            if comment_start.is_none()
-                && let Some((_, lines)) = &mut opt
-            {
-                lines.push((String::new(), lineno));
-            }
-            continue;
-        }
-        let indent = chars.iter().position(|&(_, c)| !c.is_whitespace()).unwrap_or(0);
-        if opt.is_some() && !matches!(cur, Cur::None) && indent > indent_level {
-            if let Some((_, lines)) = &mut opt {
-                lines.push((value.to_string(), lineno));
-            }
-            continue;
-        }
-        indent_level = indent;
-        if value.starts_with('[')
-            && let Some(close) = value.rfind(']')
-            && close >= 2
-        {
-            finish(&mut ini, &cur, opt.take(), file);
-            let name = value[1..close].to_string();
-            if name == "DEFAULT" {
-                cur = Cur::Default;
-            } else {
-                if !added_sections.insert(name.clone()) {
-                    return Err((
-                        lineno,
-                        format!("section [{name}] written twice in this file (fail2ban refuses that)"),
-                    ));
-                }
-                ini.sections.push((
-                    name.clone(),
-                    Pos {
-                        file: file.clone(),
-                        line: lineno,
-                    },
-                    Vec::new(),
-                ));
-                cur = Cur::Section(ini.sections.len() - 1);
-            }
-            cur_name = name;
-            continue;
-        }
-        if matches!(cur, Cur::None) {
-            return Err((lineno, format!("text before the first [section]: {value:?}")));
-        }
-        let Some(delim) = value.find(['=', ':']) else {
-            return Err((
-                lineno,
-                format!("neither an option (NAME = VALUE), a [section] nor a continuation line (indent it): {value:?}"),
-            ));
-        };
-        let name = value[..delim].trim_end().to_lowercase();
-        if name.is_empty() {
-            return Err((lineno, format!("an option without a name: {value:?}")));
-        }
-        finish(&mut ini, &cur, opt.take(), file);
-        if !added_opts.insert((cur_name.clone(), name.clone())) {
-            return Err((
-                lineno,
-                format!("option {name:?} written twice in [{cur_name}] of this file (fail2ban refuses that)"),
-            ));
-        }
-        opt = Some((name, vec![(value[delim + 1..].trim().to_string(), lineno)]));
     }
-    finish(&mut ini, &cur, opt.take(), file);
-    Ok(ini)
+    let stripped = line.trim();
+    if stripped.starts_with('#') || stripped.starts_with(';') {
+        comment_start = Some(0);
+    }
+    (line[..comment_start.unwrap_or(line.len())].trim(), comment_start.is_some())
 }
 
 /// A configuration as fail2ban's `ConfigReader` holds it: every file of one name merged.

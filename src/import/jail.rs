@@ -320,29 +320,8 @@ impl Importer {
             .map_err(|e| (fpos.clone(), format!("filter {fname}: {e}")))?
             .map(|m| m.s.trim().to_string());
         // Only the stock filter maps onto a shipped jail.
-        let mut custom: Vec<String> = ctx
-            .store
-            .files
-            .iter()
-            .filter(|f| f.ends_with(".local") || f.contains(&format!("{fname}.d/")))
-            .cloned()
-            .collect();
-        custom.dedup();
-        custom.extend(
-            args.iter()
-                .filter(|(k, _)| !HARMLESS_ARGS.contains(&k.as_str()))
-                .map(|(k, v)| format!("argument {k}={v}")),
-        );
-        custom.extend(
-            jail_regex
-                .iter()
-                .filter(|(_, v)| v.is_some())
-                .map(|(k, _)| format!("{k} set for the jail")),
-        );
-        let shipped = SHIPPED
-            .iter()
-            .find(|(f, m, _, _)| *f == fname && m.is_none_or(|m| mode.as_deref() == Some(m)))
-            .map(|&(_, _, file, jail)| (file, jail));
+        let custom = customisations(&ctx, &fname, &args, &jail_regex);
+        let shipped = shipped_jail(&fname, mode.as_deref());
         if let (Some((file, jail)), true) = (shipped, custom.is_empty()) {
             out.plan = Plan::Map { file, jail };
             return Ok(out);
@@ -356,7 +335,14 @@ impl Importer {
                 ),
             );
         }
-        // The jail's own regexes can read the filter's as %(known/failregex)s.
+        self.add_known(j, &ctx);
+        out.plan = self.convert_regexes(j, hdr, &ctx, &fpos, &jail_regex)?;
+        Ok(out)
+    }
+
+    /// The filter's options added to the jail's section as `known/NAME`: the jail's own regexes
+    /// can read the filter's as %(known/failregex)s.
+    fn add_known(&mut self, j: &str, ctx: &FilterCtx) {
         let mut known: Vec<(String, Spanned)> = Vec::new();
         let mut names: Vec<String> = ctx
             .store
@@ -375,6 +361,19 @@ impl Importer {
         if let Some(sec) = self.jails.sections.get_mut(j) {
             sec.extend(known);
         }
+    }
+
+    /// The jail's regexes (where `jail_regex` says the jail sets them) or else the filter's,
+    /// converted.
+    fn convert_regexes(
+        &mut self,
+        j: &str,
+        hdr: &Pos,
+        ctx: &FilterCtx,
+        fpos: &Pos,
+        jail_regex: &[(String, Option<Spanned>)],
+    ) -> Result<Plan, (Pos, String)> {
+        let fname = &ctx.name;
         let regex = |k: &str| -> Result<Option<Spanned>, (Pos, String)> {
             match jail_regex.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.as_ref()) {
                 Some(_) => self
@@ -387,8 +386,39 @@ impl Importer {
         let fail = regex("failregex")?;
         let ignore = regex("ignoreregex")?;
         let pref = regex("prefregex")?;
-        let converted = self.convert(j, &ctx, fail, ignore, pref, hdr)?;
-        out.plan = converted;
-        Ok(out)
+        self.convert(j, ctx, fail, ignore, pref, hdr)
     }
+}
+
+/// What makes the filter other than the stock one: local files, arguments, regexes the jail
+/// sets (`jail_regex`).
+fn customisations(ctx: &FilterCtx, fname: &str, args: &[(String, String)], jail_regex: &[(String, Option<Spanned>)]) -> Vec<String> {
+    let mut custom: Vec<String> = ctx
+        .store
+        .files
+        .iter()
+        .filter(|f| f.ends_with(".local") || f.contains(&format!("{fname}.d/")))
+        .cloned()
+        .collect();
+    custom.dedup();
+    custom.extend(
+        args.iter()
+            .filter(|(k, _)| !HARMLESS_ARGS.contains(&k.as_str()))
+            .map(|(k, v)| format!("argument {k}={v}")),
+    );
+    custom.extend(
+        jail_regex
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| format!("{k} set for the jail")),
+    );
+    custom
+}
+
+/// The shipped jail (file, jail) that plays the stock filter `fname` in `mode`.
+fn shipped_jail(fname: &str, mode: Option<&str>) -> Option<(&'static str, &'static str)> {
+    SHIPPED
+        .iter()
+        .find(|(f, m, _, _)| *f == fname && m.is_none_or(|m| mode == Some(m)))
+        .map(|&(_, _, file, jail)| (file, jail))
 }

@@ -276,31 +276,7 @@ pub(super) fn minus_nofail(n: &Node) -> Option<Node> {
 pub(super) fn lower(v: Vec<Node>, mode: LowerMode, budget: &mut usize) -> Vec<Result<Lowered, Problem>> {
     let whole = concat(v.clone());
     if let Some((name, at)) = first_cond(&whole) {
-        return match cond_variants(&whole, &name) {
-            Ok(Some(vs)) => {
-                let mut out = Vec::new();
-                for (n, took_part) in vs {
-                    if *budget == 0 {
-                        out.push(Err(Problem {
-                            at,
-                            message: "too many cases to expand".to_string(),
-                        }));
-                        break;
-                    }
-                    *budget -= 1;
-                    out.extend(lower(items(resolve_cond(n, &name, took_part)), mode, budget));
-                }
-                out
-            }
-            Ok(None) => vec![Err(Problem {
-                at,
-                message: format!("a condition on group {name:?}, which is not before it in the regex"),
-            })],
-            Err(why) => vec![Err(Problem {
-                at,
-                message: format!("a conditional group that cannot be expanded: {why}"),
-            })],
-        };
+        return lower_cond(&whole, &name, at, mode, budget);
     }
     let mut v = flatten(v);
     if mode.mlfid && !v.iter().any(|n| matches!(n, Node::Flags(_))) {
@@ -315,161 +291,210 @@ pub(super) fn lower(v: Vec<Node>, mode: LowerMode, budget: &mut usize) -> Vec<Re
     // mailpipe's rule has one.)
     let splits = |n: &Node| matches!(n, Node::Alt(_)) && (has_look(n) || (mode.mlfid && has_nofail(n)) || n.hosts() > 1);
     if let Some(k) = v.iter().position(splits) {
-        let Node::Alt(branches) = &v[k] else { unreachable!() };
-        let mut out = Vec::new();
-        for b in branches {
-            if *budget == 0 {
-                out.push(Err(Problem {
-                    at: 0,
-                    message: "too many alternatives to split".to_string(),
-                }));
-                break;
-            }
-            *budget -= 1;
-            let mut nv = v[..k].to_vec();
-            nv.push(Node::Group {
-                flags: None,
-                body: Box::new(b.clone()),
-            });
-            nv.extend(v[k + 1..].iter().cloned());
-            out.extend(lower(nv, mode, budget));
-        }
-        return out;
+        return lower_split(&v, k, mode, budget);
     }
+    vec![lower_items(v, mode)]
+}
+
+/// [`lower`] per case of the conditional group `name` (at `at`) in `whole`.
+fn lower_cond(whole: &Node, name: &str, at: usize, mode: LowerMode, budget: &mut usize) -> Vec<Result<Lowered, Problem>> {
+    match cond_variants(whole, name) {
+        Ok(Some(vs)) => {
+            let mut out = Vec::new();
+            for (n, took_part) in vs {
+                if *budget == 0 {
+                    out.push(Err(Problem {
+                        at,
+                        message: "too many cases to expand".to_string(),
+                    }));
+                    break;
+                }
+                *budget -= 1;
+                out.extend(lower(items(resolve_cond(n, name, took_part)), mode, budget));
+            }
+            out
+        }
+        Ok(None) => vec![Err(Problem {
+            at,
+            message: format!("a condition on group {name:?}, which is not before it in the regex"),
+        })],
+        Err(why) => vec![Err(Problem {
+            at,
+            message: format!("a conditional group that cannot be expanded: {why}"),
+        })],
+    }
+}
+
+/// [`lower`] per branch of the alternation at item `k` of `v`.
+fn lower_split(v: &[Node], k: usize, mode: LowerMode, budget: &mut usize) -> Vec<Result<Lowered, Problem>> {
+    let Node::Alt(branches) = &v[k] else { unreachable!() };
+    let mut out = Vec::new();
+    for b in branches {
+        if *budget == 0 {
+            out.push(Err(Problem {
+                at: 0,
+                message: "too many alternatives to split".to_string(),
+            }));
+            break;
+        }
+        *budget -= 1;
+        let mut nv = v[..k].to_vec();
+        nv.push(Node::Group {
+            flags: None,
+            body: Box::new(b.clone()),
+        });
+        nv.extend(v[k + 1..].iter().cloned());
+        out.extend(lower(nv, mode, budget));
+    }
+    out
+}
+
+/// One case of a rule, its items rewritten one by one (see [`lower`]).
+fn lower_items(v: Vec<Node>, mode: LowerMode) -> Result<Lowered, Problem> {
     if let Some((at, message)) = concat(v.clone()).first_bad() {
-        return vec![Err(Problem { at, message })];
+        return Err(Problem { at, message });
     }
     let nofail = mode.mlfid && has_nofail(&concat(v.clone()));
     // An ignore rule cannot have exceptions of its own.
     let may_ignore = mode.failure && !nofail;
-    let mut rule: Vec<Node> = Vec::new();
-    let mut ignores = Vec::new();
-    let mut rewrites = Vec::new();
+    let mut out = Lowered {
+        rule: Vec::new(),
+        ignores: Vec::new(),
+        rewrites: Vec::new(),
+        nofail,
+    };
     let last = v.len().saturating_sub(1);
     for (k, n) in v.iter().enumerate() {
         if let Some((l, min)) = tempered(n) {
-            let Node::Repeat { node, .. } = n else { unreachable!() };
-            let at = match &**node {
-                Node::Group { body, .. } => find_look(body),
-                other => find_look(other),
-            }
-            .and_then(|x| if let Node::Look { at, .. } = x { Some(at) } else { None })
-            .unwrap_or(0);
-            if !may_ignore {
-                return vec![Err(Problem { at, message: "a look-ahead in a repetition (a tempered token) in an ignore or no-failure regex: an ignore rule cannot have exceptions of its own".to_string() })];
-            }
-            let rest = &v[k + 1..];
-            let anything = || Node::Repeat {
-                node: Box::new(Node::Dot),
-                min: 0,
-                max: None,
-                greedy: true,
-            };
-            if rest.iter().all(|r| matches!(r, Node::End | Node::Empty)) {
-                // `X(?:(?!L).)*$`: L starts somewhere after X.
-                let mut ig = rule.clone();
-                ig.push(anything());
-                ig.extend(lits(&l));
-                ignores.push(ig);
-            } else if rest.len() >= l.chars().count()
-                && literal(&Node::Concat(rest[..l.chars().count()].to_vec())).as_deref() == Some(l.as_str())
-            {
-                // `X(?:(?!L).)*L...`: the L that follows must be the first after X, so a second
-                // one before it (or overlapping it) means no match.
-                let chars: Vec<char> = l.chars().collect();
-                let mut ig = rule.clone();
-                ig.push(anything());
-                ig.extend(lits(&l));
-                ig.push(anything());
-                ig.extend(lits(&l));
-                ignores.push(ig);
-                for d in 1..chars.len() {
-                    if chars[d..] == chars[..chars.len() - d] {
-                        let mut ig = rule.clone();
-                        ig.push(anything());
-                        ig.extend(chars[..d].iter().map(|c| Node::Lit(*c)));
-                        ig.extend(lits(&l));
-                        ignores.push(ig);
-                    }
-                }
-            } else {
-                return vec![Err(Problem {
-                    at,
-                    message: "a look-ahead in a repetition (a tempered token) followed by other text than its own: regex-automata has none"
-                        .to_string(),
-                })];
-            }
-            rule.push(Node::Repeat {
-                node: Box::new(Node::Dot),
-                min,
-                max: None,
-                greedy: true,
-            });
-            rewrites.push(Problem {
-                at,
-                message: format!("the tempered token (?:(?!{l}).)* is written as `.*` and a jail ignore rule for lines with {l:?} inside it: a line that rule matches is not counted by any rule of the jail"),
-            });
-            continue;
-        }
-        match n {
-            Node::Look {
-                ahead: true,
-                neg: true,
-                body,
-                at,
-            } if may_ignore && !has_look(body) => {
-                let mut ig = rule.clone();
-                ig.push(Node::Group {
-                    flags: None,
-                    body: body.clone(),
-                });
-                ignores.push(ig);
-                rewrites.push(Problem {
-                    at: *at,
-                    message: "the negative look-ahead (?!...) is written as a jail ignore rule (the text before it, then its own): a line that rule matches is not counted by any rule of the jail".to_string(),
-                });
-            }
-            Node::Look {
-                ahead: true,
-                neg: false,
-                body,
-                ..
-            } if k == last && !has_look(body) => {
-                rule.push(Node::Group {
-                    flags: None,
-                    body: body.clone(),
-                });
-            }
-            Node::Look { ahead, at, .. } => {
-                let why = if !ahead {
-                    "a look-behind: regex-automata has none and it cannot be rewritten here"
-                } else if may_ignore {
-                    "a positive look-ahead (?=...) followed by more of the regex: regex-automata has none, and the two patterns at one place cannot be written as one"
-                } else {
-                    "a look-ahead in an ignore or no-failure regex: an ignore rule cannot have exceptions of its own"
-                };
-                return vec![Err(Problem {
-                    at: *at,
-                    message: why.to_string(),
-                })];
-            }
-            other => {
-                if let Some(Node::Look { at, .. }) = find_look(other) {
-                    return vec![Err(Problem {
-                        at,
-                        message: "a look-around inside a group or repetition: regex-automata has none, and only one at the top level of the rule can be rewritten".to_string(),
-                    })];
-                }
-                rule.push(other.clone());
-            }
+            push_tempered(&mut out, n, &l, min, &v[k + 1..], may_ignore)?;
+        } else {
+            push_item(&mut out, n, k == last, may_ignore)?;
         }
     }
-    vec![Ok(Lowered {
-        rule,
-        ignores,
-        rewrites,
-        nofail,
-    })]
+    Ok(out)
+}
+
+/// A tempered token `n`, `(?:(?!L).)*` (at least `min`), followed by `rest`: `.*` in the rule
+/// and ignore rules for the lines where L is inside it.
+fn push_tempered(out: &mut Lowered, n: &Node, l: &str, min: u32, rest: &[Node], may_ignore: bool) -> Result<(), Problem> {
+    let Node::Repeat { node, .. } = n else { unreachable!() };
+    let at = match &**node {
+        Node::Group { body, .. } => find_look(body),
+        other => find_look(other),
+    }
+    .and_then(|x| if let Node::Look { at, .. } = x { Some(at) } else { None })
+    .unwrap_or(0);
+    if !may_ignore {
+        return Err(Problem { at, message: "a look-ahead in a repetition (a tempered token) in an ignore or no-failure regex: an ignore rule cannot have exceptions of its own".to_string() });
+    }
+    let rule = &out.rule;
+    let anything = || Node::Repeat {
+        node: Box::new(Node::Dot),
+        min: 0,
+        max: None,
+        greedy: true,
+    };
+    if rest.iter().all(|r| matches!(r, Node::End | Node::Empty)) {
+        // `X(?:(?!L).)*$`: L starts somewhere after X.
+        let mut ig = rule.clone();
+        ig.push(anything());
+        ig.extend(lits(l));
+        out.ignores.push(ig);
+    } else if rest.len() >= l.chars().count() && literal(&Node::Concat(rest[..l.chars().count()].to_vec())).as_deref() == Some(l) {
+        // `X(?:(?!L).)*L...`: the L that follows must be the first after X, so a second
+        // one before it (or overlapping it) means no match.
+        let chars: Vec<char> = l.chars().collect();
+        let mut ig = rule.clone();
+        ig.push(anything());
+        ig.extend(lits(l));
+        ig.push(anything());
+        ig.extend(lits(l));
+        out.ignores.push(ig);
+        for d in 1..chars.len() {
+            if chars[d..] == chars[..chars.len() - d] {
+                let mut ig = rule.clone();
+                ig.push(anything());
+                ig.extend(chars[..d].iter().map(|c| Node::Lit(*c)));
+                ig.extend(lits(l));
+                out.ignores.push(ig);
+            }
+        }
+    } else {
+        return Err(Problem {
+            at,
+            message: "a look-ahead in a repetition (a tempered token) followed by other text than its own: regex-automata has none"
+                .to_string(),
+        });
+    }
+    out.rule.push(Node::Repeat {
+        node: Box::new(Node::Dot),
+        min,
+        max: None,
+        greedy: true,
+    });
+    out.rewrites.push(Problem {
+        at,
+        message: format!("the tempered token (?:(?!{l}).)* is written as `.*` and a jail ignore rule for lines with {l:?} inside it: a line that rule matches is not counted by any rule of the jail"),
+    });
+    Ok(())
+}
+
+/// Item `n` of a rule (`last`: its last item): kept, a look-ahead rewritten, or an `Err` where
+/// it cannot be.
+fn push_item(out: &mut Lowered, n: &Node, last: bool, may_ignore: bool) -> Result<(), Problem> {
+    match n {
+        Node::Look {
+            ahead: true,
+            neg: true,
+            body,
+            at,
+        } if may_ignore && !has_look(body) => {
+            let mut ig = out.rule.clone();
+            ig.push(Node::Group {
+                flags: None,
+                body: body.clone(),
+            });
+            out.ignores.push(ig);
+            out.rewrites.push(Problem {
+                at: *at,
+                message: "the negative look-ahead (?!...) is written as a jail ignore rule (the text before it, then its own): a line that rule matches is not counted by any rule of the jail".to_string(),
+            });
+        }
+        Node::Look {
+            ahead: true,
+            neg: false,
+            body,
+            ..
+        } if last && !has_look(body) => {
+            out.rule.push(Node::Group {
+                flags: None,
+                body: body.clone(),
+            });
+        }
+        Node::Look { ahead, at, .. } => {
+            let why = if !ahead {
+                "a look-behind: regex-automata has none and it cannot be rewritten here"
+            } else if may_ignore {
+                "a positive look-ahead (?=...) followed by more of the regex: regex-automata has none, and the two patterns at one place cannot be written as one"
+            } else {
+                "a look-ahead in an ignore or no-failure regex: an ignore rule cannot have exceptions of its own"
+            };
+            return Err(Problem {
+                at: *at,
+                message: why.to_string(),
+            });
+        }
+        other => {
+            if let Some(Node::Look { at, .. }) = find_look(other) {
+                return Err(Problem {
+                    at,
+                    message: "a look-around inside a group or repetition: regex-automata has none, and only one at the top level of the rule can be rewritten".to_string(),
+                });
+            }
+            out.rule.push(other.clone());
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn find_look(n: &Node) -> Option<Node> {
