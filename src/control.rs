@@ -152,17 +152,17 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
                 .collect();
             json!({"ok": true, "bans": bans})
         }
-        Request::Ban { jail: Some(j), .. } if unknown_jail(p, &j).is_some() => {
-            json!({"ok": false, "error": unknown_jail(p, &j)})
-        }
-        Request::Ban { ip, jail, for_s, force } => match p.manual_ban(ip, jail.as_deref().unwrap_or("manual"), for_s, now, force) {
-            Ok(d) => {
-                let v = json!({"ok": true, "ip": d.net.addr().to_string(), "prefix": d.net.prefix_len(), "ban_for_s": d.ban_for,
+        Request::Ban { ip, jail, for_s, force } => match jail.as_deref().and_then(|j| unknown_jail(p, j)) {
+            Some(e) => json!({"ok": false, "error": e}),
+            None => match p.manual_ban(ip, jail.as_deref().unwrap_or("manual"), for_s, now, force) {
+                Ok(d) => {
+                    let v = json!({"ok": true, "ip": d.net.addr().to_string(), "prefix": d.net.prefix_len(), "ban_for_s": d.ban_for,
                                "narrowed_from": d.narrowed_from, "ports": d.ports.json()});
-                sink.ban(vec![d], std::time::Instant::now());
-                v
-            }
-            Err(e) => json!({"ok": false, "error": e}),
+                    sink.ban(vec![d], std::time::Instant::now());
+                    v
+                }
+                Err(e) => json!({"ok": false, "error": e}),
+            },
         },
         Request::Unban { ip, all } => {
             let targets: Vec<IpAddr> = match (ip, all) {

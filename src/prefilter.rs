@@ -48,12 +48,17 @@ impl Prefilter {
                     .expect("literals are bounded in number and length")
             })
         };
-        let (any, each) = (build(MatchKind::LeftmostFirst), build(MatchKind::Standard));
         let packed = aho_corasick::packed::Config::new()
             .heuristic_pattern_limits(false)
             .builder()
             .extend(&literals)
             .build();
+        // The automata are the fallback where Teddy is not available (no SIMD, too many
+        // literals): built only then.
+        let (any, each) = match packed {
+            Some(_) => (None, None),
+            None => (build(MatchKind::LeftmostFirst), build(MatchKind::Standard)),
+        };
         // Each rule's literals were folded or dropped only in favour of literals they contain.
         let rules_of = literals
             .iter()
