@@ -11,6 +11,8 @@
 #   - mailpipe test on a botnet log        (1,000,000 attackers below maxretry: memory)
 #   - mailpipe explain -c all.ron x        (start-up with every shipped jail compiled; check also
 #                                          builds each rule alone to warn about slow ones)
+#   - the same with every jail on (-c all.ron): the log, grep with all.ron's literals, attack
+#     lines, and the log as `journalctl -o json` writes it
 #   - fail2ban-regex, stock postfix[mode=auth] and dovecot filters, on a 200,000-line slice,
 #     when fail2ban is installed (apt-get install fail2ban)
 # and checks that mailpipe's bans equal the generator's ground truth.
@@ -59,7 +61,30 @@ measure "cat \| mailpipe run --dry-run" "$log" "cat $log | $BIN run --dry-run"
 measure "grep -c -F (pipeline literals)" "$log" "grep -c -F -f $W/literals $log"
 measure "mailpipe test, attack lines only" "$attack" "$BIN test $attack"
 measure "mailpipe test, botnet 1M attackers" "$botnet" "$BIN test $botnet"
-measure "mailpipe explain -c all.ron (start-up)" "$ROOT/pipelines/all.ron" "$BIN explain -c $ROOT/pipelines/all.ron x"
+ALL=$ROOT/pipelines/all.ron
+measure "mailpipe explain -c all.ron (start-up)" "$ALL" "$BIN explain -c $ALL x"
+# The log as journald would hand it over: one JSON object per line.
+journal=$W/journal-$LINES.json
+[ -s "$journal" ] || python3 - "$log" "$journal" <<'PY'
+import json, re, sys, time
+line = re.compile(r'^(\w{3} +\d+ [\d:]{8}) (\S+) ([^:\[]+)(?:\[(\d+)\])?: (.*)$')
+with open(sys.argv[1]) as src, open(sys.argv[2], "w") as out:
+    for i, l in enumerate(src, 1):
+        m = line.match(l.rstrip("\n"))
+        if not m:
+            continue
+        t = time.strptime("2026 " + m[1], "%Y %b %d %H:%M:%S")
+        us = int(time.mktime(t)) * 1000000
+        out.write(json.dumps({"__CURSOR": f"s=0;i={i:x}", "__REALTIME_TIMESTAMP": str(us), "_HOSTNAME": m[2],
+                              "SYSLOG_IDENTIFIER": m[3], "_PID": m[4] or "1", "MESSAGE": m[5]}) + "\n")
+PY
+"$BIN" check --literals -c "$ALL" > "$W/literals-all"
+cat "$journal" > /dev/null
+measure "mailpipe test -c all.ron" "$log" "$BIN test -c $ALL $log"
+measure "grep -c -F (all.ron's literals)" "$log" "grep -c -F -f $W/literals-all $log"
+measure "mailpipe test -c all.ron, attack lines only" "$attack" "$BIN test -c $ALL $attack"
+measure "mailpipe test, journal JSON" "$journal" "$BIN test $journal"
+measure "mailpipe test -c all.ron, journal JSON" "$journal" "$BIN test -c $ALL $journal"
 if command -v fail2ban-regex > /dev/null; then
     slice=$W/slice.log
     head -200000 "$log" > "$slice"

@@ -6,7 +6,8 @@
 #   contrib/deps.sh test    to build it and run its tests: the real programs the tests drive
 #                           (rsyslog, ipset, iptables, nftables, iproute2, python3,
 #                           systemd-analyze, promtool; procps for the unit's /bin/kill;
-#                           fail2ban, whose stock configuration `import` is tested on)
+#                           fail2ban, whose stock configuration `import` is tested on;
+#                           redis-server, the fleet's stream store)
 #   contrib/deps.sh run     to run the binary on a mail server: libipset, and the ipset and
 #                           iptables programs for the firewall rules (nftables users have nft),
 #                           procps for /bin/kill (the systemd unit's ExecReload)
@@ -17,10 +18,10 @@
 set -euo pipefail
 
 build=(gcc libc6-dev pkg-config libipset-dev libclang-dev)
-test=("${build[@]}" python3 rsyslog bsdutils iproute2 ipset iptables nftables systemd procps prometheus fail2ban)
+test=("${build[@]}" python3 rsyslog bsdutils iproute2 ipset iptables nftables systemd procps prometheus fail2ban redis-server)
 run=(libipset13 ipset iptables procps)
 # Packages the tests need only for a program: their service must never run on that account.
-declare -A quiet=([prometheus]=prometheus.service [fail2ban]=fail2ban.service)
+declare -A quiet=([prometheus]=prometheus.service [fail2ban]=fail2ban.service [redis-server]=redis-server.service)
 
 [ $# -gt 0 ] || { echo "usage: $0 build|test|run ..." >&2; exit 2; }
 want=()

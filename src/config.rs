@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::fleet::FleetConfig;
 use crate::input::InputConfig;
 use crate::matcher::MatcherConfig;
 use crate::parse::ParseConfig;
@@ -134,6 +135,9 @@ pub struct PipelineFile {
     /// Daemon settings (the input queue, draining at shutdown).
     #[serde(default)]
     pub daemon: Option<DaemonConfig>,
+    /// The fleet this node shares bans and failures with; none: this node alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetConfig>,
     /// Parse settings.
     #[serde(default)]
     pub parse: Option<ParseConfig>,
@@ -166,6 +170,8 @@ pub struct Config {
     pub metrics: Option<String>,
     /// Daemon settings.
     pub daemon: DaemonConfig,
+    /// The fleet, if any.
+    pub fleet: Option<FleetConfig>,
     /// Parse settings.
     pub parse: ParseConfig,
     /// Matcher engine settings.
@@ -193,6 +199,7 @@ impl Config {
             state: self.state.clone(),
             metrics: self.metrics.clone(),
             daemon: Some(self.daemon),
+            fleet: self.fleet.clone(),
             parse: Some(self.parse.clone()),
             matcher: Some(self.matcher),
             window: Some(self.window),
@@ -223,6 +230,7 @@ impl Config {
         check("state", self.state == next.state);
         check("metrics", self.metrics == next.metrics);
         check("daemon", self.daemon == next.daemon);
+        check("fleet", self.fleet == next.fleet);
         check("parse.max_line", self.parse.max_line == next.parse.max_line);
         v
     }
@@ -350,6 +358,7 @@ impl Config {
             control: f.control,
             state: f.state,
             metrics: f.metrics,
+            fleet: f.fleet,
             daemon,
             parse,
             matcher,
@@ -570,7 +579,7 @@ impl Acc {
                 ..file.clone()
             };
         } else {
-            take!(inputs, control, state, metrics);
+            take!(inputs, control, state, metrics, fleet);
             // `sink` and `sinks` are one setting: a file that names either replaces both.
             if self.file.sink.is_none() && self.file.sinks.is_none() {
                 self.file.sink = file.sink.clone();

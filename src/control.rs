@@ -219,6 +219,7 @@ pub async fn serve(
     queue: Queue,
     reloader: Option<Reloader>,
     inputs: Vec<(String, std::sync::Arc<InputStats>)>,
+    fleet: Option<std::sync::Arc<crate::fleet::FleetStats>>,
     stop: CancellationToken,
 ) {
     let inputs = std::sync::Arc::new(inputs);
@@ -231,7 +232,7 @@ pub async fn serve(
             _ = stop.cancelled() => return,
             r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
         };
-        let (queue, reloader, inputs, stop) = (queue.clone(), reloader.clone(), inputs.clone(), stop.clone());
+        let (queue, reloader, inputs, fleet, stop) = (queue.clone(), reloader.clone(), inputs.clone(), fleet.clone(), stop.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let (r, mut w) = stream.into_split();
@@ -244,7 +245,7 @@ pub async fn serve(
                 let (reply, last) = match line {
                     None => return,
                     Some(Err(e)) => (json!({"ok": false, "error": format!("bad request: {e}")}), true),
-                    Some(Ok(line)) => (answer(&line, &queue, reloader.as_ref(), &inputs).await, false),
+                    Some(Ok(line)) => (answer(&line, &queue, reloader.as_ref(), &inputs, fleet.as_deref()).await, false),
                 };
                 if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() || last {
                     return;
@@ -255,7 +256,13 @@ pub async fn serve(
 }
 
 /// The answer to one request line.
-async fn answer(line: &str, queue: &Queue, reloader: Option<&Reloader>, inputs: &[(String, std::sync::Arc<InputStats>)]) -> Value {
+async fn answer(
+    line: &str,
+    queue: &Queue,
+    reloader: Option<&Reloader>,
+    inputs: &[(String, std::sync::Arc<InputStats>)],
+    fleet: Option<&crate::fleet::FleetStats>,
+) -> Value {
     let req = match serde_json::from_str::<Request>(line) {
         Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
         Ok(req) => req,
@@ -275,6 +282,9 @@ async fn answer(line: &str, queue: &Queue, reloader: Option<&Reloader>, inputs: 
     let mut v = rrx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));
     if status {
         v["inputs"] = inputs.iter().map(|(n, s)| json!({"name": n, "summary": s.summary()})).collect();
+        if let Some(f) = fleet {
+            v["fleet"] = f.summary();
+        }
     }
     v
 }

@@ -28,8 +28,8 @@ use crate::clock::wall_clock;
 use crate::input::net::{self, Allow, InputStats, Shutdown, TcpLimits};
 use crate::input::{InputConfig, LineSplitter};
 use crate::pipeline::{Event, Pipeline};
-use crate::policy::{Ban, Decision};
-use crate::queue::{Budget, Msg, Queue};
+use crate::policy::{Ban, Decision, Shared};
+use crate::queue::{Budget, FleetIn, Msg, Queue, Received};
 pub use crate::queue::{DaemonConfig, Reloader};
 use crate::sink::{self, SinkConfig, SinkHandle};
 
@@ -107,7 +107,17 @@ pub fn run<W: Write + Send + 'static>(
     out: W,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
-    let (store, (restored, journal_cursor)) = restore_state(cfg, &mut pipeline)?;
+    let fleet = cfg
+        .fleet
+        .as_ref()
+        .map(crate::fleet::Fleet::new)
+        .transpose()
+        .map_err(|e| DaemonError::Config {
+            input: "fleet".into(),
+            reason: e.to_string(),
+        })?;
+    let (store, loaded) = restore_state(cfg, &mut pipeline)?;
+    let restored = loaded.bans;
     if let Some(addr) = &cfg.metrics {
         let addr = parse_addr("metrics", addr)?;
         let bound = crate::telemetry::serve(addr).map_err(|reason| DaemonError::Config {
@@ -135,7 +145,20 @@ pub fn run<W: Write + Send + 'static>(
     scopes.extend(restored.iter().map(|b| b.ports.clone()));
     scopes.sort();
     scopes.dedup();
-    let sink = sink::spawn(sinks, out, store, &scopes)?;
+    let mut sink = sink::spawn(sinks, out, store, &scopes)?;
+    // The fleet hears this node's decisions, unbans and (when shared) failures.
+    let link = fleet.map(|f| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        sink.fleet = Some(tx.clone());
+        if f.shares_failures() {
+            pipeline.share_failures();
+        }
+        FleetLink {
+            stats: f.stats(),
+            start: Some((f, rx, loaded.fleet_cursors, loaded.fleet_outbox)),
+            tx,
+        }
+    });
     let now = wall_clock();
     sink.reapply(restored.iter().map(|b| restored_decision(b, now)).collect());
     raise_fd_limit();
@@ -151,11 +174,12 @@ pub fn run<W: Write + Send + 'static>(
     let edges = Edges {
         sinks: sink.stats(),
         budget: queue.budget.clone(),
-        journal_cursor,
+        journal_cursor: loaded.journal_cursor,
         backlog: cfg.parse.backlog.secs(),
+        fleet: link.as_ref().map(|l| l.stats.clone()),
     };
-    let worker = spawn_pipeline(pipeline, sink, rx, cfg.parse.max_line, cfg.metrics.is_some())?;
-    let stats = rt.block_on(serve(cfg, queue, reload, edges, shutdown))?;
+    let worker = spawn_pipeline(pipeline, sink, rx, cfg.parse.max_line, cfg.metrics.is_some(), link.as_ref().map(|l| l.tx.clone()))?;
+    let stats = rt.block_on(serve(cfg, queue, reload, edges, link.and_then(|mut l| l.start.take()), shutdown))?;
     // A stdin read may still sit in the blocking pool; it is not waited for.
     rt.shutdown_background();
     worker
@@ -164,14 +188,22 @@ pub fn run<W: Write + Send + 'static>(
     Ok(stats)
 }
 
-/// What the state file gave back: the bans to apply again, the journal's cursor.
-type Restored = (Vec<Ban>, Option<String>);
+/// A fleet being joined: its counters, the sender of this node's events, and what its tasks
+/// start from.
+struct FleetLink {
+    stats: Arc<crate::fleet::FleetStats>,
+    tx: mpsc::UnboundedSender<Shared>,
+    start: Option<FleetStart>,
+}
+
+/// The fleet, this node's events for it, and the cursors and outbox the state file kept.
+type FleetStart = (crate::fleet::Fleet, mpsc::UnboundedReceiver<Shared>, [Option<String>; 2], Vec<String>);
 
 /// Opens the state file (if any) and gives its bans and history back to the pipeline; the
 /// store, and what else it held.
-fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result<(Option<crate::state::Store>, Restored), DaemonError> {
+fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result<(Option<crate::state::Store>, crate::state::Loaded), DaemonError> {
     let Some(path) = cfg.state.as_deref() else {
-        return Ok((None, (Vec::new(), None)));
+        return Ok((None, crate::state::Loaded::default()));
     };
     let t0 = Instant::now();
     let (store, loaded) = crate::state::Store::open(std::path::Path::new(path), wall_clock(), pipeline.forget_after())?;
@@ -182,7 +214,7 @@ fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result
         loaded.history.len(),
         t0.elapsed().as_millis()
     );
-    Ok((Some(store), (loaded.bans, loaded.journal_cursor)))
+    Ok((Some(store), loaded))
 }
 
 /// What the edges report alongside the pipeline's own counters.
@@ -194,6 +226,8 @@ struct Edges {
     journal_cursor: Option<String>,
     /// `parse.backlog` in seconds: an older saved cursor is not resumed.
     backlog: u64,
+    /// The fleet link's counters, when there is a fleet.
+    fleet: Option<Arc<crate::fleet::FleetStats>>,
 }
 
 /// The pipeline thread: takes messages until `Stop`, hands each batch's decisions to the sink.
@@ -203,6 +237,7 @@ fn spawn_pipeline(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     max_line: usize,
     with_metrics: bool,
+    fleet: Option<mpsc::UnboundedSender<Shared>>,
 ) -> Result<std::thread::JoinHandle<()>, DaemonError> {
     let register = |p: &Pipeline| {
         let rules: Vec<usize> = (0..p.jail_names().len()).map(|j| p.rule_texts(j).0.len()).collect();
@@ -251,8 +286,14 @@ fn spawn_pipeline(
                         }
                         let _ = reply.send(serde_json::json!({"ok": true, "jails": pipeline.jail_names()}));
                     }
+                    Msg::Fleet(m) => fleet_in(&mut pipeline, &mut sink, m, now, &mut decided),
                     Msg::Tick => {}
                     Msg::Stop => break,
+                }
+                if let Some(tx) = &fleet {
+                    for f in pipeline.take_shared() {
+                        let _ = tx.send(Shared::Failure(f));
+                    }
                 }
                 sink.ban(std::mem::take(&mut decided), arrived);
                 if flushed.elapsed() >= Duration::from_secs(1) {
@@ -288,6 +329,53 @@ fn spawn_pipeline(
         .map_err(DaemonError::Runtime)
 }
 
+/// Applies what the fleet brings, on the pipeline thread: other nodes' bans and unbans go to
+/// the sinks (not back to the fleet), failures are counted (this node's own may decide a ban,
+/// into `decided`), and the streams' positions and the outbox go to the state file.
+fn fleet_in(pipeline: &mut Pipeline, sink: &mut SinkHandle, m: FleetIn, now: i64, decided: &mut Vec<Decision>) {
+    match m {
+        FleetIn::Events(cursor, events) => {
+            let mut bans = Vec::new();
+            let last = events.last().map(|e| e.id.clone());
+            for Received { own, event, .. } in events {
+                match event {
+                    Shared::Ban(d) if !own => {
+                        if pipeline.fleet_ban(&d, now) {
+                            bans.push(d);
+                        }
+                    }
+                    Shared::Unban(net) if !own => {
+                        if pipeline.unban(net.addr()).is_some() {
+                            sink.unban_here(net);
+                        }
+                    }
+                    // Counted by this node already, when the fleet was out of reach.
+                    Shared::Failure(f) if own && f.counted => {}
+                    Shared::Failure(f) => {
+                        pipeline.fleet_failure(&f, own, now, decided);
+                    }
+                    Shared::Ban(_) | Shared::Unban(_) => {}
+                }
+            }
+            sink.ban(bans, Instant::now());
+            if let (Some(s), Some(id)) = (&mut sink.store, last) {
+                s.fleet_cursor(cursor, &id);
+            }
+        }
+        FleetIn::Link(up) => pipeline.fleet_link(up),
+        FleetIn::CountHere(failures) => {
+            for f in failures {
+                pipeline.fleet_failure(&f, true, now, decided);
+            }
+        }
+        FleetIn::Outbox(events) => {
+            if let Some(s) = &mut sink.store {
+                s.fleet_outbox(events);
+            }
+        }
+    }
+}
+
 /// The edges, on the runtime: inputs, control, SIGHUP and the metrics ticker, until
 /// `shutdown` (or stdin's end); then they drain and `Stop` is queued.
 async fn serve(
@@ -295,6 +383,7 @@ async fn serve(
     queue: Queue,
     reload: Option<Reloader>,
     edges: Edges,
+    fleet: Option<FleetStart>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<InputReport, DaemonError> {
     let stop = CancellationToken::new();
@@ -318,6 +407,9 @@ async fn serve(
         let name = start_input(input, &queue, &st, &ends, &mut tasks, &mut eof_tx, &edges).await?;
         stats.push((name, st));
     }
+    if let Some((fleet, rx, cursors, outbox)) = fleet {
+        fleet.spawn(queue.clone(), rx, cursors, outbox, stop.clone());
+    }
     if let Some(path) = cfg.control.as_deref().map(std::path::Path::new) {
         let listener = crate::control::bind(path).map_err(input_error(&format!("control {}", path.display())))?;
         eprintln!("mailpipe: listening on control {}", path.display());
@@ -326,6 +418,7 @@ async fn serve(
             queue.clone(),
             reload.clone(),
             stats.clone(),
+            edges.fleet.clone(),
             stop.clone(),
         ));
     }
@@ -336,7 +429,7 @@ async fn serve(
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => crate::telemetry::publish_edges(&inputs, &edges.sinks, edges.budget.used()),
+                    _ = tick.tick() => crate::telemetry::publish_edges(&inputs, &edges.sinks, edges.budget.used(), edges.fleet.as_deref()),
                 }
             }
         });
@@ -506,6 +599,7 @@ fn restored_decision(b: &Ban, now: i64) -> Decision {
         ports: b.ports.clone(),
         evidence: Default::default(),
         restored: true,
+        node: None,
     }
 }
 

@@ -35,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod evidence;
+pub mod fleet;
 pub mod import;
 pub mod input;
 pub mod matcher;

@@ -115,6 +115,20 @@ struct Rule {
     has_literal: bool,
     /// The rule as the rule DFA sees it (for `heavy_rules`).
     pattern: String,
+    /// The first rule with the same text: jails of one service in several modes share rules,
+    /// and a line is matched against each text once.
+    same_as: usize,
+}
+
+/// What a rule text did on the current line (see `Rule::same_as`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// Not tried on this line yet.
+    No,
+    /// It does not match.
+    Miss,
+    /// It matches, with the host when the finder saw it.
+    Hit(Option<(std::ops::Range<usize>, IpAddr)>),
 }
 
 /// What `HostFinder` saw of a rule in a line.
@@ -272,6 +286,10 @@ pub struct Matcher {
     program_cache: HashMap<Box<str>, Box<[bool]>>,
     /// Per-line scratch, reused: each jail's state on the current line.
     jail_state: Vec<JailState>,
+    /// Per-line scratch, reused: what each rule text did (indexed by `Rule::same_as`), and
+    /// which entries to reset after the line.
+    seen: Vec<Seen>,
+    seen_set: Vec<usize>,
 }
 
 /// Where a jail stands on the current line.
@@ -444,6 +462,11 @@ impl Matcher {
                 };
                 let has_user = full.contains("<USER>");
                 let has_forwarded = full.contains("<FORWARDED>");
+                let pattern = expand_for_dfa(&full);
+                let same_as = rules
+                    .iter()
+                    .position(|r: &Rule| r.ignore == ignore && r.pattern == pattern)
+                    .unwrap_or(rules.len());
                 rules.push(Rule {
                     jail: jid,
                     index,
@@ -454,10 +477,11 @@ impl Matcher {
                     has_forwarded,
                     finder,
                     has_literal: lits.is_some(),
-                    pattern: expand_for_dfa(&full),
+                    pattern: pattern.clone(),
+                    same_as,
                 });
                 literals.push(lits);
-                patterns.push(expand_for_dfa(&full));
+                patterns.push(pattern);
             }
         }
         // An ignore rule only matters where one of its jail's failure rules can match, so one
@@ -495,13 +519,15 @@ impl Matcher {
         Ok(Matcher {
             dfa,
             want_user: false,
-            rules,
             programs,
             jail_names: jails.iter().map(|j| j.name.clone()).collect(),
             literals,
             ignores,
             program_cache: HashMap::new(),
             jail_state: vec![JailState::Done; jails.len()],
+            seen: vec![Seen::No; rules.len()],
+            seen_set: Vec::new(),
+            rules,
         })
     }
 
@@ -559,22 +585,14 @@ impl Matcher {
         let msg = rec.msg.as_bytes();
         self.allowed_jails(rec.program);
         for &pid in candidates {
-            let r = &mut self.rules[pid as usize];
+            let r = &self.rules[pid as usize];
             let j = r.jail as usize;
             if r.ignore || self.jail_state[j] != JailState::Allowed {
                 continue;
             }
-            // With a finder, one pass over the line both decides the match and finds the host;
-            // the rule DFA is only asked when the finder cannot tell.
-            let host = match r.finder.as_mut().map(|f| f.find(msg)) {
-                Some(Probe::Host(span, ip)) => Some((span, ip)),
-                Some(Probe::NoMatch) => continue,
-                Some(Probe::BeforeHost) | None => {
-                    if !self.matches(msg, pid) {
-                        continue;
-                    }
-                    None
-                }
+            let host = match self.try_rule(msg, pid) {
+                Seen::Hit(host) => host,
+                _ => continue,
             };
             self.jail_state[j] = JailState::Done;
             // An ignore rule only matters once a failure rule matched: most lines pay nothing.
@@ -598,6 +616,29 @@ impl Matcher {
                 },
             });
         }
+        for first in self.seen_set.drain(..) {
+            self.seen[first] = Seen::No;
+        }
+    }
+
+    /// Whether failure rule `pid` matches `msg`, and the host if the finder saw it; each rule
+    /// text is tried once per line (the caller resets `seen` after the line).
+    fn try_rule(&mut self, msg: &[u8], pid: u32) -> Seen {
+        let first = self.rules[pid as usize].same_as;
+        if self.seen[first] != Seen::No {
+            return self.seen[first].clone();
+        }
+        // With a finder, one pass over the line both decides the match and finds the host;
+        // the rule DFA is only asked when the finder cannot tell.
+        let seen = match self.rules[first].finder.as_mut().map(|f| f.find(msg)) {
+            Some(Probe::Host(span, ip)) => Seen::Hit(Some((span, ip))),
+            Some(Probe::NoMatch) => Seen::Miss,
+            Some(Probe::BeforeHost) | None if self.matches(msg, first as u32) => Seen::Hit(None),
+            Some(Probe::BeforeHost) | None => Seen::Miss,
+        };
+        self.seen[first] = seen.clone();
+        self.seen_set.push(first);
+        seen
     }
 
     /// Sets each jail's state for a line from `program`: `Allowed` or `Done`.

@@ -6,6 +6,8 @@
 
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+
 use ipnet::IpNet;
 
 use crate::clock::{Clock, Mode};
@@ -15,7 +17,7 @@ use crate::matcher::{Found, JailId, Match, Matcher};
 use crate::parse::ParseConfig;
 use crate::parse::{Parser, Record, Zone};
 use crate::policy::PolicyConfig;
-use crate::policy::{Admit, Ban, Decision, History, Policy};
+use crate::policy::{Admit, Ban, Decision, History, Policy, SharedFailure};
 use crate::ports::Ports;
 use crate::prefilter::Prefilter;
 use crate::primitives::{Jail, Origin, error_in};
@@ -101,6 +103,22 @@ pub struct Pipeline {
     journal: crate::parse::JournalScratch,
     /// The rules to try on the current line (reused).
     candidates: Vec<u32>,
+    /// Set when failures are shared with a fleet.
+    fleet: Option<FleetCounting>,
+}
+
+/// How a pipeline counts when its failures are shared with a fleet. While the fleet is
+/// reachable, a failure is counted when it comes back from the fleet's stream, where every node
+/// sees every failure in the same order: they agree on which failure reaches `maxretry`, and
+/// only the node that saw that one bans (one ban per attacker per fleet). While it is not,
+/// failures are counted at once, as without a fleet, and shared later.
+#[derive(Debug, Default)]
+struct FleetCounting {
+    link_up: bool,
+    /// Failures to publish.
+    outgoing: Vec<SharedFailure>,
+    /// The jails' names, for the events.
+    names: Vec<Arc<str>>,
 }
 
 /// What a pipeline is compiled from: the stages' part of a pipeline file, its includes applied
@@ -208,7 +226,60 @@ impl Pipeline {
             evidence: None,
             journal: Default::default(),
             candidates: Vec::new(),
+            fleet: None,
         })
+    }
+
+    /// Shares counted failures with a fleet (see `FleetCounting`); the fleet starts unreachable.
+    pub fn share_failures(&mut self) {
+        let names = self.jail_names().iter().map(|n| Arc::from(n.as_str())).collect();
+        self.fleet = Some(FleetCounting {
+            names,
+            ..FleetCounting::default()
+        });
+    }
+
+    /// The fleet became reachable, or stopped being.
+    pub fn fleet_link(&mut self, up: bool) {
+        if let Some(f) = &mut self.fleet {
+            f.link_up = up;
+        }
+    }
+
+    /// The failures to publish since the last call.
+    pub fn take_shared(&mut self) -> Vec<SharedFailure> {
+        self.fleet.as_mut().map(|f| std::mem::take(&mut f.outgoing)).unwrap_or_default()
+    }
+
+    /// A failure from the fleet's stream, at clock `now`: `own` when this node published it.
+    /// Counted like a line's failure; a ban it brings about is decided (into `out`) only when
+    /// it is this node's own failure, else the count starts over as the deciding node's does.
+    /// False for a jail this pipeline does not have.
+    pub fn fleet_failure(&mut self, f: &SharedFailure, own: bool, now: i64, out: &mut Vec<Decision>) -> bool {
+        let Some(jail) = self.jail_names().iter().position(|n| **n == *f.jail) else {
+            return false;
+        };
+        let jail = jail as JailId;
+        if let Admit::Count(key) = self.policy.admit(f.net.addr(), jail, now) {
+            if own {
+                self.record(jail, key, f.time, now);
+            } else if self.window.record(jail, key, f.time, now).is_some() {
+                self.window.forget(jail, key);
+            }
+        }
+        out.append(&mut self.decisions);
+        true
+    }
+
+    /// A ban another node decided, at clock `now`: true when it is new here (to be applied).
+    pub fn fleet_ban(&mut self, d: &Decision, now: i64) -> bool {
+        if !self.policy.fleet_ban(d, now) {
+            return false;
+        }
+        for j in self.policy.jails_covered(&d.ports) {
+            self.window.forget(j, d.net);
+        }
+        true
     }
 
     /// Makes each decision carry up to `lines` of the log lines that counted toward it (for the
@@ -241,6 +312,11 @@ impl Pipeline {
     pub fn rule_texts(&self, jail: usize) -> (&[String], &[String]) {
         let (r, i) = &self.texts[jail];
         (r, i)
+    }
+
+    /// The prefilter (to scan blocks of lines ahead on another thread).
+    pub fn prefilter(&self) -> &Prefilter {
+        &self.prefilter
     }
 
     /// The prefilter's literals as text.
@@ -301,6 +377,10 @@ impl Pipeline {
         let bans: Vec<Ban> = self.policy.bans().into_iter().cloned().collect();
         next.policy.restore(&bans, &self.policy.histories());
         next.clock = self.clock.clone();
+        if let Some(f) = &self.fleet {
+            next.share_failures();
+            next.fleet_link(f.link_up);
+        }
         let old = self.matcher.jail_names();
         let new_id = |j: JailId| {
             next.matcher
@@ -384,10 +464,15 @@ impl Pipeline {
     /// Runs one line through every stage; `arrival` (Unix seconds) is the wall clock when it
     /// arrived (`run`) or the reference time (`test`). Calls `on` for each match and decision.
     /// Returns whether some jail's failure rule matched.
-    pub fn process(&mut self, line: &[u8], arrival: i64, mut on: impl FnMut(Event<'_>)) -> bool {
+    pub fn process(&mut self, line: &[u8], arrival: i64, on: impl FnMut(Event<'_>)) -> bool {
+        self.process_scanned(line, None, arrival, on)
+    }
+
+    /// `process` for a line whose literals `known` were found ahead (`Prefilter::scan_block`).
+    pub fn process_scanned(&mut self, line: &[u8], known: Option<&[u32]>, arrival: i64, mut on: impl FnMut(Event<'_>)) -> bool {
         self.stats.lines += 1;
         let mut scratch = std::mem::take(&mut self.candidates);
-        let Some(candidates) = self.prefilter.select(line, &mut scratch) else {
+        let Some(candidates) = self.prefilter.select(line, known, &mut scratch) else {
             self.stats.skipped += 1;
             self.candidates = scratch;
             return false;
@@ -475,29 +560,46 @@ impl Pipeline {
                 if let Some((ev, _)) = &mut self.evidence {
                     ev.record(m.jail, key, line);
                 }
-                if let Some(n) = self.window.record(m.jail, key, time, now) {
-                    let before = self.decisions.len();
-                    self.policy.decide(m.jail, key, n, time, now, &mut self.decisions);
-                    if let Some((ev, max)) = &self.evidence {
-                        // No more than the failures that counted: a flood's scan stays short.
-                        let lines = ev.lines(m.jail, key, (*max).min(n as usize));
-                        for d in &mut self.decisions[before..] {
-                            d.evidence = lines.clone();
-                        }
-                    }
-                    js.bans += 1;
-                    self.stats.bans += (self.decisions.len() - before) as u64;
-                    // Jails whose ports the new bans drop stop counting the address; the others
-                    // (another service's ports) go on.
-                    for d in &self.decisions[before..] {
-                        for jail in self.policy.jails_covered(&d.ports) {
-                            self.window.forget(jail, key);
-                        }
+                if let Some(f) = &mut self.fleet {
+                    f.outgoing.push(SharedFailure {
+                        jail: f.names[m.jail as usize].clone(),
+                        net: key,
+                        time,
+                        counted: !f.link_up,
+                    });
+                    if f.link_up {
+                        return true;
                     }
                 }
+                self.record(m.jail, key, time, now);
             }
         }
         true
+    }
+
+    /// Counts a failure of `key` in `jail` and decides the bans it brings about.
+    fn record(&mut self, jail: JailId, key: IpNet, time: i64, now: i64) {
+        let Some(n) = self.window.record(jail, key, time, now) else {
+            return;
+        };
+        let before = self.decisions.len();
+        self.policy.decide(jail, key, n, time, now, &mut self.decisions);
+        if let Some((ev, max)) = &self.evidence {
+            // No more than the failures that counted: a flood's scan stays short.
+            let lines = ev.lines(jail, key, (*max).min(n as usize));
+            for d in &mut self.decisions[before..] {
+                d.evidence = lines.clone();
+            }
+        }
+        self.stats.jails[jail as usize].bans += 1;
+        self.stats.bans += (self.decisions.len() - before) as u64;
+        // Jails whose ports the new bans drop stop counting the address; the others (another
+        // service's ports) go on.
+        for d in &self.decisions[before..] {
+            for j in self.policy.jails_covered(&d.ports) {
+                self.window.forget(j, key);
+            }
+        }
     }
 
     /// Each stage's view of one line, for `mailpipe explain`.
@@ -506,7 +608,7 @@ impl Pipeline {
         let text = String::from_utf8_lossy(line).into_owned();
         let lits = self.prefilter.hits(line);
         let mut scratch = Vec::new();
-        let selected = self.prefilter.select(line, &mut scratch).map(<[u32]>::to_vec);
+        let selected = self.prefilter.select(line, None, &mut scratch).map(<[u32]>::to_vec);
         let any = selected.as_ref().is_some_and(|c| c.len() > self.prefilter.candidates(false).len());
         let candidates = selected.unwrap_or_default();
         let _ = writeln!(o, "line:      {text:?}");

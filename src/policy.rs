@@ -93,21 +93,24 @@ pub enum Reason {
     Recidive,
     /// An operator's `mailpipe ban`.
     Manual,
+    /// Another node of the fleet decided it (`Decision::node` says which).
+    Fleet,
 }
 
 impl Reason {
-    /// `threshold`, `recidive` or `manual`.
+    /// `threshold`, `recidive`, `manual` or `fleet`.
     pub fn name(self) -> &'static str {
         match self {
             Reason::Threshold => "threshold",
             Reason::Recidive => "recidive",
             Reason::Manual => "manual",
+            Reason::Fleet => "fleet",
         }
     }
 
     /// The reason a name stands for.
     pub fn from_name(name: &str) -> Option<Reason> {
-        [Reason::Threshold, Reason::Recidive, Reason::Manual]
+        [Reason::Threshold, Reason::Recidive, Reason::Manual, Reason::Fleet]
             .into_iter()
             .find(|r| r.name() == name)
     }
@@ -161,6 +164,33 @@ pub struct Decision {
     /// A ban from the state file applied again at start (its reason and offence are the
     /// original ones).
     pub restored: bool,
+    /// The fleet node that decided it, for a ban another node made (`Reason::Fleet`).
+    pub node: Option<Arc<str>>,
+}
+
+/// What the nodes of a fleet tell each other: their own decisions, unbans and failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shared {
+    /// A ban this node decided (threshold, recidive or manual).
+    Ban(Decision),
+    /// A ban lifted by an operator.
+    Unban(IpNet),
+    /// A failure this node counted (or will count when it comes back from the fleet).
+    Failure(SharedFailure),
+}
+
+/// One counted failure, as the fleet shares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFailure {
+    /// The jail's name (the same jail on every node).
+    pub jail: Arc<str>,
+    /// The address, or its IPv6 network, as the policy counts it.
+    pub net: IpNet,
+    /// The failure's log time (Unix seconds).
+    pub time: i64,
+    /// Already counted by the node that saw it (the fleet was unreachable then): that node
+    /// skips it when it comes back.
+    pub counted: bool,
 }
 
 impl Decision {
@@ -503,6 +533,7 @@ impl Policy {
             ports,
             evidence: Arc::default(),
             restored: false,
+            node: None,
         };
         if let Some(r) = self.cfg.recidive {
             let h = self.history.get_mut(&key).expect("offend inserted it");
@@ -574,9 +605,39 @@ impl Policy {
                 .map_or_else(|| self.every.clone(), |j| j.ports.clone()),
             evidence: Arc::default(),
             restored: false,
+            node: None,
         };
         self.insert(d.ban());
         Ok(d)
+    }
+
+    /// A ban another node of the fleet decided: recorded with its history, so that escalation
+    /// and recidive here see it. False when this node already holds that ban (its own decision
+    /// on the same failures, or the event seen twice), when it is over, or when it would cover
+    /// an address this node never bans: nothing to apply.
+    pub fn fleet_ban(&mut self, d: &Decision, now: i64) -> bool {
+        self.expire(now);
+        let until = d.until();
+        let covers_ignored = self.ignore.iter().any(|i| i.contains(&d.net.network()) || d.net.contains(&i.network()));
+        if until <= now
+            || covers_ignored
+            || self.banned.get(&d.net).is_some_and(|bans| bans.iter().any(|b| b.ports == d.ports && b.until >= until))
+        {
+            return false;
+        }
+        let forget = self.forget_after();
+        let h = self.history.entry(d.net).or_default();
+        if h.count > 0 && now - h.last > forget {
+            *h = Offences::default();
+        }
+        h.count = h.count.max(d.offence);
+        h.last = now;
+        // Recidive counts the jails' bans, not its own.
+        if d.jail != self.recidive_name && self.cfg.recidive.is_some() {
+            h.recent.push_back(d.since);
+        }
+        self.insert(d.ban());
+        true
     }
 
     /// Records an active ban (replacing one of the same network and ports).

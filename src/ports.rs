@@ -167,6 +167,11 @@ impl Ports {
             .collect()
     }
 
+    /// Ports from (low, high) ranges another node sent; `None` when one is upside down.
+    pub fn from_pairs(v: Vec<(u16, u16)>) -> Option<Ports> {
+        v.iter().all(|&(lo, hi)| lo <= hi).then(|| Ports::from_ranges(v))
+    }
+
     /// Reads `to_bytes` back; `None` for anything else.
     pub fn from_bytes(b: &[u8]) -> Option<Ports> {
         if !b.len().is_multiple_of(4) {

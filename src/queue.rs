@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::pipeline::Pipeline;
+use crate::policy::{Shared, SharedFailure};
 use crate::primitives::Dur;
 use crate::sink::SinkHandle;
 
@@ -101,6 +102,8 @@ pub enum Msg {
     Control(ControlFn, oneshot::Sender<Value>),
     /// A pipeline compiled elsewhere (a reload), to take over from the running one.
     Swap(Box<Pipeline>, oneshot::Sender<Value>),
+    /// What the fleet brings (see `fleet`).
+    Fleet(FleetIn),
     /// A second has passed: bans end, the state file retries, counters are published, even when
     /// no line comes.
     Tick,
@@ -116,11 +119,37 @@ impl std::fmt::Debug for Msg {
             Msg::Journal(..) => "Journal",
             Msg::Control(..) => "Control",
             Msg::Swap(..) => "Swap",
+            Msg::Fleet(..) => "Fleet",
             Msg::Tick => "Tick",
             Msg::Stop => "Stop",
         };
         f.write_str(name)
     }
+}
+
+/// What the fleet task hands the pipeline thread.
+#[derive(Debug)]
+pub enum FleetIn {
+    /// Events read from a fleet stream, in its order, and the stream's cursor key
+    /// (`state::FLEET_CURSORS`) to store the last one's ID under once they are applied.
+    Events(&'static str, Vec<Received>),
+    /// The fleet became reachable, or stopped being.
+    Link(bool),
+    /// This node's failures the fleet could not take: counted here now, shared later.
+    CountHere(Vec<SharedFailure>),
+    /// The events waiting to be published, for the state file (empty: all were).
+    Outbox(Vec<String>),
+}
+
+/// One event of a fleet stream.
+#[derive(Debug)]
+pub struct Received {
+    /// Its stream ID.
+    pub id: String,
+    /// Whether this node published it.
+    pub own: bool,
+    /// What it says (a ban arrives as `Reason::Fleet` with its node).
+    pub event: Shared,
 }
 
 /// How the edges reach the pipeline: its queue and the byte budget that bounds it.

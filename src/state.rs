@@ -39,6 +39,10 @@ const OLD_HISTORY: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("hi
 /// Positions in the inputs: `journal.cursor` → the journal cursor of the last entry processed.
 const INPUTS: TableDefinition<&str, &str> = TableDefinition::new("inputs");
 const JOURNAL_CURSOR: &str = "journal.cursor";
+/// Where this node stands in each fleet stream (`fleet.bans`, `fleet.failures`).
+pub const FLEET_CURSORS: [&str; 2] = ["fleet.bans", "fleet.failures"];
+/// Fleet events not yet published (Redis unreachable), oldest first.
+const OUTBOX: TableDefinition<u64, &str> = TableDefinition::new("fleet.outbox");
 
 /// Writes kept in memory while the file cannot take them, at most; beyond, the oldest go (and
 /// are counted): the kernel still has those bans, only a restart would forget them.
@@ -60,7 +64,10 @@ enum Op {
     Ban(Ban),
     History(History),
     Unban(IpNet),
-    Cursor(String),
+    /// An input's position (key in `INPUTS`, value).
+    Cursor(&'static str, String),
+    /// The fleet's unpublished events, replacing those stored.
+    Outbox(Vec<String>),
 }
 
 /// How far the file is behind, for `status` and metrics.
@@ -151,6 +158,7 @@ fn reason_code(r: Reason) -> u8 {
         Reason::Threshold => 0,
         Reason::Recidive => 1,
         Reason::Manual => 2,
+        Reason::Fleet => 3,
     }
 }
 
@@ -173,6 +181,7 @@ fn decode_ban((net, ports): (IpNet, Option<Ports>), v: &[u8], now: i64) -> Optio
         0 => Reason::Threshold,
         1 => Reason::Recidive,
         2 => Reason::Manual,
+        3 => Reason::Fleet,
         _ => return None,
     };
     let offence = u32::from_le_bytes(v.get(17..21)?.try_into().ok()?);
@@ -258,6 +267,10 @@ pub struct Loaded {
     pub history: Vec<History>,
     /// Where the journal input stopped.
     pub journal_cursor: Option<String>,
+    /// Where this node stood in each fleet stream (`FLEET_CURSORS` order).
+    pub fleet_cursors: [Option<String>; 2],
+    /// Fleet events still to publish.
+    pub fleet_outbox: Vec<String>,
 }
 
 impl Store {
@@ -333,7 +346,15 @@ impl Store {
             let mut bans = w.open_table(BANS)?;
             let mut history = w.open_table(HISTORY)?;
             Self::migrate(&w, &mut bans, &mut history, now)?;
-            loaded.journal_cursor = w.open_table(INPUTS)?.get(JOURNAL_CURSOR)?.map(|v| v.value().to_string());
+            let inputs = w.open_table(INPUTS)?;
+            loaded.journal_cursor = inputs.get(JOURNAL_CURSOR)?.map(|v| v.value().to_string());
+            for (c, key) in loaded.fleet_cursors.iter_mut().zip(FLEET_CURSORS) {
+                *c = inputs.get(key)?.map(|v| v.value().to_string());
+            }
+            drop(inputs);
+            for e in w.open_table(OUTBOX)?.iter()? {
+                loaded.fleet_outbox.push(e?.1.value().to_string());
+            }
             let mut stale = Vec::new();
             for e in bans.iter()? {
                 let (k, v) = e?;
@@ -446,12 +467,29 @@ impl Store {
     /// Notes where the journal input is; written with the next flush (at most once a second),
     /// replacing a cursor still waiting.
     pub fn journal_cursor(&mut self, cursor: &str) {
-        if let Some(Op::Cursor(c)) = self.pending.back_mut() {
+        self.cursor(JOURNAL_CURSOR, cursor);
+    }
+
+    /// Notes where this node stands in a fleet stream (a `FLEET_CURSORS` key), like
+    /// `journal_cursor`.
+    pub fn fleet_cursor(&mut self, key: &'static str, id: &str) {
+        self.cursor(key, id);
+    }
+
+    fn cursor(&mut self, key: &'static str, value: &str) {
+        if let Some(Op::Cursor(k, c)) = self.pending.back_mut()
+            && *k == key
+        {
             c.clear();
-            c.push_str(cursor);
+            c.push_str(value);
             return;
         }
-        self.push(Op::Cursor(cursor.to_string()));
+        self.push(Op::Cursor(key, value.to_string()));
+    }
+
+    /// Stores the fleet events waiting to be published (empty: all were), replacing the last.
+    pub fn fleet_outbox(&mut self, events: Vec<String>) {
+        self.push(Op::Outbox(events));
     }
 
     /// Forgets an active ban (the history stays), then writes what waits.
@@ -527,8 +565,15 @@ impl Store {
             let mut inputs = w.open_table(INPUTS)?;
             for op in ops {
                 match op {
-                    Op::Cursor(c) => {
-                        inputs.insert(JOURNAL_CURSOR, c.as_str())?;
+                    Op::Cursor(k, c) => {
+                        inputs.insert(*k, c.as_str())?;
+                    }
+                    Op::Outbox(events) => {
+                        let mut outbox = w.open_table(OUTBOX)?;
+                        outbox.retain(|_, _| false)?;
+                        for (i, e) in events.iter().enumerate() {
+                            outbox.insert(i as u64, e.as_str())?;
+                        }
                     }
                     Op::Ban(b) => {
                         bans.insert(ban_key(b.net, &b.ports).as_slice(), encode_ban(b).as_slice())?;
@@ -633,6 +678,7 @@ mod tests {
             ports: Ports::mail(),
             evidence: Default::default(),
             restored: false,
+            node: None,
         }
     }
 

@@ -194,9 +194,25 @@ pub fn publish_state(lag: &crate::state::Lag) {
 
 /// Copies the inputs' and the sink's counters, and the bytes queued for the pipeline (the
 /// daemon calls it every second).
-pub fn publish_edges(inputs: &[(String, std::sync::Arc<InputStats>)], sinks: &[(String, std::sync::Arc<SinkStats>)], queued: usize) {
+pub fn publish_edges(
+    inputs: &[(String, std::sync::Arc<InputStats>)],
+    sinks: &[(String, std::sync::Arc<SinkStats>)],
+    queued: usize,
+    fleet: Option<&crate::fleet::FleetStats>,
+) {
     gauge!("mailpipe_queue_bytes").set(queued as f64);
     use std::sync::atomic::Ordering::Relaxed;
+    if let Some(f) = fleet {
+        gauge!("mailpipe_fleet_connected").set(if f.connected.load(Relaxed) { 1.0 } else { 0.0 });
+        gauge!("mailpipe_fleet_lag_seconds").set(f.lag_ms.load(Relaxed) as f64 / 1000.0);
+        gauge!("mailpipe_fleet_waiting").set(f.waiting.load(Relaxed) as f64);
+        counter!("mailpipe_fleet_events_total", "direction" => "in").absolute(f.events_in.load(Relaxed));
+        counter!("mailpipe_fleet_events_total", "direction" => "out").absolute(f.events_out.load(Relaxed));
+        for (reason, v) in [("malformed", &f.malformed), ("foreign", &f.foreign), ("outbox_full", &f.dropped)] {
+            counter!("mailpipe_fleet_dropped_total", "reason" => reason).absolute(v.load(Relaxed));
+        }
+        counter!("mailpipe_fleet_errors_total").absolute(f.errors.load(Relaxed));
+    }
     for (name, st) in inputs {
         counter!("mailpipe_input_messages_total", "input" => name.clone()).absolute(st.received.load(Relaxed));
         for (reason, v) in [

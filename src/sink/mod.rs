@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use ipnet::IpNet;
 
-use crate::policy::Decision;
+use crate::policy::{Decision, Reason, Shared};
 use crate::ports::Ports;
 
 /// Sink settings of a pipeline file.
@@ -238,6 +238,8 @@ pub struct SinkHandle {
     workers: Vec<Worker>,
     /// Bans are written here before they are applied.
     pub store: Option<crate::state::Store>,
+    /// This node's own bans and unbans go to its fleet here too (never those the fleet brought).
+    pub fleet: Option<tokio::sync::mpsc::UnboundedSender<Shared>>,
 }
 
 /// Each sink's name and counters.
@@ -280,6 +282,11 @@ impl SinkHandle {
             s.record(&bans);
         }
         for d in bans {
+            if let Some(f) = &self.fleet
+                && d.reason != Reason::Fleet
+            {
+                let _ = f.send(Shared::Ban(d.clone()));
+            }
             self.send(&SinkCmd::Ban(d, arrived));
         }
     }
@@ -292,8 +299,16 @@ impl SinkHandle {
         }
     }
 
-    /// Forgets a ban in the state file and lifts it in the firewall.
+    /// Forgets a ban in the state file and lifts it in the firewall, here and in the fleet.
     pub fn unban(&mut self, net: IpNet) {
+        if let Some(f) = &self.fleet {
+            let _ = f.send(Shared::Unban(net));
+        }
+        self.unban_here(net);
+    }
+
+    /// `unban` on this node only: the fleet's own unban.
+    pub fn unban_here(&mut self, net: IpNet) {
         if let Some(s) = &mut self.store {
             s.remove(net);
         }
@@ -383,7 +398,11 @@ pub fn spawn<W: Write + Send + 'static>(
             stats,
         });
     }
-    Ok(SinkHandle { workers, store })
+    Ok(SinkHandle {
+        workers,
+        store,
+        fleet: None,
+    })
 }
 
 /// Opens a sink: sets of each port scope (and rules) created or adopted; and how often to
@@ -644,6 +663,9 @@ pub fn decision_json(d: &Decision) -> serde_json::Value {
     if d.restored {
         v["restored"] = true.into();
     }
+    if let Some(n) = &d.node {
+        v["node"] = (**n).into();
+    }
     v
 }
 
@@ -780,6 +802,7 @@ mod tests {
             ports: Ports::resolve(&[crate::ports::PortSpec::Name("imap,imaps".into())], |_| None).unwrap(),
             evidence: Arc::default(),
             restored: false,
+            node: None,
         }
     }
 
