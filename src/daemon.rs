@@ -147,18 +147,17 @@ pub fn run<W: Write + Send + 'static>(
     scopes.dedup();
     let mut sink = sink::spawn(sinks, out, store, &scopes)?;
     // The fleet hears this node's decisions, unbans and (when shared) failures.
-    let link = fleet.map(|f| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        sink.fleet = Some(tx.clone());
-        if f.shares_failures() {
-            pipeline.share_failures();
+    let (fleet_stats, fleet_tx, fleet_start) = match fleet {
+        Some(f) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            sink.fleet = Some(tx.clone());
+            if f.shares_failures() {
+                pipeline.share_failures();
+            }
+            (Some(f.stats()), Some(tx), Some((f, rx, loaded.fleet_cursors, loaded.fleet_outbox)))
         }
-        FleetLink {
-            stats: f.stats(),
-            start: Some((f, rx, loaded.fleet_cursors, loaded.fleet_outbox)),
-            tx,
-        }
-    });
+        None => (None, None, None),
+    };
     let now = wall_clock();
     sink.reapply(restored.iter().map(|b| restored_decision(b, now)).collect());
     raise_fd_limit();
@@ -176,32 +175,42 @@ pub fn run<W: Write + Send + 'static>(
         budget: queue.budget.clone(),
         journal_cursor: loaded.journal_cursor,
         backlog: cfg.parse.backlog.secs(),
-        fleet: link.as_ref().map(|l| l.stats.clone()),
+        fleet: fleet_stats,
     };
-    let worker = spawn_pipeline(pipeline, sink, rx, cfg.parse.max_line, cfg.metrics.is_some(), link.as_ref().map(|l| l.tx.clone()))?;
-    let stats = rt.block_on(serve(cfg, queue, reload, edges, link.and_then(|mut l| l.start.take()), shutdown))?;
-    // A stdin read may still sit in the blocking pool; it is not waited for.
-    rt.shutdown_background();
-    worker
+    let worker = spawn_pipeline(pipeline, sink, rx, cfg.parse.max_line, cfg.metrics.is_some(), fleet_tx)?;
+    let (stats, writer) = rt.block_on(serve(cfg, queue, reload, edges, fleet_start, shutdown))?;
+    let store = worker
         .join()
         .map_err(|_| DaemonError::Runtime(std::io::Error::other("pipeline thread panicked")))?;
+    // The pipeline is gone, so the fleet's writer has had its last event: what Redis did not
+    // take waits in the state file for the next start.
+    if let Some(writer) = writer {
+        let left = rt.block_on(writer).unwrap_or_default();
+        if let Some(mut s) = store {
+            eprintln!("mailpipe: fleet: {} events wait for the fleet in the state file", left.len());
+            s.fleet_outbox(left);
+            s.flush();
+        }
+    }
+    // A stdin read may still sit in the blocking pool; it is not waited for.
+    rt.shutdown_background();
     Ok(stats)
 }
 
-/// A fleet being joined: its counters, the sender of this node's events, and what its tasks
-/// start from.
-struct FleetLink {
-    stats: Arc<crate::fleet::FleetStats>,
-    tx: mpsc::UnboundedSender<Shared>,
-    start: Option<FleetStart>,
-}
-
 /// The fleet, this node's events for it, and the cursors and outbox the state file kept.
-type FleetStart = (crate::fleet::Fleet, mpsc::UnboundedReceiver<Shared>, [Option<String>; 2], Vec<String>);
+type FleetStart = (
+    crate::fleet::Fleet,
+    mpsc::UnboundedReceiver<Shared>,
+    [Option<String>; 2],
+    Vec<String>,
+);
 
 /// Opens the state file (if any) and gives its bans and history back to the pipeline; the
 /// store, and what else it held.
-fn restore_state(cfg: &crate::config::Config, pipeline: &mut Pipeline) -> Result<(Option<crate::state::Store>, crate::state::Loaded), DaemonError> {
+fn restore_state(
+    cfg: &crate::config::Config,
+    pipeline: &mut Pipeline,
+) -> Result<(Option<crate::state::Store>, crate::state::Loaded), DaemonError> {
     let Some(path) = cfg.state.as_deref() else {
         return Ok((None, crate::state::Loaded::default()));
     };
@@ -238,7 +247,7 @@ fn spawn_pipeline(
     max_line: usize,
     with_metrics: bool,
     fleet: Option<mpsc::UnboundedSender<Shared>>,
-) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+) -> Result<std::thread::JoinHandle<Option<crate::state::Store>>, DaemonError> {
     let register = |p: &Pipeline| {
         let rules: Vec<usize> = (0..p.jail_names().len()).map(|j| p.rule_texts(j).0.len()).collect();
         crate::telemetry::PipelineMetrics::register(p.jail_names(), &rules)
@@ -290,11 +299,7 @@ fn spawn_pipeline(
                     Msg::Tick => {}
                     Msg::Stop => break,
                 }
-                if let Some(tx) = &fleet {
-                    for f in pipeline.take_shared() {
-                        let _ = tx.send(Shared::Failure(f));
-                    }
-                }
+                share(&mut pipeline, fleet.as_ref());
                 sink.ban(std::mem::take(&mut decided), arrived);
                 if flushed.elapsed() >= Duration::from_secs(1) {
                     flushed = Instant::now();
@@ -319,14 +324,26 @@ fn spawn_pipeline(
                 }
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
+            share(&mut pipeline, fleet.as_ref());
             sink.ban(std::mem::take(&mut decided), Instant::now());
             // What waits (the journal's cursor among it) is written before the end.
             sink.flush_state();
+            let store = sink.store.take();
             for (name, st) in sink.finish() {
                 eprintln!("mailpipe: sink {name}: {}", st.summary());
             }
+            store
         })
         .map_err(DaemonError::Runtime)
+}
+
+/// Hands the failures the pipeline counted to the fleet, when it shares them.
+fn share(pipeline: &mut Pipeline, fleet: Option<&mpsc::UnboundedSender<Shared>>) {
+    if let Some(tx) = fleet {
+        for f in pipeline.take_shared() {
+            let _ = tx.send(Shared::Failure(f));
+        }
+    }
 }
 
 /// Applies what the fleet brings, on the pipeline thread: other nodes' bans and unbans go to
@@ -385,7 +402,7 @@ async fn serve(
     edges: Edges,
     fleet: Option<FleetStart>,
     shutdown: impl Future<Output = ()>,
-) -> Result<InputReport, DaemonError> {
+) -> Result<(InputReport, Option<tokio::task::JoinHandle<Vec<String>>>), DaemonError> {
     let stop = CancellationToken::new();
     let ends = Shutdown {
         stop: stop.clone(),
@@ -407,9 +424,7 @@ async fn serve(
         let name = start_input(input, &queue, &st, &ends, &mut tasks, &mut eof_tx, &edges).await?;
         stats.push((name, st));
     }
-    if let Some((fleet, rx, cursors, outbox)) = fleet {
-        fleet.spawn(queue.clone(), rx, cursors, outbox, stop.clone());
-    }
+    let writer = fleet.map(|(fleet, rx, cursors, outbox)| fleet.spawn(queue.clone(), rx, cursors, outbox, stop.clone()));
     if let Some(path) = cfg.control.as_deref().map(std::path::Path::new) {
         let listener = crate::control::bind(path).map_err(input_error(&format!("control {}", path.display())))?;
         eprintln!("mailpipe: listening on control {}", path.display());
@@ -461,7 +476,7 @@ async fn serve(
     while tasks.join_next().await.is_some() {}
     // Everything received is queued before this; the pipeline drains up to it.
     let _ = queue.tx.send(Msg::Stop);
-    Ok(stats)
+    Ok((stats, writer))
 }
 
 /// Binds and starts one input; its name.

@@ -1,7 +1,8 @@
 //! The fleet: mail servers that share their bans and failures through Redis (or Valkey) streams.
 //!
 //! Two streams under `prefix`: `{prefix}:bans` (bans and unbans) and `{prefix}:failures`. Every
-//! node appends its own events (XADD, the stream trimmed to `retain` by ID, which is a time) and
+//! node appends its own events (XADD, an entry's field `e` holding one JSON event per line, the
+//! stream trimmed to `retain` by ID, which is a time) and
 //! reads everyone's with XREAD from the last ID it applied, which the state file keeps. No
 //! consumer groups and no central mailpipe: reading again from a stored ID is harmless, so a
 //! node that was down catches up, and an event is never applied twice (a ban already held is
@@ -235,8 +236,16 @@ impl Fleet {
     }
 
     /// Starts the writer and reader tasks on the current runtime: `outgoing` carries this
-    /// node's events, `cursors` and `outbox` are what the state file kept.
-    pub fn spawn(self, queue: Queue, outgoing: UnboundedReceiver<Shared>, cursors: [Option<String>; 2], outbox: Vec<String>, stop: CancellationToken) {
+    /// node's events, `cursors` and `outbox` are what the state file kept. The writer ends once
+    /// `outgoing` is closed, with the events Redis has not taken (for the state file).
+    pub fn spawn(
+        self,
+        queue: Queue,
+        outgoing: UnboundedReceiver<Shared>,
+        cursors: [Option<String>; 2],
+        outbox: Vec<String>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
         eprintln!(
             "mailpipe: fleet {} as node {:?}: sharing{}{}",
             self.url,
@@ -245,8 +254,8 @@ impl Fleet {
             if self.share_failures { " failures" } else { "" }
         );
         let fleet = Arc::new(self);
-        tokio::spawn(write(fleet.clone(), queue.clone(), outgoing, outbox.into(), stop.clone()));
-        tokio::spawn(read(fleet, queue, cursors, stop));
+        tokio::spawn(read(fleet.clone(), queue.clone(), cursors, stop.clone()));
+        tokio::spawn(write(fleet, queue, outgoing, outbox.into(), stop))
     }
 
     async fn connect(&self, response: Duration) -> redis::RedisResult<MultiplexedConnection> {
@@ -438,65 +447,74 @@ fn next_backoff(d: Duration) -> Duration {
 }
 
 /// Publishes this node's events; while Redis is unreachable they wait in the outbox (and the
-/// state file), and this node's failures are counted here at once.
-async fn write(fleet: Arc<Fleet>, queue: Queue, mut rx: UnboundedReceiver<Shared>, mut outbox: VecDeque<String>, stop: CancellationToken) {
+/// state file), and this node's failures are counted here at once. Ends when the pipeline is
+/// gone (every sender dropped), with the events still waiting, for the state file.
+async fn write(
+    fleet: Arc<Fleet>,
+    queue: Queue,
+    mut rx: UnboundedReceiver<Shared>,
+    outbox: VecDeque<String>,
+    stop: CancellationToken,
+) -> Vec<String> {
+    let mut w = Outbox {
+        stored: !outbox.is_empty(),
+        events: outbox,
+        fleet,
+        queue,
+        told: std::time::Instant::now(),
+    };
     let mut backoff = Duration::from_millis(100);
-    let mut stored = !outbox.is_empty();
     loop {
+        // Shutting down, no new connection: what is left waits in the state file.
         let conn = tokio::select! {
-            _ = stop.cancelled() => return,
-            c = fleet.connect(Duration::from_secs(5)) => c,
+            _ = stop.cancelled() => None,
+            c = w.fleet.connect(Duration::from_secs(5)) => Some(c),
         };
         let mut conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                fleet.stats.failed("connect", &e);
-                // Meanwhile the pipeline's events wait.
+            Some(Ok(c)) => c,
+            failed => {
+                if let Some(Err(e)) = failed {
+                    w.fleet.stats.failed("connect", &e);
+                }
                 let wait = tokio::time::sleep(backoff);
                 tokio::pin!(wait);
                 loop {
                     tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = &mut wait => break,
+                        _ = &mut wait, if !stop.is_cancelled() => break,
                         e = rx.recv() => match e {
-                            Some(e) => park(&fleet, &queue, &mut outbox, vec![e]),
-                            None => return,
+                            Some(e) => w.park(vec![e]),
+                            None => return w.events.into(),
                         },
                     }
                 }
-                if !outbox.is_empty() {
-                    let _ = queue.tx.send(Msg::Fleet(FleetIn::Outbox(outbox.iter().cloned().collect())));
-                    stored = true;
-                }
+                w.tell(true);
                 backoff = next_backoff(backoff);
                 continue;
             }
         };
         backoff = Duration::from_millis(100);
         // What waited goes first, in order.
-        while !outbox.is_empty() {
-            let batch: Vec<String> = outbox.iter().take(READ_BATCH).cloned().collect();
-            if let Err(e) = publish(&fleet, &mut conn, batch.iter().map(|s| stream_of(s))).await {
-                fleet.stats.failed("publish", &e);
+        while !w.events.is_empty() {
+            let batch: Vec<String> = w.events.iter().take(READ_BATCH).cloned().collect();
+            if let Err(e) = publish(&w.fleet, &mut conn, batch.iter().map(|s| stream_of(s))).await {
+                w.fleet.stats.failed("publish", &e);
                 break;
             }
-            outbox.drain(..batch.len());
-            fleet.stats.waiting.store(outbox.len() as u64, Relaxed);
+            w.events.drain(..batch.len());
+            w.fleet.stats.waiting.store(w.events.len() as u64, Relaxed);
         }
-        if !outbox.is_empty() {
+        if !w.events.is_empty() {
             continue;
         }
-        if stored {
-            let _ = queue.tx.send(Msg::Fleet(FleetIn::Outbox(Vec::new())));
-        }
-        *fleet.stats.last_error.lock().expect("not poisoned") = None;
-        fleet.stats.connected.store(true, Relaxed);
-        let _ = queue.tx.send(Msg::Fleet(FleetIn::Link(true)));
-        eprintln!("mailpipe: fleet: connected to {}", fleet.url);
+        w.tell(true);
+        *w.fleet.stats.last_error.lock().expect("not poisoned") = None;
+        w.fleet.stats.connected.store(true, Relaxed);
+        let _ = w.queue.tx.send(Msg::Fleet(FleetIn::Link(true)));
+        eprintln!("mailpipe: fleet: connected to {}", w.fleet.url);
+        // Connected, this goes on through a shutdown until the pipeline's last event is out.
         loop {
-            let first = tokio::select! {
-                _ = stop.cancelled() => return,
-                e = rx.recv() => match e { Some(e) => e, None => return },
+            let Some(first) = rx.recv().await else {
+                return Vec::new();
             };
             let mut batch = vec![first];
             while batch.len() < READ_BATCH {
@@ -505,44 +523,70 @@ async fn write(fleet: Arc<Fleet>, queue: Queue, mut rx: UnboundedReceiver<Shared
                     Err(_) => break,
                 }
             }
-            let encoded: Vec<(usize, String)> = batch.iter().filter_map(|e| fleet.encode(e)).collect();
-            if let Err(e) = publish(&fleet, &mut conn, encoded.iter().map(|(s, t)| (*s, t.as_str()))).await {
-                fleet.stats.failed("publish", &e);
-                fleet.stats.connected.store(false, Relaxed);
-                let _ = queue.tx.send(Msg::Fleet(FleetIn::Link(false)));
-                park(&fleet, &queue, &mut outbox, batch);
-                let _ = queue.tx.send(Msg::Fleet(FleetIn::Outbox(outbox.iter().cloned().collect())));
-                stored = true;
+            let encoded: Vec<(usize, String)> = batch.iter().filter_map(|e| w.fleet.encode(e)).collect();
+            if let Err(e) = publish(&w.fleet, &mut conn, encoded.iter().map(|(s, t)| (*s, t.as_str()))).await {
+                w.fleet.stats.failed("publish", &e);
+                w.fleet.stats.connected.store(false, Relaxed);
+                let _ = w.queue.tx.send(Msg::Fleet(FleetIn::Link(false)));
+                w.park(batch);
+                w.tell(true);
                 break;
             }
         }
     }
 }
 
-/// Keeps events that could not be published; this node's failures the pipeline has not counted
-/// yet go back to it to be counted now (and wait as counted).
-fn park(fleet: &Fleet, queue: &Queue, outbox: &mut VecDeque<String>, events: Vec<Shared>) {
-    let mut here = Vec::new();
-    for e in events {
-        let e = match e {
-            Shared::Failure(mut f) if !f.counted => {
-                f.counted = true;
-                here.push(f.clone());
-                Shared::Failure(f)
+/// The events waiting for Redis, oldest first: `b` or `f` (the stream) and the event's text.
+struct Outbox {
+    events: VecDeque<String>,
+    fleet: Arc<Fleet>,
+    queue: Queue,
+    /// Whether the state file holds some (and must be told when they are gone).
+    stored: bool,
+    /// When the state file was last told.
+    told: std::time::Instant,
+}
+
+impl Outbox {
+    /// Keeps events that could not be published; this node's failures the pipeline has not
+    /// counted yet go back to it to be counted now (and wait as counted).
+    fn park(&mut self, events: Vec<Shared>) {
+        let mut here = Vec::new();
+        for e in events {
+            let e = match e {
+                Shared::Failure(mut f) if !f.counted => {
+                    f.counted = true;
+                    here.push(f.clone());
+                    Shared::Failure(f)
+                }
+                e => e,
+            };
+            let Some((stream, text)) = self.fleet.encode(&e) else { continue };
+            if self.events.len() >= MAX_OUTBOX {
+                self.events.pop_front();
+                self.fleet.stats.dropped.fetch_add(1, Relaxed);
             }
-            e => e,
-        };
-        let Some((stream, text)) = fleet.encode(&e) else { continue };
-        if outbox.len() >= MAX_OUTBOX {
-            outbox.pop_front();
-            fleet.stats.dropped.fetch_add(1, Relaxed);
+            self.events.push_back(format!("{}{text}", ["b", "f"][stream]));
         }
-        // The stream travels with the text: `b` bans, `f` failures.
-        outbox.push_back(format!("{}{text}", ["b", "f"][stream]));
+        self.fleet.stats.waiting.store(self.events.len() as u64, Relaxed);
+        if !here.is_empty() {
+            let _ = self.queue.tx.send(Msg::Fleet(FleetIn::CountHere(here)));
+        }
+        self.tell(false);
     }
-    fleet.stats.waiting.store(outbox.len() as u64, Relaxed);
-    if !here.is_empty() {
-        let _ = queue.tx.send(Msg::Fleet(FleetIn::CountHere(here)));
+
+    /// Hands the state file what waits: at most once a second unless `now` (a kill -9 loses at
+    /// most that second), and once more when nothing waits any longer.
+    fn tell(&mut self, now: bool) {
+        if !(now || self.told.elapsed() >= Duration::from_secs(1)) || (self.events.is_empty() && !self.stored) {
+            return;
+        }
+        let _ = self
+            .queue
+            .tx
+            .send(Msg::Fleet(FleetIn::Outbox(self.events.iter().cloned().collect())));
+        self.stored = !self.events.is_empty();
+        self.told = std::time::Instant::now();
     }
 }
 
@@ -556,24 +600,40 @@ fn stream_of(entry: &str) -> (usize, &str) {
 }
 
 /// Appends events to their streams in one round trip, trimming what is older than `retain`.
-async fn publish<'a>(fleet: &Fleet, conn: &mut MultiplexedConnection, events: impl Iterator<Item = (usize, &'a str)>) -> redis::RedisResult<()> {
+/// A run of events for the same stream is one entry, one event per line: a flood of failures
+/// costs Redis one XADD per batch, not one per failure.
+async fn publish<'a>(
+    fleet: &Fleet,
+    conn: &mut MultiplexedConnection,
+    events: impl Iterator<Item = (usize, &'a str)>,
+) -> redis::RedisResult<()> {
     let oldest = now_ms().saturating_sub(fleet.retain_ms);
-    let mut pipe = redis::pipe();
+    let mut entries: Vec<(usize, String)> = Vec::new();
     let mut n = 0;
     for (stream, text) in events {
+        match entries.last_mut() {
+            Some((s, entry)) if *s == stream => {
+                entry.push('\n');
+                entry.push_str(text);
+            }
+            _ => entries.push((stream, text.to_string())),
+        }
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (stream, entry) in &entries {
         pipe.cmd("XADD")
-            .arg(&fleet.keys[stream])
+            .arg(&fleet.keys[*stream])
             .arg("MINID")
             .arg("~")
             .arg(oldest)
             .arg("*")
             .arg("e")
-            .arg(text)
+            .arg(entry)
             .ignore();
-        n += 1;
-    }
-    if n == 0 {
-        return Ok(());
     }
     pipe.query_async::<()>(conn).await?;
     fleet.stats.events_out.fetch_add(n, Relaxed);
@@ -641,7 +701,9 @@ async fn read(fleet: Arc<Fleet>, queue: Queue, cursors: [Option<String>; 2], sto
                 }
             };
             for key in reply.into_iter().flat_map(|r| r.keys) {
-                let Some(slot) = at.iter().position(|(s, _)| fleet.keys[*s] == key.key) else { continue };
+                let Some(slot) = at.iter().position(|(s, _)| fleet.keys[*s] == key.key) else {
+                    continue;
+                };
                 let Some(last) = key.ids.last() else { continue };
                 let last = last.id.clone();
                 let events = received(&fleet, key.ids);
@@ -650,7 +712,11 @@ async fn read(fleet: Arc<Fleet>, queue: Queue, cursors: [Option<String>; 2], sto
                 }
                 // Bounded like any input: wait for room in the pipeline's queue.
                 let lease = queue.budget.take(events.len() * 256).await;
-                if queue.tx.send(Msg::Fleet(FleetIn::Events(FLEET_CURSORS[at[slot].0], events))).is_err() {
+                if queue
+                    .tx
+                    .send(Msg::Fleet(FleetIn::Events(FLEET_CURSORS[at[slot].0], events)))
+                    .is_err()
+                {
                     return;
                 }
                 drop(lease);
@@ -664,22 +730,28 @@ async fn read(fleet: Arc<Fleet>, queue: Queue, cursors: [Option<String>; 2], sto
 fn received(fleet: &Fleet, ids: Vec<redis::streams::StreamId>) -> Vec<Received> {
     let mut out = Vec::with_capacity(ids.len());
     for entry in ids {
-        let decoded = match entry.map.get("e") {
-            Some(redis::Value::BulkString(b)) => Wire::decode(b, &fleet.node),
-            _ => Err(Refused::Malformed),
+        let Some(redis::Value::BulkString(text)) = entry.map.get("e") else {
+            fleet.stats.malformed.fetch_add(1, Relaxed);
+            continue;
         };
-        match decoded {
-            Ok((own, event)) => {
-                if !own {
-                    fleet.stats.events_in.fetch_add(1, Relaxed);
+        for line in text.split(|&b| b == b'\n').take(READ_BATCH) {
+            match Wire::decode(line, &fleet.node) {
+                Ok((own, event)) => {
+                    if !own {
+                        fleet.stats.events_in.fetch_add(1, Relaxed);
+                    }
+                    out.push(Received {
+                        id: entry.id.clone(),
+                        own,
+                        event,
+                    });
                 }
-                out.push(Received { id: entry.id, own, event });
-            }
-            Err(Refused::Malformed) => {
-                fleet.stats.malformed.fetch_add(1, Relaxed);
-            }
-            Err(Refused::Foreign) => {
-                fleet.stats.foreign.fetch_add(1, Relaxed);
+                Err(Refused::Malformed) => {
+                    fleet.stats.malformed.fetch_add(1, Relaxed);
+                }
+                Err(Refused::Foreign) => {
+                    fleet.stats.foreign.fetch_add(1, Relaxed);
+                }
             }
         }
     }
@@ -776,7 +848,9 @@ mod tests {
             prefix: "mailpipe".into(),
             retain: Dur(86400),
         };
-        let e = Fleet::new(&cfg("redis://mailpipe:secret@127.0.0.1:6379/0")).unwrap_err().to_string();
+        let e = Fleet::new(&cfg("redis://mailpipe:secret@127.0.0.1:6379/0"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("password_file") && !e.contains("secret"), "{e}");
         assert!(Fleet::new(&cfg("redis://127.0.0.1:6379/0")).is_ok());
         let bad_node = FleetConfig {

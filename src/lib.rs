@@ -11,10 +11,13 @@
 //!
 //! - [`input`]: bytes in: stdin, UDP, TCP (RFC 6587 framing), Unix sockets; bounded lines.
 //! - [`control`]: the daemon's control socket (`status`, `list`, `ban`, `unban`).
-//! - [`daemon`]: `run`: inputs → queue bounded in bytes → pipeline thread → sink; draining shutdown.
+//! - [`daemon`]: `run`: inputs → queue bounded in bytes → pipeline thread → sinks and fleet;
+//!   draining shutdown.
+//! - [`fleet`]: bans and failures shared with other nodes through Redis streams; the fleet's
+//!   events come back through the queue.
 //! - [`parse`]: syslog header → [`parse::Record`] (time, program, message).
 //! - [`clock`]: which time a line counts at (the wall clock or the file's; line times are bounded).
-//! - [`prefilter`]: Aho-Corasick over literals derived from the rules.
+//! - [`prefilter`]: Teddy (Aho-Corasick's SIMD searcher) over literals derived from the rules.
 //! - [`matcher`]: all rules in one DFA → [`matcher::Match`].
 //! - [`window`]: failures per (jail, address) within findtime.
 //! - [`evidence`]: the recent log lines behind a ban, for the ban mail.

@@ -436,6 +436,13 @@ fn cmd_check(config: Option<PathBuf>, literals: bool, print: bool) -> Result<(),
         }
         return Ok(());
     }
+    // The fleet's url, node name and password file are checked as `run` would.
+    let fleet = cfg
+        .fleet
+        .as_ref()
+        .map(mailpipe::fleet::Fleet::new)
+        .transpose()
+        .map_err(anyhow::Error::from)?;
     let rules: usize = cfg.jails.iter().map(|j| j.rules.len() + j.ignore.len()).sum();
     let literals = pipeline.literal_texts().len();
     println!(
@@ -443,6 +450,9 @@ fn cmd_check(config: Option<PathBuf>, literals: bool, print: bool) -> Result<(),
         cfg.jails.len(),
         cfg.jails.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
     );
+    if let Some(f) = fleet {
+        println!("fleet: node {:?}", f.node());
+    }
     for (jail, rule, ignore) in pipeline.unliteral_rules() {
         let what = if ignore { "ignore rule" } else { "rule" };
         println!("note: jail {jail} {what} {rule} has no literal the prefilter can use: every line is parsed for it");
@@ -504,6 +514,26 @@ fn cmd_status(socket: Option<PathBuf>, json: bool) -> Result<(), Failure> {
             sink["errors"],
             sink["given_up"],
             sink["waited"]
+        );
+    }
+    if let Some(f) = v["fleet"].as_object() {
+        let link = if f.get("connected") == Some(&serde_json::Value::Bool(true)) {
+            "connected"
+        } else {
+            "not connected"
+        };
+        let error = f
+            .get("last_error")
+            .and_then(|e| e.as_str())
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        println!(
+            "  fleet: {link}{error}, events in {} out {}, waiting {}, lag {} ms, refused {}",
+            v["fleet"]["events_in"],
+            v["fleet"]["events_out"],
+            v["fleet"]["waiting"],
+            v["fleet"]["lag_ms"],
+            v["fleet"]["malformed"].as_u64().unwrap_or(0) + v["fleet"]["foreign"].as_u64().unwrap_or(0)
         );
     }
     if let Some(state) = v["state"].as_object() {

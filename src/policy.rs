@@ -618,10 +618,16 @@ impl Policy {
     pub fn fleet_ban(&mut self, d: &Decision, now: i64) -> bool {
         self.expire(now);
         let until = d.until();
-        let covers_ignored = self.ignore.iter().any(|i| i.contains(&d.net.network()) || d.net.contains(&i.network()));
+        let covers_ignored = self
+            .ignore
+            .iter()
+            .any(|i| i.contains(&d.net.network()) || d.net.contains(&i.network()));
         if until <= now
             || covers_ignored
-            || self.banned.get(&d.net).is_some_and(|bans| bans.iter().any(|b| b.ports == d.ports && b.until >= until))
+            || self
+                .banned
+                .get(&d.net)
+                .is_some_and(|bans| bans.iter().any(|b| b.ports == d.ports && b.until >= until))
         {
             return false;
         }

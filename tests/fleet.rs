@@ -36,11 +36,20 @@ impl Redis {
     /// Starts the server (again, on the same port and files) and waits until it serves.
     fn restart(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--appendonly", "yes", "--save", ""])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &self.port.to_string(),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(&self.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         if let Some(acl) = &self.acl {
             cmd.arg("--aclfile").arg(acl);
         }
@@ -179,17 +188,26 @@ fn a_ban_reaches_every_node_and_an_unban_anywhere_lifts_it_everywhere() {
     let c = start_node(dir.path(), "c", &fleet.replace("Bans, Failures", "Bans"), "");
 
     a.fail("203.0.113.5", 5);
-    assert_eq!(what(&a.next()), ("ban".into(), "203.0.113.5".into(), "threshold".into(), String::new()));
+    assert_eq!(
+        what(&a.next()),
+        ("ban".into(), "203.0.113.5".into(), "threshold".into(), String::new())
+    );
     for n in [&b, &c] {
         let ban = n.next();
         assert_eq!(what(&ban), ("ban".into(), "203.0.113.5".into(), "fleet".into(), "a".into()));
-        assert_eq!((ban["jail"].as_str(), ban["ports"].clone()), (Some("postfix-sasl"), serde_json::json!([25, 465, 587])));
+        assert_eq!(
+            (ban["jail"].as_str(), ban["ports"].clone()),
+            (Some("postfix-sasl"), serde_json::json!([25, 465, 587]))
+        );
     }
 
     let (ok, out, err) = cli(&b.socket, &["unban", "203.0.113.5"]);
     assert!(ok, "{out}{err}");
     for n in [&a, &b, &c] {
-        assert_eq!(what(&n.next()), ("unban".into(), "203.0.113.5".into(), String::new(), String::new()));
+        assert_eq!(
+            what(&n.next()),
+            ("unban".into(), "203.0.113.5".into(), String::new(), String::new())
+        );
         assert!(common::listed(&n.socket).is_empty());
     }
 
@@ -208,6 +226,8 @@ fn a_ban_reaches_every_node_and_an_unban_anywhere_lifts_it_everywhere() {
         assert!(!String::from_utf8_lossy(&cmdline).contains(secret));
     }
     assert_eq!(c.status()["fleet"]["events_out"], 1);
+    let (_, text, _) = cli(&a.socket, &["status"]);
+    assert!(text.contains("fleet: connected, events in 2 out"), "{text}");
     for n in [a, b, c] {
         let log = n.mp.stop();
         assert!(!log.contains(secret), "{log}");
@@ -304,8 +324,12 @@ fn redis_stopped_mid_flood_loses_nothing() {
     flood(&mut a, &batch(20));
     let st = a.status();
     assert_eq!(st["fleet"]["connected"], false, "{st}");
-    assert!(st["fleet"]["waiting"].as_u64().unwrap() >= 1, "{st}");
+    assert!(st["fleet"]["waiting"].as_u64().unwrap() >= 10, "{st}");
+    // Stopped meanwhile, A keeps them in its state file and publishes them when back.
+    let log = a.mp.stop();
+    assert!(log.contains("events wait for the fleet in the state file"), "{log}");
     redis.restart();
+    let mut a = start_node(dir.path(), "a", &fleet, "Stdin");
     flood(&mut a, &batch(40));
     let mut seen: Vec<String> = (0..30).map(|_| what(&b.next()).1).collect();
     seen.sort();
@@ -316,4 +340,46 @@ fn redis_stopped_mid_flood_loses_nothing() {
     assert_eq!(a.status()["fleet"]["waiting"], 0);
     a.mp.stop();
     b.mp.stop();
+}
+
+#[test]
+fn what_is_not_a_fleet_event_is_counted_and_never_applied() {
+    if !needs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), None);
+    let a = start_node(dir.path(), "a", &format!("url: \"{}\"", redis.url(None)), "");
+    let ban = |net: &str, v: u32| {
+        format!(
+            "{{\"v\":{v},\"node\":\"x\",\"kind\":\"ban\",\"net\":\"{net}\",\"jail\":\"postfix-sasl\",\"reason\":\"threshold\",\"offence\":1,\"time\":1,\"since\":1,\"ban_for\":3600,\"ports\":[[25,25]]}}"
+        )
+    };
+    let xadd = |fields: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "XADD", "mailpipe:bans", "*"])
+            .args(fields)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    let planted = ban("0.0.0.0/0", 1);
+    let later = ban("192.0.2.1/32", 2);
+    let batch = format!("not json\n{planted}\n{later}");
+    xadd(&["e", &batch]);
+    xadd(&["other", "field"]);
+    // Stream order: once this one is applied, those before it were read.
+    let good = ban("203.0.113.200/32", 1).replace("\"since\":1", &format!("\"since\":{}", chrono::Utc::now().timestamp()));
+    xadd(&["e", &good]);
+    let v = a.next();
+    assert_eq!(what(&v), ("ban".into(), "203.0.113.200".into(), "fleet".into(), "x".into()));
+    assert_eq!(v["ports"], serde_json::json!([25]));
+    let st = a.status();
+    assert_eq!(
+        (st["fleet"]["malformed"].as_u64(), st["fleet"]["foreign"].as_u64()),
+        (Some(3), Some(1)),
+        "{st}"
+    );
+    assert!(a.rest().is_empty());
+    a.mp.stop();
 }
