@@ -338,9 +338,10 @@ pub fn required_literals(hir: &Hir) -> Option<Vec<Vec<u8>>> {
             continue;
         }
         // Beyond 16 bytes a literal is as good as unique; then prefer fewer of them.
+        let finders: Vec<_> = lits.iter().map(|l| memchr::memmem::Finder::new(l.as_bytes())).collect();
         let ordinary = ORDINARY
             .iter()
-            .filter(|line| lits.iter().any(|l| memchr::memmem::find(line.as_bytes(), l.as_bytes()).is_some()))
+            .filter(|line| finders.iter().any(|f| f.find(line.as_bytes()).is_some()))
             .count();
         // A literal of a few bytes occurs in many lines no list above can name.
         let ordinary = ordinary + if shortest < 5 { ORDINARY.len() / 4 } else { 0 };
