@@ -839,6 +839,38 @@ mod tests {
     }
 
     #[test]
+    fn fleet_bans_count_for_escalation_and_are_applied_once() {
+        let mut p = policy(PolicyConfig {
+            increment: Some(Increment {
+                factor: 2.0,
+                maxtime: Dur(86400),
+            }),
+            ignore: vec!["192.0.2.0/24".into()],
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        p.decide(0, net("198.51.100.1/32"), 5, 0, 0, &mut out);
+        let mut fleet = Decision {
+            offence: 3,
+            since: 4000,
+            reason: Reason::Fleet,
+            node: Some("mx2".into()),
+            ..out.pop().unwrap()
+        };
+        assert!(p.fleet_ban(&fleet, 4000));
+        assert!(!p.fleet_ban(&fleet, 4001), "held already");
+        assert_eq!(p.admit(ip("198.51.100.1"), 0, 4001), Admit::Banned);
+        // Its next ban here is the fourth: the fleet's third counted.
+        p.decide(0, net("198.51.100.1/32"), 5, 9000, 9000, &mut out);
+        assert_eq!((out[0].offence, out[0].ban_for), (4, 8 * 3600));
+        fleet.net = net("192.0.2.0/23");
+        assert!(!p.fleet_ban(&fleet, 9000), "never over an ignored address");
+        fleet.net = net("203.0.113.0/24");
+        fleet.since = 0;
+        assert!(!p.fleet_ban(&fleet, 9000), "over already");
+    }
+
+    #[test]
     fn bans_follow_the_clock_not_the_line() {
         let mut p = policy(PolicyConfig::default());
         let mut out = Vec::new();
