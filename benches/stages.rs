@@ -69,6 +69,7 @@ fn stages(c: &mut Criterion) {
         vec![Threshold {
             maxretry: 5,
             findtime: 900,
+            ..Threshold::default()
         }],
         &WindowConfig::default(),
     );

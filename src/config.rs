@@ -77,6 +77,12 @@ pub struct JailSet {
     /// Replaces the ports its bans drop.
     #[serde(default)]
     pub ports: Option<Vec<PortSpec>>,
+    /// Replaces its success rules (`[]`: successes change nothing).
+    #[serde(default)]
+    pub success: Option<Vec<String>>,
+    /// Replaces the threshold of trusted (address, account) pairs.
+    #[serde(default)]
+    pub trusted_maxretry: Option<u32>,
 }
 
 impl JailSet {
@@ -95,6 +101,12 @@ impl JailSet {
         }
         if let Some(v) = &self.ports {
             j.ports = Some(v.clone());
+        }
+        if let Some(v) = &self.success {
+            j.success.clone_from(v);
+        }
+        if let Some(v) = self.trusted_maxretry {
+            j.trusted_maxretry = Some(v);
         }
     }
 }
@@ -661,7 +673,7 @@ mod tests {
             let c = Config::builtin_named(name).unwrap();
             assert!(!c.jails.is_empty(), "{name}");
         }
-        assert_eq!(Config::builtin_named("all.ron").unwrap().jails.len(), 41);
+        assert_eq!(Config::builtin_named("all.ron").unwrap().jails.len(), 43);
     }
 
     #[test]
@@ -725,15 +737,48 @@ mod tests {
         );
         let c = Config::load(&dir.path().join("top.ron")).unwrap();
         let names: Vec<_> = c.jails.iter().map(|j| (j.name.as_str(), j.maxretry)).collect();
-        assert_eq!(names, [("postfix-sasl", 3), ("dovecot-auth", 7)]);
+        assert_eq!(
+            names,
+            [
+                ("postfix-sasl", 3),
+                ("dovecot-auth", 7),
+                ("dovecot-spray", 8),
+                ("dovecot-stuffing", 10)
+            ]
+        );
     }
 
     #[test]
     fn builtin_loads() {
         let c = Config::builtin();
         let names: Vec<_> = c.jails.iter().map(|j| j.name.as_str()).collect();
-        assert_eq!(names, ["postfix-sasl", "dovecot-auth"]);
+        assert_eq!(names, ["postfix-sasl", "dovecot-auth", "dovecot-spray", "dovecot-stuffing"]);
         assert_eq!(c.policy.bantime.secs(), 3600);
+    }
+
+    #[test]
+    fn weights_counts_and_successes_read_and_print_back() {
+        let text = r#"Pipeline(jails: [
+            Jail(name: "a", rules: [r"x <HOST>", (rule: r"y <HOST>", weight: 3)], maxretry: 5, findtime: "1m",
+                 count: DistinctUsers, success: [r"ok <USER> <HOST>"], on_success: Reset),
+            Jail(name: "b", rules: [r"x <HOST>"], maxretry: 5, findtime: "1m",
+                 on_success: (reset: true, trust: "30d"), trusted_maxretry: Some(9)),
+        ])"#;
+        let c = Config::from_text("w.ron", text, Path::new(".")).unwrap();
+        let (a, b) = (&c.jails[0], &c.jails[1]);
+        assert_eq!(a.rules.iter().map(|r| r.weight).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(
+            (a.count, a.on_success.map(|o| (o.reset, o.trust))),
+            (crate::primitives::Count::DistinctUsers, Some((true, None)))
+        );
+        assert_eq!(b.on_success.and_then(|o| o.trust).map(Dur::secs), Some(30 * 86400));
+        assert_eq!(b.trusted_maxretry, Some(9));
+        // What check --print writes loads as the same jails.
+        let again = Config::from_text("p.ron", &c.effective_text(), Path::new(".")).unwrap();
+        assert_eq!(again.jails, c.jails);
+        let zero = text.replace("weight: 3", "weight: 0");
+        let e = Config::from_text("w.ron", &zero, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("weight is at least 1"), "{e}");
     }
 
     #[test]

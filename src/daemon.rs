@@ -217,6 +217,7 @@ fn restore_state(
     let t0 = Instant::now();
     let (store, loaded) = crate::state::Store::open(std::path::Path::new(path), wall_clock(), pipeline.forget_after())?;
     pipeline.restore(&loaded.bans, &loaded.history);
+    pipeline.restore_trust(&loaded.trust, wall_clock());
     eprintln!(
         "mailpipe: restored {} bans and {} histories in {} ms",
         loaded.bans.len(),
@@ -250,7 +251,7 @@ fn spawn_pipeline(
 ) -> Result<std::thread::JoinHandle<Option<crate::state::Store>>, DaemonError> {
     let register = |p: &Pipeline| {
         let rules: Vec<usize> = (0..p.jail_names().len()).map(|j| p.rule_texts(j).0.len()).collect();
-        crate::telemetry::PipelineMetrics::register(p.jail_names(), &rules)
+        crate::telemetry::PipelineMetrics::register(p.jail_names(), &rules, &p.count_kinds())
     };
     std::thread::Builder::new()
         .name("pipeline".into())
@@ -299,7 +300,7 @@ fn spawn_pipeline(
                     Msg::Tick => {}
                     Msg::Stop => break,
                 }
-                share(&mut pipeline, fleet.as_ref());
+                hand_over(&mut pipeline, &mut sink, fleet.as_ref());
                 sink.ban(std::mem::take(&mut decided), arrived);
                 if flushed.elapsed() >= Duration::from_secs(1) {
                     flushed = Instant::now();
@@ -324,7 +325,7 @@ fn spawn_pipeline(
                 }
             }
             splitter.finish(|l| apply(&mut pipeline, l, wall_clock(), &mut decided));
-            share(&mut pipeline, fleet.as_ref());
+            hand_over(&mut pipeline, &mut sink, fleet.as_ref());
             sink.ban(std::mem::take(&mut decided), Instant::now());
             // What waits (the journal's cursor among it) is written before the end.
             sink.flush_state();
@@ -337,12 +338,17 @@ fn spawn_pipeline(
         .map_err(DaemonError::Runtime)
 }
 
-/// Hands the failures the pipeline counted to the fleet, when it shares them.
-fn share(pipeline: &mut Pipeline, fleet: Option<&mpsc::UnboundedSender<Shared>>) {
+/// Hands on what a batch left besides decisions: the failures the pipeline counted to the
+/// fleet (when it shares them), new trusted pairs to the state file.
+fn hand_over(pipeline: &mut Pipeline, sink: &mut SinkHandle, fleet: Option<&mpsc::UnboundedSender<Shared>>) {
     if let Some(tx) = fleet {
         for f in pipeline.take_shared() {
             let _ = tx.send(Shared::Failure(f));
         }
+    }
+    let trusted = pipeline.take_trusted();
+    if let (false, Some(s)) = (trusted.is_empty(), &mut sink.store) {
+        s.trust(trusted);
     }
 }
 

@@ -495,6 +495,15 @@ fn cmd_status(socket: Option<PathBuf>, json: bool) -> Result<(), Failure> {
             j["total_banned"]
         );
     }
+    let targeted: Vec<String> = v["targeted"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| format!("{} ({})", t["user"], t["failures"]))
+        .collect();
+    if !targeted.is_empty() {
+        println!("  accounts most failed on: {}", targeted.join(", "));
+    }
     for i in v["inputs"].as_array().into_iter().flatten() {
         println!(
             "  input {}: {}",

@@ -78,6 +78,13 @@ pub enum Found<'a> {
     },
     /// The jail's ignore rule `rule` matched: not a failure.
     Ignored,
+    /// The jail's success rule `rule` matched: this address logged in as this user.
+    Success {
+        /// The address, canonical.
+        ip: IpAddr,
+        /// The `<USER>` text.
+        user: &'a str,
+    },
     /// The rule matched but `<HOST>` is not an address (e.g. `999.1.1.1`): counted, dropped.
     BadHost(&'a str),
 }
@@ -87,7 +94,8 @@ pub enum Found<'a> {
 pub struct Match<'a> {
     /// The jail.
     pub jail: JailId,
-    /// Index of the failure (or, for `Ignored`, ignore) rule within the jail.
+    /// Index of the failure (or, for `Ignored`, ignore; for `Success`, success) rule within the
+    /// jail.
     pub rule: usize,
     /// What was found.
     pub found: Found<'a>,
@@ -100,11 +108,19 @@ enum Dfa {
     Dense(Box<dfa::dense::DFA<Vec<u32>>>),
 }
 
+/// What a rule of a jail is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Failure,
+    Ignore,
+    Success,
+}
+
 #[derive(Debug)]
 struct Rule {
     jail: JailId,
     index: usize,
-    ignore: bool,
+    kind: Kind,
     /// The whole rule with its groups: for `<USER>`, and for `<HOST>` when `finder` is `None`.
     re: meta::Regex,
     caps: Captures,
@@ -112,12 +128,22 @@ struct Rule {
     /// The rule has `<FORWARDED>`: its text is captured with the host.
     has_forwarded: bool,
     finder: Option<HostFinder>,
+    /// Finds `<USER>` without a capture search, where the rule allows (see `UserFinder`).
+    user_finder: Option<UserFinder>,
     has_literal: bool,
     /// The rule as the rule DFA sees it (for `heavy_rules`).
     pattern: String,
     /// The first rule with the same text: jails of one service in several modes share rules,
     /// and a line is matched against each text once.
     same_as: usize,
+}
+
+/// Where a rule's groups are in the current line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spans {
+    host: std::ops::Range<usize>,
+    user: Option<std::ops::Range<usize>>,
+    fwd: Option<std::ops::Range<usize>>,
 }
 
 /// What a rule text did on the current line (see `Rule::same_as`).
@@ -267,6 +293,112 @@ impl HostFinder {
     }
 }
 
+/// Finds `<USER>` the way `HostFinder` finds the host, for rules where `<USER>` stands alone
+/// (not inside a group): every place the part before it (P) can end is a candidate start; the
+/// user is the longest run of `<USER>` characters there after which the rest (S) matches. The
+/// last candidate wins, as a greedy `.*` in P would have it. When it finds nothing, the capture
+/// search decides.
+#[derive(Debug)]
+struct UserFinder {
+    pre: (hybrid::dfa::DFA, hybrid::dfa::Cache),
+    post: (hybrid::dfa::DFA, hybrid::dfa::Cache),
+}
+
+impl UserFinder {
+    fn new(rule: &str) -> Option<UserFinder> {
+        // `(?:<USER>|.*)` (a name, or whatever an attacker wrote) prefers the name: the finder
+        // looks for that; when there is none, the capture search takes the rest.
+        let mut rule = rule.replace("(?:<USER>|.*)", "<USER>");
+        // `(?: user=<<USER>>,)?`: the finder looks for the line that has the user.
+        while let Some(r) = unwrap_optional(&rule) {
+            rule = r;
+        }
+        let (i, rest) = (rule.find("<USER>")?, rule.len() - "<USER>".len());
+        if rule[i + 6..].contains("<USER>") || i == 0 || i == rest {
+            return None;
+        }
+        let dfa = |p: &str| {
+            hybrid::dfa::DFA::builder()
+                .syntax(syntax_config())
+                .configure(
+                    hybrid::dfa::Config::new()
+                        .match_kind(MatchKind::All)
+                        .minimum_cache_clear_count(None),
+                )
+                .build(&expand_for_dfa(p))
+                .ok()
+                .map(|d| {
+                    let c = d.create_cache();
+                    (d, c)
+                })
+        };
+        Some(UserFinder {
+            pre: dfa(&rule[..i])?,
+            post: dfa(&rule[i + 6..])?,
+        })
+    }
+
+    fn find(&mut self, msg: &[u8]) -> Option<std::ops::Range<usize>> {
+        let input = Input::new(msg).anchored(Anchored::Yes);
+        // The longest P first (MatchKind::All reports the last end): usually the only one.
+        let last = self.pre.0.try_search_fwd(&mut self.pre.1, &input).ok()??.offset();
+        if let Some(u) = self.user_at(msg, last) {
+            return Some(u);
+        }
+        let mut state = regex_automata::hybrid::dfa::OverlappingState::start();
+        let mut found = None;
+        loop {
+            self.pre.0.try_search_overlapping_fwd(&mut self.pre.1, &input, &mut state).ok()?;
+            let Some(m) = state.get_match() else { break };
+            found = self.user_at(msg, m.offset()).or(found);
+        }
+        found
+    }
+
+    /// The user starting at `at`, if S matches after it.
+    fn user_at(&mut self, msg: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
+        let end = at + msg[at..].iter().take_while(|&&b| is_user_byte(b)).count();
+        let after = Input::new(msg).range(end..).anchored(Anchored::Yes).earliest(true);
+        matches!(self.post.0.try_search_fwd(&mut self.post.1, &after), Ok(Some(_))).then_some(at..end)
+    }
+}
+
+/// `rule` with the optional non-capturing group `(?:...)?` that holds `<USER>` innermost made
+/// plain; `None` when `<USER>` is in no such group.
+fn unwrap_optional(rule: &str) -> Option<String> {
+    let at = rule.find("<USER>")?;
+    let b = rule.as_bytes();
+    let (mut open, mut i, mut class) = (Vec::new(), 0, false);
+    let mut group = None;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' if !class => class = true,
+            b']' if class => class = false,
+            b'(' if !class => open.push(i),
+            b')' if !class => {
+                let start = open.pop()?;
+                if start < at && i > at && group.is_none() {
+                    group = Some((start, i));
+                }
+            }
+            _ => {}
+        }
+        if i == at && group.is_none() && open.is_empty() {
+            return None;
+        }
+        i += 1;
+    }
+    let (start, end) = group?;
+    (rule[start..].starts_with("(?:") && b.get(end + 1) == Some(&b'?') && b.get(end + 2) != Some(&b'?'))
+        .then(|| format!("{}{}{}", &rule[..start], &rule[start + 3..end], &rule[end + 2..]))
+}
+
+/// A byte `<USER>` (`[^\s,>)]`) takes.
+fn is_user_byte(b: u8) -> bool {
+    !(b.is_ascii_whitespace() || b"\x0b,>)".contains(&b))
+}
+
 /// A problem building the matcher (reported as `file:line:col`).
 pub type MatcherError = ConfigError;
 
@@ -282,6 +414,8 @@ pub struct Matcher {
     want_user: bool,
     /// Each jail's ignore rules (pattern ids): tried only once a failure rule of the jail matched.
     ignores: Vec<Vec<u32>>,
+    /// Jails that count by user or act on successes: their matches always carry `<USER>`.
+    user_jails: Vec<bool>,
     /// Which jails each program may feed, by program name; bounded, rebuilt when full.
     program_cache: HashMap<Box<str>, Box<[bool]>>,
     /// Per-line scratch, reused: each jail's state on the current line.
@@ -290,6 +424,9 @@ pub struct Matcher {
     /// which entries to reset after the line.
     seen: Vec<Seen>,
     seen_set: Vec<usize>,
+    /// Per-line scratch, reused: each rule text's groups once searched (indexed like `seen`).
+    spans: Vec<Option<Spans>>,
+    spans_set: Vec<usize>,
 }
 
 /// Where a jail stands on the current line.
@@ -422,12 +559,19 @@ impl Matcher {
                         .map_err(|e| origin.error_at(&[&jail_needles(jail)], format!("jail {:?}: bad program glob: {e}", jail.name)))?,
                 )
             });
-            let all = jail.rules.iter().map(|r| (r, false)).chain(jail.ignore.iter().map(|r| (r, true)));
-            let mut counts = [0usize; 2];
-            for (text, ignore) in all {
-                let index = counts[usize::from(ignore)];
-                counts[usize::from(ignore)] += 1;
-                let what = if ignore { "ignore rule" } else { "rule" };
+            let all = (jail.rules.iter().map(|r| (&r.text, Kind::Failure)))
+                .chain(jail.ignore.iter().map(|r| (r, Kind::Ignore)))
+                .chain(jail.success.iter().map(|r| (r, Kind::Success)));
+            let mut counts = [0usize; 3];
+            for (text, kind) in all {
+                let index = counts[kind as usize];
+                counts[kind as usize] += 1;
+                let ignore = kind == Kind::Ignore;
+                let what = match kind {
+                    Kind::Failure => "rule",
+                    Kind::Ignore => "ignore rule",
+                    Kind::Success => "success rule",
+                };
                 let needles = regex_needles(text);
                 let at = |reason: String| {
                     origin.error_at(
@@ -435,13 +579,22 @@ impl Matcher {
                         format!("jail {:?} {what} {index}: {reason}", jail.name),
                     )
                 };
-                let full = format!("{}{text}", jail.prefix.as_deref().unwrap_or(""));
+                // The prefix is the failures' (fail2ban's prefregex); a success line is another.
+                let prefix = if kind == Kind::Success {
+                    ""
+                } else {
+                    jail.prefix.as_deref().unwrap_or("")
+                };
+                let full = format!("{prefix}{text}");
                 if let Some(hint) = fail2ban_syntax(&full) {
                     return Err(at(hint));
                 }
                 let (pattern, hosts) = expand(&full);
                 if !ignore && hosts != 1 {
                     return Err(at(format!("a rule needs exactly one <HOST> (found {hosts})")));
+                }
+                if kind == Kind::Success && !full.contains("<USER>") {
+                    return Err(at("a success rule needs <USER>: a success resets or trusts one account".into()));
                 }
                 // Placeholders are plain text to the parser: an error in the rule is shown under
                 // the rule as written, not under the expanded <HOST> grammar.
@@ -460,22 +613,24 @@ impl Matcher {
                 } else {
                     split_at_host(&full).and_then(|(b, a, family)| HostFinder::new(&b, &a, family))
                 };
+                let user_finder = if ignore { None } else { UserFinder::new(&full) };
                 let has_user = full.contains("<USER>");
                 let has_forwarded = full.contains("<FORWARDED>");
                 let pattern = expand_for_dfa(&full);
                 let same_as = rules
                     .iter()
-                    .position(|r: &Rule| r.ignore == ignore && r.pattern == pattern)
+                    .position(|r: &Rule| r.kind == kind && r.pattern == pattern)
                     .unwrap_or(rules.len());
                 rules.push(Rule {
                     jail: jid,
                     index,
-                    ignore,
+                    kind,
                     caps: re.create_captures(),
                     re,
                     has_user,
                     has_forwarded,
                     finder,
+                    user_finder,
                     has_literal: lits.is_some(),
                     pattern: pattern.clone(),
                     same_as,
@@ -487,12 +642,12 @@ impl Matcher {
         // An ignore rule only matters where one of its jail's failure rules can match, so one
         // without a literal of its own takes theirs.
         for i in 0..rules.len() {
-            if rules[i].ignore && literals[i].is_none() {
+            if rules[i].kind == Kind::Ignore && literals[i].is_none() {
                 let jail = rules[i].jail;
                 let theirs: Option<Vec<Vec<u8>>> = rules
                     .iter()
                     .zip(&literals)
-                    .filter(|(r, _)| r.jail == jail && !r.ignore)
+                    .filter(|(r, _)| r.jail == jail && r.kind == Kind::Failure)
                     .map(|(_, l)| l.clone())
                     .collect::<Option<Vec<_>>>()
                     .map(|v| v.concat());
@@ -512,10 +667,14 @@ impl Matcher {
         })?;
         let mut ignores = vec![Vec::new(); jails.len()];
         for (pid, r) in rules.iter().enumerate() {
-            if r.ignore {
+            if r.kind == Kind::Ignore {
                 ignores[r.jail as usize].push(pid as u32);
             }
         }
+        let user_jails = jails
+            .iter()
+            .map(|j| j.count != crate::primitives::Count::Failures || !j.success.is_empty())
+            .collect();
         Ok(Matcher {
             dfa,
             want_user: false,
@@ -523,10 +682,13 @@ impl Matcher {
             jail_names: jails.iter().map(|j| j.name.clone()).collect(),
             literals,
             ignores,
+            user_jails,
             program_cache: HashMap::new(),
             jail_state: vec![JailState::Done; jails.len()],
             seen: vec![Seen::No; rules.len()],
             seen_set: Vec::new(),
+            spans: vec![None; rules.len()],
+            spans_set: Vec::new(),
             rules,
         })
     }
@@ -541,7 +703,7 @@ impl Matcher {
         self.rules
             .iter()
             .filter(|r| !r.has_literal)
-            .map(|r| (self.jail_names[r.jail as usize].as_str(), r.index, r.ignore))
+            .map(|r| (self.jail_names[r.jail as usize].as_str(), r.index, r.kind == Kind::Ignore))
     }
 
     /// Rules whose own automaton needs more than `CACHE` bytes as a full DFA, as `(jail, rule
@@ -564,7 +726,7 @@ impl Matcher {
                     .build(&r.pattern)
                     .is_err()
             })
-            .map(|r| (self.jail_names[r.jail as usize].as_str(), r.index, r.ignore))
+            .map(|r| (self.jail_names[r.jail as usize].as_str(), r.index, r.kind == Kind::Ignore))
             .collect()
     }
 
@@ -587,7 +749,7 @@ impl Matcher {
         for &pid in candidates {
             let r = &self.rules[pid as usize];
             let j = r.jail as usize;
-            if r.ignore || self.jail_state[j] != JailState::Allowed {
+            if r.kind == Kind::Ignore || self.jail_state[j] != JailState::Allowed {
                 continue;
             }
             let host = match self.try_rule(msg, pid) {
@@ -595,6 +757,12 @@ impl Matcher {
                 _ => continue,
             };
             self.jail_state[j] = JailState::Done;
+            if self.rules[pid as usize].kind == Kind::Success {
+                if let Some(m) = self.extract(rec, pid as usize, host) {
+                    out.push(m);
+                }
+                continue;
+            }
             // An ignore rule only matters once a failure rule matched: most lines pay nothing.
             let mut ignored = None;
             for k in 0..self.ignores[j].len() {
@@ -618,6 +786,9 @@ impl Matcher {
         }
         for first in self.seen_set.drain(..) {
             self.seen[first] = Seen::No;
+        }
+        for first in self.spans_set.drain(..) {
+            self.spans[first] = None;
         }
     }
 
@@ -681,7 +852,7 @@ impl Matcher {
 
     /// What matching rule `i` found in `rec`; `host` is what the finder already has.
     fn extract<'a>(&mut self, rec: &Record<'a>, i: usize, host: Option<(std::ops::Range<usize>, IpAddr)>) -> Option<Match<'a>> {
-        let want_user = self.want_user && self.rules[i].has_user;
+        let want_user = (self.want_user || self.user_jails[self.rules[i].jail as usize]) && self.rules[i].has_user;
         let r = &mut self.rules[i];
         if let (Some((_, ip)), false, false) = (&host, want_user, r.has_forwarded) {
             return Some(Match {
@@ -694,32 +865,57 @@ impl Matcher {
                 },
             });
         }
-        // No address where the rule wants one (e.g. `999.1.1.1`), or `<USER>` wanted: the
-        // capture search reports exactly what the rule saw.
-        r.re.search_captures(&Input::new(rec.msg.as_bytes()).anchored(Anchored::Yes), &mut r.caps);
-        let span = r.caps.get_group_by_name("host")?.range();
-        let host = &rec.msg[span];
+        let (jail, index, kind) = (r.jail, r.index, r.kind);
+        // No address where the rule wants one (e.g. `999.1.1.1`), or `<USER>` wanted.
+        let spans = self.spans(rec.msg, self.rules[i].same_as, host.as_ref())?;
+        let text = |s: &Option<std::ops::Range<usize>>| s.clone().map(|s| &rec.msg[s]);
+        let host = &rec.msg[spans.host.clone()];
         let found = match host.parse::<IpAddr>() {
-            Ok(ip) => {
-                let user = if want_user {
-                    r.caps.get_group_by_name("user").map(|s| &rec.msg[s.range()])
-                } else {
-                    None
-                };
-                let forwarded = r.caps.get_group_by_name("fwd").map(|s| &rec.msg[s.range()]);
-                Found::Failure {
-                    ip: ip.to_canonical(),
-                    user,
-                    forwarded,
-                }
-            }
+            Ok(ip) if kind == Kind::Success => Found::Success {
+                ip: ip.to_canonical(),
+                user: text(&spans.user).unwrap_or(""),
+            },
+            Ok(ip) => Found::Failure {
+                ip: ip.to_canonical(),
+                user: if want_user { text(&spans.user) } else { None },
+                forwarded: text(&spans.fwd),
+            },
             Err(_) => Found::BadHost(host),
         };
-        Some(Match {
-            jail: r.jail,
-            rule: r.index,
-            found,
-        })
+        Some(Match { jail, rule: index, found })
+    }
+
+    /// Where rule text `first` (a `Rule::same_as`) put its groups in `msg`, `host` being what
+    /// its finder saw: found once per rule text and line, however many jails share the text;
+    /// by the user finder's two DFA passes where it can, else by a capture search.
+    fn spans(&mut self, msg: &str, first: usize, host: Option<&(std::ops::Range<usize>, IpAddr)>) -> Option<Spans> {
+        if let Some(s) = &self.spans[first] {
+            return Some(s.clone());
+        }
+        let r = &mut self.rules[first];
+        let quick = match (host, r.user_finder.as_mut(), r.has_forwarded) {
+            (Some((span, _)), Some(uf), false) => uf.find(msg.as_bytes()).filter(|u| msg.get(u.clone()).is_some()).map(|u| Spans {
+                host: span.clone(),
+                user: Some(u),
+                fwd: None,
+            }),
+            _ => None,
+        };
+        let spans = match quick {
+            Some(s) => s,
+            None => {
+                r.re.search_captures(&Input::new(msg.as_bytes()).anchored(Anchored::Yes), &mut r.caps);
+                let group = |name| r.caps.get_group_by_name(name).map(|s| s.range());
+                Spans {
+                    host: group("host")?,
+                    user: group("user"),
+                    fwd: group("fwd"),
+                }
+            }
+        };
+        self.spans[first] = Some(spans.clone());
+        self.spans_set.push(first);
+        Some(spans)
     }
 }
 
@@ -776,12 +972,11 @@ mod tests {
             name: name.into(),
             programs: programs.iter().map(|s| s.to_string()).collect(),
             prefix: None,
-            rules: rules.iter().map(|s| s.to_string()).collect(),
+            rules: rules.iter().map(|&s| s.into()).collect(),
             ignore: ignore.iter().map(|s| s.to_string()).collect(),
             maxretry: 1,
             findtime: Dur(60),
-            bantime: None,
-            ports: None,
+            ..Jail::default()
         }
     }
 
@@ -820,6 +1015,58 @@ mod tests {
     }
 
     const SASL: &str = r"warning: [^\[\s]*\[<HOST>\](?::\d+)?: SASL (?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5) authentication failed:";
+
+    #[test]
+    fn the_user_finder_agrees_with_the_capture_search() {
+        assert_eq!(
+            unwrap_optional(r"a(?: u=<(?:x|<USER>)>,)? b"),
+            None,
+            "the innermost group is an alternation"
+        );
+        assert_eq!(unwrap_optional(r"a(?: u=<<USER>>,)? (c)"), Some(r"a u=<<USER>>, (c)".to_string()));
+        let rules = [
+            r"x(?: user=<(?:<USER>|.*)>,)? rip=<HOST>$",
+            r"Login: user=<<USER>>, method=\S+, rip=<HOST>,",
+            r"auth: \w+\(<USER>,<HOST>\): Password mismatch",
+            r".*user=<USER> from <HOST>$",
+        ];
+        let lines = [
+            "Login: user=<alice@example.org>, method=PLAIN, rip=192.0.2.1, lip=::1",
+            "Login: user=<>, method=PLAIN, rip=192.0.2.2,",
+            "Login: user=<a>b>, method=PLAIN, rip=192.0.2.3,",
+            "auth: sql(bob,192.0.2.4): Password mismatch",
+            "auth: sql(bob,x,192.0.2.5): Password mismatch",
+            "auth: sql(b\u{e9}b,192.0.2.6): Password mismatch",
+            "x user=mallory from 192.0.2.7 user=eve from 192.0.2.8",
+            "user=\u{e9}\u{e9} from 192.0.2.9",
+            "x user=<bob>, rip=192.0.2.10",
+            "x user=<john smith>, rip=192.0.2.11",
+            "x rip=192.0.2.12",
+        ];
+        for rule in rules {
+            let mut with = matcher(&[Jail {
+                success: vec![rule.to_string()],
+                count: crate::primitives::Count::DistinctUsers,
+                ..jail("j", &[], &[rule], &[])
+            }]);
+            for line in lines {
+                let fast = found(&mut with, "dovecot", line);
+                // The capture search alone: the same rule where the finder cannot split it.
+                let grouped = format!("(?:{rule})");
+                let mut slow_m = matcher(&[Jail {
+                    count: crate::primitives::Count::DistinctUsers,
+                    ..jail("j", &[], &[grouped.as_str()], &[])
+                }]);
+                assert!(slow_m.rules[0].user_finder.is_none());
+                let slow = found(&mut slow_m, "dovecot", line);
+                let fast_failure: Vec<_> = fast.iter().filter(|m| matches!(m.found, Found::Failure { .. })).collect();
+                assert_eq!(fast_failure.len(), slow.len(), "{rule} on {line}");
+                for (a, b) in fast_failure.iter().zip(&slow) {
+                    assert_eq!(a.found, b.found, "{rule} on {line}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn host_and_program_filter() {

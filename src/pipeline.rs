@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -17,12 +18,12 @@ use crate::matcher::{Found, JailId, Match, Matcher};
 use crate::parse::ParseConfig;
 use crate::parse::{Parser, Record, Zone};
 use crate::policy::PolicyConfig;
-use crate::policy::{Admit, Ban, Decision, History, Policy, SharedFailure};
+use crate::policy::{Admit, Ban, Decision, History, Policy, SharedFailure, Trust};
 use crate::ports::Ports;
 use crate::prefilter::Prefilter;
-use crate::primitives::{Jail, Origin, error_in};
+use crate::primitives::{Count, Jail, Origin, error_in};
 use crate::window::WindowConfig;
-use crate::window::{Threshold, Window};
+use crate::window::{Accounts, Mark, Threshold, Window};
 
 /// Counters of everything the pipeline saw; the `test` summary and metrics read them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct JailStats {
     pub bad_host: u64,
     /// Bans made.
     pub bans: u64,
+    /// Successful logins seen (its `success` rules).
+    pub successes: u64,
 }
 
 /// What happened to one line, for callers that report per line (`test`).
@@ -105,6 +108,66 @@ pub struct Pipeline {
     candidates: Vec<u32>,
     /// Set when failures are shared with a fleet.
     fleet: Option<FleetCounting>,
+    /// Each jail's way of counting accounts (`count`, `on_success`, weights).
+    accounts_of: Vec<JailAccounts>,
+    /// Credential stuffing: addresses per account.
+    accounts: Accounts,
+    /// The key account names are hashed with (random per process: an attacker cannot aim two
+    /// names at one hash).
+    account_key: std::collections::hash_map::RandomState,
+    /// Trusted pairs made since the last `take_trusted` (for the state file).
+    trusted_new: Vec<Trust>,
+    /// The accounts failures were most often on (bounded).
+    targeted: Targeted,
+}
+
+/// An account's mark in a window: 23 bits of its hash, never 0 (0 is "no account").
+fn user_mark(h: u64) -> u32 {
+    ((h & 0x7f_ffff) as u32).max(1)
+}
+
+/// How one jail counts accounts.
+#[derive(Debug, Clone)]
+struct JailAccounts {
+    count: Count,
+    reset: bool,
+    /// Seconds a success trusts its pair for.
+    trust: Option<i64>,
+    /// Whether trust matters to its counting (`trusted_maxretry`, or stuffing).
+    checks_trust: bool,
+    /// Each failure rule's weight.
+    weights: Vec<u32>,
+}
+
+/// The most targeted accounts, counted in bounded memory (Misra-Gries: at most `TARGETED`
+/// names; a name failed on more than 1/TARGETED of the time is always among them).
+#[derive(Debug, Default)]
+struct Targeted(HashMap<Box<str>, u64>);
+
+/// Names `Targeted` keeps.
+const TARGETED: usize = 256;
+
+impl Targeted {
+    fn add(&mut self, user: &str) {
+        if let Some(n) = self.0.get_mut(user) {
+            *n += 1;
+        } else if self.0.len() < TARGETED {
+            self.0.insert(user.chars().take(128).collect::<String>().into(), 1);
+        } else {
+            self.0.retain(|_, n| {
+                *n -= 1;
+                *n > 0
+            });
+        }
+    }
+
+    /// The `k` most failed-on accounts, most first.
+    fn top(&self, k: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.0.iter().map(|(u, n)| (u.to_string(), *n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
 }
 
 /// How a pipeline counts when its failures are shared with a fleet. While the fleet is
@@ -182,15 +245,29 @@ impl Pipeline {
         let zone = Zone::resolve(cfg.parse.timezone.as_deref()).map_err(|e| error_in(&cfg.files, &["timezone"], e.to_string()))?;
         let matcher = Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher)?;
         let prefilter = Prefilter::new(matcher.literal_sets());
-        let thresholds = cfg
+        let thresholds: Vec<Threshold> = cfg
             .jails
             .iter()
             .map(|j| Threshold {
                 maxretry: j.maxretry,
                 findtime: j.findtime.secs() as i64,
+                distinct: j.count == Count::DistinctUsers,
+                trusted_maxretry: j.trusted_maxretry,
             })
             .collect();
-        let window = Window::new(thresholds, &cfg.window);
+        let window = Window::new(thresholds.clone(), &cfg.window);
+        let accounts = Accounts::new(thresholds, &cfg.window);
+        let accounts_of = cfg
+            .jails
+            .iter()
+            .map(|j| JailAccounts {
+                count: j.count,
+                reset: j.on_success.is_some_and(|o| o.reset),
+                trust: j.on_success.and_then(|o| o.trust).map(|d| d.secs() as i64),
+                checks_trust: j.trusted_maxretry.is_some() || j.count == Count::DistinctAddresses,
+                weights: j.rules.iter().map(|r| r.weight).collect(),
+            })
+            .collect();
         let names: Vec<_> = cfg
             .jails
             .iter()
@@ -221,13 +298,52 @@ impl Pipeline {
             matches: Vec::new(),
             decisions: Vec::new(),
             lossy: String::new(),
-            texts: cfg.jails.iter().map(|j| (j.rules.clone(), j.ignore.clone())).collect(),
+            texts: cfg
+                .jails
+                .iter()
+                .map(|j| (j.rules.iter().map(|r| r.text.clone()).collect(), j.ignore.clone()))
+                .collect(),
             started: std::time::Instant::now(),
             evidence: None,
             journal: Default::default(),
             candidates: Vec::new(),
             fleet: None,
+            accounts_of,
+            accounts,
+            account_key: Default::default(),
+            trusted_new: Vec::new(),
+            targeted: Targeted::default(),
         })
+    }
+
+    /// Trusted (account, address) pairs made since the last call, for the state file.
+    pub fn take_trusted(&mut self) -> Vec<Trust> {
+        std::mem::take(&mut self.trusted_new)
+    }
+
+    /// Takes back trusted pairs (from the state file, or a reload) still good at `now`.
+    pub fn restore_trust(&mut self, pairs: &[Trust], now: i64) {
+        for (account, key, until) in pairs {
+            if *until > now {
+                self.policy.trust(account, *key, *until, now);
+            }
+        }
+    }
+
+    /// What each jail counts (`Count::name`), for metrics labels.
+    pub fn count_kinds(&self) -> Vec<&'static str> {
+        self.accounts_of.iter().map(|a| a.count.name()).collect()
+    }
+
+    /// The `k` accounts failures were most often on, with about how many.
+    pub fn most_targeted(&self, k: usize) -> Vec<(String, u64)> {
+        self.targeted.top(k)
+    }
+
+    /// A keyed 64-bit hash of an account name.
+    fn account_hash(&self, user: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.account_key.hash_one(user)
     }
 
     /// Shares counted failures with a fleet (see `FleetCounting`); the fleet starts unreachable.
@@ -262,7 +378,7 @@ impl Pipeline {
         let jail = jail as JailId;
         if let Admit::Count(key) = self.policy.admit(f.net.addr(), jail, now) {
             if own {
-                self.record(jail, key, f.time, now);
+                self.record(jail, key, Mark::at(f.time), 1, now);
             } else if self.window.record(jail, key, f.time, now).is_some() {
                 self.window.forget(jail, key);
             }
@@ -376,6 +492,8 @@ impl Pipeline {
     pub fn carry_over(self, next: &mut Pipeline) {
         let bans: Vec<Ban> = self.policy.bans().into_iter().cloned().collect();
         next.policy.restore(&bans, &self.policy.histories());
+        let now = self.clock.now(crate::clock::wall_clock());
+        next.restore_trust(&self.policy.trusts(now), now);
         next.clock = self.clock.clone();
         if let Some(f) = &self.fleet {
             next.share_failures();
@@ -507,6 +625,13 @@ impl Pipeline {
         for m in &mut matches {
             self.resolve_client(m);
         }
+        // The account a line failed on, once however many jails took it.
+        if let Some(u) = matches.iter().find_map(|m| match m.found {
+            Found::Failure { user: Some(u), .. } if !u.is_empty() => Some(u),
+            _ => None,
+        }) {
+            self.targeted.add(u);
+        }
         let mut matched = false;
         for m in &matches {
             matched |= self.account(*m, placed.time, placed.now, text);
@@ -541,7 +666,7 @@ impl Pipeline {
     /// failure.
     fn account(&mut self, m: Match<'_>, time: i64, now: i64, line: &str) -> bool {
         let js = &mut self.stats.jails[m.jail as usize];
-        let ip = match m.found {
+        let (ip, user) = match m.found {
             Found::Ignored => {
                 js.ignore_rules[m.rule] += 1;
                 return false;
@@ -550,7 +675,12 @@ impl Pipeline {
                 js.bad_host += 1;
                 return false;
             }
-            Found::Failure { ip, .. } => ip,
+            Found::Success { ip, user } => {
+                js.successes += 1;
+                self.success(m.jail, ip, user, now);
+                return false;
+            }
+            Found::Failure { ip, user, .. } => (ip, user.filter(|u| !u.is_empty())),
         };
         js.rules[m.rule] += 1;
         match self.policy.admit(ip, m.jail, now) {
@@ -560,30 +690,88 @@ impl Pipeline {
                 if let Some((ev, _)) = &mut self.evidence {
                     ev.record(m.jail, key, line);
                 }
-                if let Some(f) = &mut self.fleet {
-                    f.outgoing.push(SharedFailure {
-                        jail: f.names[m.jail as usize].clone(),
-                        net: key,
-                        time,
-                        counted: !f.link_up,
-                    });
-                    if f.link_up {
-                        return true;
+                let acc = &self.accounts_of[m.jail as usize];
+                let (count, weight) = (acc.count, acc.weights[m.rule]);
+                let trusted = acc.checks_trust && user.is_some_and(|u| self.policy.is_trusted(u, key, now));
+                match (count, user) {
+                    (Count::Failures, _) => {
+                        if let Some(f) = &mut self.fleet {
+                            for _ in 0..weight {
+                                f.outgoing.push(SharedFailure {
+                                    jail: f.names[m.jail as usize].clone(),
+                                    net: key,
+                                    time,
+                                    counted: !f.link_up,
+                                });
+                            }
+                            if f.link_up {
+                                return true;
+                            }
+                        }
+                        let mark = Mark::new(time, user.map_or(0, |u| user_mark(self.account_hash(u))), trusted);
+                        self.record(m.jail, key, mark, weight, now);
                     }
+                    // Each account counted once; the owner's own mistakes not at all. A name the
+                    // rule could not take (an attacker's spaces or brackets) counts as a new one
+                    // each time: odd names cannot hide a spray.
+                    (Count::DistinctUsers, _) if !trusted => {
+                        let h = self.account_hash(user.unwrap_or(line));
+                        self.record(m.jail, key, Mark::new(time, user_mark(h), false), 1, now);
+                    }
+                    (Count::DistinctAddresses, Some(u)) if !trusted => {
+                        let mut hit = Vec::new();
+                        self.accounts.record(m.jail, self.account_hash(u), key, time, now, &mut hit);
+                        for k in hit {
+                            self.stuffed(m.jail, k, time, now);
+                        }
+                    }
+                    // Counted by user, and no user (or a trusted one) in the line.
+                    _ => {}
                 }
-                self.record(m.jail, key, time, now);
             }
         }
         true
     }
 
+    /// A successful login of `user` from `ip` in `jail`: its failures on that account no
+    /// longer count (`Reset`), and the pair may become trusted.
+    fn success(&mut self, jail: JailId, ip: std::net::IpAddr, user: &str, now: i64) {
+        if user.is_empty() {
+            return;
+        }
+        let acc = &self.accounts_of[jail as usize];
+        let (reset, trust) = (acc.reset, acc.trust);
+        let key = self.policy.key_of(ip);
+        let h = self.account_hash(user);
+        if reset {
+            self.window.reset(jail, key, user_mark(h));
+            self.accounts.forget(jail, h, key);
+        }
+        if let Some(t) = trust {
+            let until = now.saturating_add(t);
+            if self.policy.trust(user, key, until, now) {
+                self.trusted_new.push((user.into(), key, until));
+            }
+            self.accounts.forget(jail, h, key);
+        }
+    }
+
+    /// A stuffed account's failing address `key`: banned unless it is already.
+    fn stuffed(&mut self, jail: JailId, key: IpNet, time: i64, now: i64) {
+        if let Admit::Count(key) = self.policy.admit(key.addr(), jail, now) {
+            let before = self.decisions.len();
+            self.policy.decide(jail, key, 1, time, now, &mut self.decisions);
+            self.banned(jail, key, before);
+        }
+    }
+
     /// Counts a failure of `key` in `jail` and decides the bans it brings about.
-    fn record(&mut self, jail: JailId, key: IpNet, time: i64, now: i64) {
-        let Some(n) = self.window.record(jail, key, time, now) else {
+    fn record(&mut self, jail: JailId, key: IpNet, mark: Mark, weight: u32, now: i64) {
+        let Some(n) = self.window.add(jail, key, mark, weight, now) else {
             return;
         };
         let before = self.decisions.len();
-        self.policy.decide(jail, key, n, time, now, &mut self.decisions);
+        self.policy.decide(jail, key, n, mark.time(), now, &mut self.decisions);
         if let Some((ev, max)) = &self.evidence {
             // No more than the failures that counted: a flood's scan stays short.
             let lines = ev.lines(jail, key, (*max).min(n as usize));
@@ -591,10 +779,14 @@ impl Pipeline {
                 d.evidence = lines.clone();
             }
         }
+        self.banned(jail, key, before);
+    }
+
+    /// Counts the decisions from `before` on, and stops the jails whose ports they drop from
+    /// counting `key` (the others, another service's ports, go on).
+    fn banned(&mut self, jail: JailId, key: IpNet, before: usize) {
         self.stats.jails[jail as usize].bans += 1;
         self.stats.bans += (self.decisions.len() - before) as u64;
-        // Jails whose ports the new bans drop stop counting the address; the others (another
-        // service's ports) go on.
         for d in &self.decisions[before..] {
             for j in self.policy.jails_covered(&d.ports) {
                 self.window.forget(j, key);
@@ -663,6 +855,13 @@ impl Pipeline {
             match m.found {
                 Found::Ignored => {
                     let _ = writeln!(o, "matcher:   jail {jail}: ignore rule {} matches: not a failure", m.rule);
+                }
+                Found::Success { ip, user } => {
+                    let _ = writeln!(
+                        o,
+                        "matcher:   jail {jail}: success rule {} matches: {user:?} logged in from {ip}",
+                        m.rule
+                    );
                 }
                 Found::BadHost(h) => {
                     let _ = writeln!(

@@ -256,7 +256,23 @@ pub struct Policy {
     active: HashMap<Arc<str>, usize>,
     /// The clock at the last history sweep.
     swept: i64,
+    /// (address, account) pairs known good, and until when (by the clock).
+    trusted: HashMap<IpNet, TrustedAccounts, foldhash::fast::RandomState>,
+    /// Pairs in `trusted`.
+    trusted_pairs: usize,
 }
+
+/// Most (address, account) pairs trusted at once: a success needs a valid password, so only
+/// the mail server's own users fill this; beyond it, expired pairs go and new ones wait.
+const MAX_TRUSTED: usize = 1_000_000;
+/// Longest account name kept for trust (longer names are not trusted).
+const MAX_ACCOUNT: usize = 256;
+
+/// The accounts an address is trusted for, and until when.
+type TrustedAccounts = SmallVec<[(Box<str>, i64); 1]>;
+
+/// A trusted pair, for the state file: account, address, until when.
+pub type Trust = (Box<str>, IpNet, i64);
 
 /// One entry of an address list: an address or network; `@FILE`, a file of them (one per line,
 /// `#` comments); or a host name, resolved now (at start and at each reload, never per line).
@@ -396,7 +412,57 @@ impl Policy {
             ends: BinaryHeap::new(),
             active: HashMap::new(),
             swept: i64::MIN,
+            trusted: HashMap::default(),
+            trusted_pairs: 0,
         })
+    }
+
+    /// The key `ip` is counted and banned under (itself, or its IPv6 network).
+    pub fn key_of(&self, ip: IpAddr) -> IpNet {
+        self.key(ip.to_canonical()).0
+    }
+
+    /// Remembers `key` as a known-good address of `account` until `until`; false when nothing
+    /// changed (already trusted as long, or no room).
+    pub fn trust(&mut self, account: &str, key: IpNet, until: i64, now: i64) -> bool {
+        if account.is_empty() || account.len() > MAX_ACCOUNT {
+            return false;
+        }
+        if let Some(pairs) = self.trusted.get_mut(&key)
+            && let Some(p) = pairs.iter_mut().find(|(a, _)| &**a == account)
+        {
+            let longer = until > p.1;
+            p.1 = p.1.max(until);
+            return longer;
+        }
+        if self.trusted_pairs >= MAX_TRUSTED {
+            self.trusted.retain(|_, pairs| {
+                pairs.retain(|(_, t)| *t > now);
+                !pairs.is_empty()
+            });
+            self.trusted_pairs = self.trusted.values().map(|p| p.len()).sum();
+            if self.trusted_pairs >= MAX_TRUSTED {
+                return false;
+            }
+        }
+        self.trusted.entry(key).or_default().push((account.into(), until));
+        self.trusted_pairs += 1;
+        true
+    }
+
+    /// Whether `key` is a known-good address of `account` at `now`.
+    pub fn is_trusted(&self, account: &str, key: IpNet, now: i64) -> bool {
+        self.trusted
+            .get(&key)
+            .is_some_and(|pairs| pairs.iter().any(|(a, t)| &**a == account && *t > now))
+    }
+
+    /// Every trusted pair still good at `now` (a reload carries them over).
+    pub fn trusts(&self, now: i64) -> Vec<Trust> {
+        self.trusted
+            .iter()
+            .flat_map(|(k, pairs)| pairs.iter().filter(|(_, t)| *t > now).map(|(a, t)| (a.clone(), *k, *t)))
+            .collect()
     }
 
     /// Ignore check and aggregation, before a failure for `jail` is counted; `now` is the clock.

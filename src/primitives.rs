@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 /// A duration written as `"15m"`, `"1h"`, `"1d"` (humantime syntax).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub u64);
 
 impl Dur {
@@ -43,7 +43,7 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 /// One jail: the rules for one kind of failure and how many of them earn a ban.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Jail {
     /// Unique name, used in decisions and metrics.
@@ -55,8 +55,9 @@ pub struct Jail {
     /// A regex every rule (and ignore rule) of the jail starts with, like fail2ban's prefregex.
     #[serde(default)]
     pub prefix: Option<String>,
-    /// Failure rules, anchored at the message start (after `prefix`), each with one `<HOST>`.
-    pub rules: Vec<String>,
+    /// Failure rules, anchored at the message start (after `prefix`), each with one `<HOST>`;
+    /// a rule may count as several failures (`(rule: "...", weight: 3)`).
+    pub rules: Vec<Rule>,
     /// A line matching one of these is never a failure for this jail.
     #[serde(default)]
     pub ignore: Vec<String>,
@@ -71,6 +72,151 @@ pub struct Jail {
     /// the mail ports.
     #[serde(default)]
     pub ports: Option<Vec<PortSpec>>,
+    /// What is counted toward `maxretry`.
+    #[serde(default, skip_serializing_if = "Count::is_default")]
+    pub count: Count,
+    /// Rules for a successful login (with `<HOST>` and `<USER>`), for `on_success`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success: Vec<String>,
+    /// What a successful login does to the failures counted for its account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<OnSuccess>,
+    /// The threshold for an (address, account) pair known good (`on_success.trust`), instead
+    /// of `maxretry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_maxretry: Option<u32>,
+}
+
+/// A failure rule as written: a regex, or `(rule: "...", weight: N)` for one that counts as N
+/// failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The regex.
+    pub text: String,
+    /// How many failures one match counts as (at least 1).
+    pub weight: u32,
+}
+
+impl From<String> for Rule {
+    fn from(text: String) -> Rule {
+        Rule { text, weight: 1 }
+    }
+}
+
+impl From<&str> for Rule {
+    fn from(text: &str) -> Rule {
+        Rule::from(text.to_string())
+    }
+}
+
+impl std::ops::Deref for Rule {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// `Rule` as a pipeline file may write it.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(untagged)]
+enum RuleForm {
+    Plain(String),
+    Weighted { rule: String, weight: u32 },
+}
+
+impl serde::Serialize for Rule {
+    /// A plain string unless it has a weight.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.weight {
+            1 => RuleForm::Plain(self.text.clone()),
+            w => RuleForm::Weighted {
+                rule: self.text.clone(),
+                weight: w,
+            },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rule, D::Error> {
+        match RuleForm::deserialize(d)? {
+            RuleForm::Plain(text) => Ok(text.into()),
+            RuleForm::Weighted { weight: 0, .. } => Err(serde::de::Error::custom("a rule's weight is at least 1")),
+            RuleForm::Weighted { rule, weight } => Ok(Rule { text: rule, weight }),
+        }
+    }
+}
+
+/// What a jail counts toward `maxretry` within `findtime`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub enum Count {
+    /// Failures from one address (fail2ban's way).
+    #[default]
+    Failures,
+    /// Distinct `<USER>` names one address failed on: password spraying.
+    DistinctUsers,
+    /// Distinct addresses failing on one `<USER>`: credential stuffing; the ban takes every
+    /// address that failed on that account in the window.
+    DistinctAddresses,
+}
+
+impl Count {
+    fn is_default(&self) -> bool {
+        *self == Count::Failures
+    }
+
+    /// `failures`, `distinct_users`, `distinct_addresses` (metrics labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            Count::Failures => "failures",
+            Count::DistinctUsers => "distinct_users",
+            Count::DistinctAddresses => "distinct_addresses",
+        }
+    }
+}
+
+/// What a successful login does (`on_success`): `Reset`, or `(reset: true, trust: "30d")`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OnSuccess {
+    /// Clear the failures this address made on this account (and no other).
+    pub reset: bool,
+    /// Remember (address, account) as known good for this long: `trusted_maxretry` applies to
+    /// it, and a stuffing ban spares it.
+    pub trust: Option<Dur>,
+}
+
+/// `OnSuccess` as a pipeline file may write it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OnSuccessForm {
+    Word(OnSuccessWord),
+    Full {
+        #[serde(default)]
+        reset: bool,
+        #[serde(default)]
+        trust: Option<Dur>,
+    },
+}
+
+#[derive(Deserialize)]
+enum OnSuccessWord {
+    Reset,
+}
+
+impl<'de> Deserialize<'de> for OnSuccess {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OnSuccess, D::Error> {
+        Ok(match OnSuccessForm::deserialize(d)? {
+            OnSuccessForm::Word(OnSuccessWord::Reset) => OnSuccess { reset: true, trust: None },
+            OnSuccessForm::Full { reset, trust } => OnSuccess { reset, trust },
+        })
+    }
 }
 
 /// Ports as a pipeline file writes them: a number, a service name (`"submission"`), a range

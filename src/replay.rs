@@ -46,6 +46,8 @@ pub struct Report {
     pub missed: bool,
     /// Wall-clock seconds.
     pub elapsed: f64,
+    /// The accounts failures were most often on, with about how many (most first).
+    pub targeted: Vec<(String, u64)>,
 }
 
 /// One input to replay: a display name and its bytes.
@@ -176,6 +178,7 @@ pub fn run(
                             v
                         }
                         Found::Ignored => json!({"kind": "ignored", "file": file, "line": lineno, "jail": names[m.jail as usize], "ignore_rule": m.rule}),
+                        Found::Success { ip, user } => json!({"kind": "success", "file": file, "line": lineno, "jail": names[m.jail as usize], "success_rule": m.rule, "host": ip.to_string(), "user": user}),
                         Found::BadHost(h) => json!({"kind": "bad_host", "file": file, "line": lineno, "jail": names[m.jail as usize], "rule": m.rule, "host": h}),
                     },
                     Event::Decision(d) if opts.decisions => {
@@ -230,6 +233,7 @@ pub fn run(
         std::mem::replace(&mut err, Ok(()))?;
     }
     report.stats = pipeline.stats().clone();
+    report.targeted = pipeline.most_targeted(10);
     report.elapsed = start.elapsed().as_secs_f64();
     if opts.json || opts.matches || opts.decisions || opts.missed {
         writeln!(out, "{}", summary_json(&report, &names))?;
@@ -302,7 +306,9 @@ pub fn summary_json(r: &Report, names: &[String]) -> serde_json::Value {
             "already_banned": j.already_banned,
             "bad_host": j.bad_host,
             "bans": j.bans,
+            "successes": j.successes,
         })).collect::<Vec<_>>(),
+        "targeted": r.targeted.iter().map(|(u, n)| json!({"user": u, "failures": n})).collect::<Vec<_>>(),
         "elapsed_s": (r.elapsed * 1e6).round() / 1e6,
         "lines_per_s": lines_per_s(r).round(),
     })
@@ -349,6 +355,13 @@ fn summary_text(r: &Report, names: &[String], p: &Pipeline) -> String {
         for (i, n) in j.ignore_rules.iter().enumerate() {
             let _ = writeln!(o, "    ignore {i:<3} {n:>8}  {}", shorten(&ignores[i]));
         }
+        if j.successes > 0 {
+            let _ = writeln!(o, "    successful logins {:>6}", j.successes);
+        }
+    }
+    if !r.targeted.is_empty() {
+        let top: Vec<String> = r.targeted.iter().map(|(u, n)| format!("{u:?} ({n})")).collect();
+        let _ = writeln!(o, "\nAccounts most failed on: {}", top.join(", "));
     }
     let (tracked, evicted) = p.tracked();
     let _ = writeln!(o, "\nBans:    {} (list them with --decisions)", s.bans);

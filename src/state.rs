@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition, TableHandle};
 
-use crate::policy::{Ban, Decision, History, MAX_BAN, Reason};
+use crate::policy::{Ban, Decision, History, MAX_BAN, Reason, Trust};
 use crate::ports::Ports;
 
 /// ban key (net key, `P`, port ranges) → since, until, reason, offence, jail; a key without
@@ -41,6 +41,8 @@ const INPUTS: TableDefinition<&str, &str> = TableDefinition::new("inputs");
 const JOURNAL_CURSOR: &str = "journal.cursor";
 /// Where this node stands in each fleet stream (`fleet.bans`, `fleet.failures`).
 pub const FLEET_CURSORS: [&str; 2] = ["fleet.bans", "fleet.failures"];
+/// Trusted (address, account) pairs: key (`key`) then the account's bytes, until when.
+const TRUST: TableDefinition<&[u8], i64> = TableDefinition::new("trust.v1");
 /// Fleet events not yet published (Redis unreachable), oldest first.
 const OUTBOX: TableDefinition<u64, &str> = TableDefinition::new("fleet.outbox");
 
@@ -68,6 +70,8 @@ enum Op {
     Cursor(&'static str, String),
     /// The fleet's unpublished events, replacing those stored.
     Outbox(Vec<String>),
+    /// A trusted pair.
+    Trust(Trust),
 }
 
 /// How far the file is behind, for `status` and metrics.
@@ -271,6 +275,8 @@ pub struct Loaded {
     pub fleet_cursors: [Option<String>; 2],
     /// Fleet events still to publish.
     pub fleet_outbox: Vec<String>,
+    /// Trusted (account, address) pairs still good.
+    pub trust: Vec<Trust>,
 }
 
 impl Store {
@@ -354,6 +360,23 @@ impl Store {
             drop(inputs);
             for e in w.open_table(OUTBOX)?.iter()? {
                 loaded.fleet_outbox.push(e?.1.value().to_string());
+            }
+            let mut trust = w.open_table(TRUST)?;
+            trust.retain(|_, until| until > now)?;
+            for e in trust.iter()? {
+                let (k, until) = e?;
+                let k = k.value();
+                let len = match k.first() {
+                    Some(4) => 6,
+                    Some(6) => 18,
+                    _ => continue,
+                };
+                if let (Some(net), Some(account)) = (
+                    k.get(..len).and_then(net_of),
+                    k.get(len..).and_then(|a| std::str::from_utf8(a).ok()),
+                ) {
+                    loaded.trust.push((account.into(), net, until.value()));
+                }
             }
             let mut stale = Vec::new();
             for e in bans.iter()? {
@@ -487,6 +510,13 @@ impl Store {
         self.push(Op::Cursor(key, value.to_string()));
     }
 
+    /// Remembers trusted pairs, written with the next flush.
+    pub fn trust(&mut self, pairs: Vec<Trust>) {
+        for p in pairs {
+            self.push(Op::Trust(p));
+        }
+    }
+
     /// Stores the fleet events waiting to be published (empty: all were), replacing the last.
     pub fn fleet_outbox(&mut self, events: Vec<String>) {
         self.push(Op::Outbox(events));
@@ -567,6 +597,11 @@ impl Store {
                 match op {
                     Op::Cursor(k, c) => {
                         inputs.insert(*k, c.as_str())?;
+                    }
+                    Op::Trust((account, net, until)) => {
+                        let mut k = key(*net);
+                        k.extend_from_slice(account.as_bytes());
+                        w.open_table(TRUST)?.insert(k.as_slice(), *until)?;
                     }
                     Op::Outbox(events) => {
                         let mut outbox = w.open_table(OUTBOX)?;

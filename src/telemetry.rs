@@ -109,6 +109,8 @@ struct JailHandles {
     ignored: Counter,
     ignored_ip: Counter,
     bans: Counter,
+    /// The bans of its `count` kind (shared by the jails of that kind).
+    by_count: usize,
     currently_banned: Gauge,
 }
 
@@ -124,17 +126,25 @@ pub struct PipelineMetrics {
     evicted: Counter,
     batch: Histogram,
     jails: Vec<JailHandles>,
+    /// `mailpipe_decisions_total` per `count` kind, and its label.
+    counts: Vec<(&'static str, Counter)>,
     /// Active bans of no configured jail: `recidive`, and operators' `manual` ones.
     others: [Gauge; 2],
 }
 
 impl PipelineMetrics {
-    /// Registers every handle: `rules[j]` is the number of rules of jail `names[j]`.
-    pub fn register(names: &[String], rules: &[usize]) -> PipelineMetrics {
+    /// Registers every handle: `rules[j]` is the number of rules of jail `names[j]`, `counts[j]`
+    /// what it counts (`Count::name`).
+    pub fn register(names: &[String], rules: &[usize], counts: &[&'static str]) -> PipelineMetrics {
+        let mut kinds: Vec<&'static str> = counts.to_vec();
+        kinds.sort_unstable();
+        kinds.dedup();
         let jails = names
             .iter()
             .zip(rules)
-            .map(|(n, &r)| JailHandles {
+            .zip(counts)
+            .map(|((n, &r), c)| JailHandles {
+                by_count: kinds.iter().position(|k| k == c).unwrap_or(0),
                 matches: (0..r)
                     .map(|i| counter!("mailpipe_matches_total", "jail" => n.clone(), "rule" => i.to_string()))
                     .collect(),
@@ -155,6 +165,10 @@ impl PipelineMetrics {
             evicted: counter!("mailpipe_evicted_total"),
             batch: histogram!("mailpipe_batch_seconds"),
             jails,
+            counts: kinds
+                .into_iter()
+                .map(|k| (k, counter!("mailpipe_decisions_total", "count" => k)))
+                .collect(),
             others: crate::policy::BAN_NAMES.map(|n| gauge!("mailpipe_banned", "jail" => n)),
         }
     }
@@ -182,6 +196,16 @@ impl PipelineMetrics {
             h.ignored_ip.absolute(js.ignored_ip);
             h.bans.absolute(js.bans);
             h.currently_banned.set(b as f64);
+        }
+        for (k, (_, c)) in self.counts.iter().enumerate() {
+            c.absolute(
+                self.jails
+                    .iter()
+                    .zip(&s.jails)
+                    .filter(|(h, _)| h.by_count == k)
+                    .map(|(_, js)| js.bans)
+                    .sum(),
+            );
         }
     }
 }

@@ -29,20 +29,64 @@ impl Default for WindowConfig {
 }
 
 /// Per-jail thresholds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Threshold {
     /// Failures that earn a ban.
     pub maxretry: u32,
     /// Seconds they must fall within.
     pub findtime: i64,
+    /// Count distinct accounts (`Mark::user`), not failures: password spraying.
+    pub distinct: bool,
+    /// The threshold for failures on accounts this address is trusted for, if they have one.
+    pub trusted_maxretry: Option<u32>,
 }
 
-/// The failure times of one (jail, address), oldest first; at most `maxretry` kept, the first
+/// One failure in a window: its line time, the account it was on (a keyed 23-bit hash of
+/// `<USER>`, 0 for none) and whether the (address, account) pair is trusted, in 8 bytes: a
+/// botnet's million entries cost no more than bare times did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mark(i64);
+
+impl Mark {
+    const USER: i64 = (1 << 23) - 1;
+    const TRUSTED: i64 = 1 << 23;
+
+    /// A failure at `time` on account `user` (`user_mark`), trusted or not.
+    pub fn new(time: i64, user: u32, trusted: bool) -> Mark {
+        Mark((time << 24) | (i64::from(trusted) * Mark::TRUSTED) | (i64::from(user) & Mark::USER))
+    }
+
+    /// A failure with no account.
+    pub fn at(time: i64) -> Mark {
+        Mark::new(time, 0, false)
+    }
+
+    /// Its line time.
+    pub fn time(self) -> i64 {
+        self.0 >> 24
+    }
+
+    fn user(self) -> u32 {
+        (self.0 & Mark::USER) as u32
+    }
+
+    fn trusted(self) -> bool {
+        self.0 & Mark::TRUSTED != 0
+    }
+}
+
+/// The failures of one (jail, address), oldest first; at most the threshold kept, the first
 /// four inline: a botnet of a million addresses with a failure or two each costs no heap
 /// allocation per address.
 #[derive(Debug, Default)]
 struct Entry {
-    times: smallvec::SmallVec<[i64; 4]>,
+    times: smallvec::SmallVec<[Mark; 4]>,
+}
+
+impl Entry {
+    fn newest(&self) -> Option<i64> {
+        self.times.last().map(|m| m.time())
+    }
 }
 
 /// The windowed counters.
@@ -79,6 +123,14 @@ impl Window {
     /// window when it reaches `maxretry` (the entry is then cleared: the next ban needs fresh
     /// failures).
     pub fn record(&mut self, jail: JailId, key: IpNet, time: i64, now: i64) -> Option<u32> {
+        self.add(jail, key, Mark::at(time), 1, now)
+    }
+
+    /// `record` for a failure that counts `weight` times, on an account: a distinct jail counts
+    /// each account once (its newest failure), and a jail with `trusted_maxretry` counts the
+    /// failures on trusted accounts toward that threshold only.
+    pub fn add(&mut self, jail: JailId, key: IpNet, mark: Mark, weight: u32, now: i64) -> Option<u32> {
+        let time = mark.time();
         self.low_water = self.low_water.min(time);
         self.sweep(now);
         let th = self.thresholds[jail as usize];
@@ -86,19 +138,37 @@ impl Window {
             self.evict();
         }
         let e = self.entries.entry((jail, key)).or_default();
+        if th.distinct {
+            e.times.retain(|m| m.user() != mark.user());
+        }
         // Lines may arrive slightly out of order: keep times sorted.
-        let pos = e.times.partition_point(|&t| t <= time);
-        e.times.insert(pos, time);
+        let pos = e.times.partition_point(|m| m.time() <= time);
+        let copies = if th.distinct { 1 } else { weight.clamp(1, th.maxretry.max(1)) };
+        e.times.insert_many(pos, std::iter::repeat_n(mark, copies as usize));
         // Counted back from the newest failure, but never from beyond the clock.
-        let newest = (*e.times.last().expect("just inserted")).min(now);
-        let expired = e.times.partition_point(|&t| t <= newest - th.findtime);
+        let newest = e.newest().expect("just inserted").min(now);
+        let expired = e.times.partition_point(|m| m.time() <= newest - th.findtime);
         e.times.drain(..expired);
-        let n = e.times.len() as u32;
-        if n >= th.maxretry {
+        let all = e.times.len() as u32;
+        let reached = match th.trusted_maxretry {
+            Some(high) => all >= high || e.times.iter().filter(|m| !m.trusted()).count() as u32 >= th.maxretry,
+            None => all >= th.maxretry,
+        };
+        if reached {
             self.entries.remove(&(jail, key));
-            Some(n)
+            Some(all)
         } else {
             None
+        }
+    }
+
+    /// Forgets the failures `key` made on account `user` in `jail` (a successful login).
+    pub fn reset(&mut self, jail: JailId, key: IpNet, user: u32) {
+        if let Some(e) = self.entries.get_mut(&(jail, key)) {
+            e.times.retain(|m| m.user() != user);
+            if e.times.is_empty() {
+                self.entries.remove(&(jail, key));
+            }
         }
     }
 
@@ -113,12 +183,12 @@ impl Window {
     }
 
     /// Every tracked (jail, key) and its failure times, for a reload.
-    pub fn export(&self) -> Vec<(JailId, IpNet, Vec<i64>)> {
+    pub fn export(&self) -> Vec<(JailId, IpNet, Vec<Mark>)> {
         self.entries.iter().map(|((j, ip), e)| (*j, *ip, e.times.to_vec())).collect()
     }
 
-    /// Takes back failure times (a reload), unless the jail's threshold is already reached.
-    pub fn import(&mut self, jail: JailId, key: IpNet, times: &[i64]) {
+    /// Takes back failures (a reload), unless the jail's threshold is already reached.
+    pub fn import(&mut self, jail: JailId, key: IpNet, times: &[Mark]) {
         if times.len() < self.thresholds[jail as usize].maxretry as usize {
             self.entries.insert(
                 (jail, key),
@@ -160,16 +230,118 @@ impl Window {
         self.low_water = i64::MAX;
         let th = &self.thresholds;
         self.entries
-            .retain(|(j, _), e| e.times.last().is_some_and(|&t| t > horizon - th[*j as usize].findtime));
+            .retain(|(j, _), e| e.newest().is_some_and(|t| t > horizon - th[*j as usize].findtime));
     }
 
     /// Evicts the least recently failing eighth of the entries.
     fn evict(&mut self) {
-        let mut newest: Vec<i64> = self.entries.values().map(|e| e.times.last().copied().unwrap_or(i64::MIN)).collect();
+        let mut newest: Vec<i64> = self.entries.values().map(|e| e.newest().unwrap_or(i64::MIN)).collect();
         let k = (newest.len() / 8).max(1).min(newest.len() - 1);
         let (_, &mut cut, _) = newest.select_nth_unstable(k);
         let before = self.entries.len();
-        self.entries.retain(|_, e| e.times.last().copied().unwrap_or(i64::MIN) > cut);
+        self.entries.retain(|_, e| e.newest().unwrap_or(i64::MIN) > cut);
+        self.evicted += (before - self.entries.len()) as u64;
+    }
+}
+
+/// Credential stuffing: the distinct addresses failing on one account within `findtime`. Once
+/// `maxretry` of them have, every one is banned, and so is each new one for another `findtime`
+/// (the account is under attack). Accounts are keyed by a keyed 64-bit hash of `<USER>`, never
+/// by the name an attacker chose; at most `maxretry` addresses are kept per account, and at most
+/// `max_tracked` accounts: beyond, expired ones go first, then those only one address failed on
+/// (a spraying flood's noise), never the ones under attack.
+#[derive(Debug)]
+pub struct Accounts {
+    thresholds: Vec<Threshold>,
+    max_tracked: usize,
+    entries: HashMap<(JailId, u64), Account, foldhash::fast::RandomState>,
+    evicted: u64,
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    /// Each failing address and its newest failure, oldest first (one inline: most accounts a
+    /// flood of made-up names creates see one address).
+    addrs: smallvec::SmallVec<[(IpNet, i64); 1]>,
+    /// Until when (by the clock) every new failing address is banned at once.
+    attacked_until: i64,
+}
+
+impl Accounts {
+    /// Accounts for jails with these thresholds: at most a quarter of `max_tracked` (the
+    /// accounts under attack at once are far fewer than the addresses).
+    pub fn new(thresholds: Vec<Threshold>, cfg: &WindowConfig) -> Accounts {
+        Accounts {
+            thresholds,
+            max_tracked: (cfg.max_tracked / 4).max(1),
+            entries: HashMap::default(),
+            evicted: 0,
+        }
+    }
+
+    /// A failure of `key` on account `user` at line time `time`, clock `now`: the addresses to
+    /// ban now, into `out` (empty until the account reaches `maxretry` addresses).
+    pub fn record(&mut self, jail: JailId, user: u64, key: IpNet, time: i64, now: i64, out: &mut Vec<IpNet>) {
+        let th = self.thresholds[jail as usize];
+        if !self.entries.contains_key(&(jail, user)) && self.entries.len() >= self.max_tracked {
+            self.evict(now);
+        }
+        let a = self.entries.entry((jail, user)).or_default();
+        if now < a.attacked_until {
+            out.push(key);
+            return;
+        }
+        a.addrs.retain(|(k, _)| *k != key);
+        let pos = a.addrs.partition_point(|(_, t)| *t <= time);
+        a.addrs.insert(pos, (key, time));
+        let newest = a.addrs.last().map_or(time, |(_, t)| *t).min(now);
+        let expired = a.addrs.partition_point(|(_, t)| *t <= newest - th.findtime);
+        a.addrs.drain(..expired);
+        if a.addrs.len() as u32 >= th.maxretry {
+            out.extend(a.addrs.drain(..).map(|(k, _)| k));
+            a.attacked_until = now.saturating_add(th.findtime);
+        }
+    }
+
+    /// Forgets `key`'s failures on `user` (it logged in: the owner, not an attacker).
+    pub fn forget(&mut self, jail: JailId, user: u64, key: IpNet) {
+        if let Some(a) = self.entries.get_mut(&(jail, user)) {
+            a.addrs.retain(|(k, _)| *k != key);
+        }
+    }
+
+    /// Accounts tracked.
+    pub fn tracked(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Accounts evicted by the cap so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    fn evict(&mut self, now: i64) {
+        let before = self.entries.len();
+        let th = &self.thresholds;
+        let live = |(j, _): &(JailId, u64), a: &Account| {
+            now < a.attacked_until || a.addrs.last().is_some_and(|(_, t)| *t > now - th[*j as usize].findtime)
+        };
+        self.entries.retain(|k, a| live(k, a));
+        if self.entries.len() * 8 > self.max_tracked * 7 {
+            self.entries.retain(|_, a| now < a.attacked_until || a.addrs.len() > 1);
+        }
+        if self.entries.len() * 8 > self.max_tracked * 7 {
+            // Only multi-address accounts left: the oldest half of them goes.
+            let mut newest: Vec<i64> = self
+                .entries
+                .values()
+                .map(|a| a.addrs.last().map_or(i64::MIN, |(_, t)| *t))
+                .collect();
+            let k = newest.len() / 2;
+            let (_, &mut cut, _) = newest.select_nth_unstable(k);
+            self.entries
+                .retain(|_, a| now < a.attacked_until || a.addrs.last().is_some_and(|(_, t)| *t > cut));
+        }
         self.evicted += (before - self.entries.len()) as u64;
     }
 }
@@ -184,7 +356,14 @@ mod tests {
 
     #[test]
     fn bans_at_maxretry_within_findtime() {
-        let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
+        let mut w = Window::new(
+            vec![Threshold {
+                maxretry: 3,
+                findtime: 60,
+                ..Threshold::default()
+            }],
+            &WindowConfig::default(),
+        );
         assert_eq!(w.record(0, ip("192.0.2.1"), 0, 0), None);
         assert_eq!(w.record(0, ip("192.0.2.1"), 30, 30), None);
         assert_eq!(w.record(0, ip("192.0.2.1"), 59, 59), Some(3));
@@ -193,7 +372,14 @@ mod tests {
 
     #[test]
     fn old_failures_leave_the_window() {
-        let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
+        let mut w = Window::new(
+            vec![Threshold {
+                maxretry: 3,
+                findtime: 60,
+                ..Threshold::default()
+            }],
+            &WindowConfig::default(),
+        );
         w.record(0, ip("192.0.2.1"), 0, 0);
         w.record(0, ip("192.0.2.1"), 30, 30);
         // Exactly findtime after the first: the first no longer counts (strict window).
@@ -203,7 +389,14 @@ mod tests {
 
     #[test]
     fn expired_entries_are_swept() {
-        let mut w = Window::new(vec![Threshold { maxretry: 5, findtime: 60 }], &WindowConfig::default());
+        let mut w = Window::new(
+            vec![Threshold {
+                maxretry: 5,
+                findtime: 60,
+                ..Threshold::default()
+            }],
+            &WindowConfig::default(),
+        );
         for i in 0..100 {
             w.record(0, IpNet::from(std::net::IpAddr::from([192, 0, 2, i])), 0, 0);
         }
@@ -216,7 +409,14 @@ mod tests {
 
     #[test]
     fn a_line_dated_ahead_of_the_clock_expires_nothing() {
-        let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
+        let mut w = Window::new(
+            vec![Threshold {
+                maxretry: 3,
+                findtime: 60,
+                ..Threshold::default()
+            }],
+            &WindowConfig::default(),
+        );
         w.record(0, ip("192.0.2.1"), 100, 100);
         w.record(0, ip("192.0.2.1"), 110, 110);
         // Forged far ahead (the clock bounds it in practice): the two earlier failures still count.
@@ -225,7 +425,14 @@ mod tests {
 
     #[test]
     fn a_late_backlog_still_adds_up() {
-        let mut w = Window::new(vec![Threshold { maxretry: 3, findtime: 60 }], &WindowConfig::default());
+        let mut w = Window::new(
+            vec![Threshold {
+                maxretry: 3,
+                findtime: 60,
+                ..Threshold::default()
+            }],
+            &WindowConfig::default(),
+        );
         let now = 100_000;
         // Two hours late, and the clock keeps running (sweeps happen) while it is delivered.
         assert_eq!(w.record(0, ip("192.0.2.1"), now - 7200, now), None);
@@ -235,11 +442,75 @@ mod tests {
     }
 
     #[test]
+    fn accounts_ban_every_address_that_failed_then_each_new_one() {
+        let th = Threshold {
+            maxretry: 3,
+            findtime: 600,
+            ..Threshold::default()
+        };
+        let mut a = Accounts::new(vec![th], &WindowConfig::default());
+        let mut out = Vec::new();
+        a.record(0, 7, ip("192.0.2.1"), 0, 0, &mut out);
+        a.record(0, 7, ip("192.0.2.1"), 10, 10, &mut out);
+        a.record(0, 8, ip("192.0.2.2"), 20, 20, &mut out);
+        a.record(0, 7, ip("192.0.2.2"), 30, 30, &mut out);
+        assert!(out.is_empty(), "two addresses on account 7, one on 8");
+        a.forget(0, 7, ip("192.0.2.1"));
+        a.record(0, 7, ip("192.0.2.3"), 40, 40, &mut out);
+        assert!(out.is_empty(), "the address that logged in no longer counts");
+        a.record(0, 7, ip("192.0.2.4"), 50, 50, &mut out);
+        assert_eq!(out, [ip("192.0.2.2"), ip("192.0.2.3"), ip("192.0.2.4")]);
+        out.clear();
+        a.record(0, 7, ip("192.0.2.5"), 60, 60, &mut out);
+        assert_eq!(out, [ip("192.0.2.5")], "under attack: each new one at once");
+    }
+
+    #[test]
+    fn spraying_counts_accounts_and_a_success_resets_only_its_own() {
+        let th = Threshold {
+            maxretry: 3,
+            findtime: 600,
+            distinct: true,
+            ..Threshold::default()
+        };
+        let mut w = Window::new(vec![th], &WindowConfig::default());
+        let k = ip("192.0.2.1");
+        assert_eq!(w.add(0, k, Mark::new(0, 1, false), 1, 0), None);
+        assert_eq!(w.add(0, k, Mark::new(1, 1, false), 1, 1), None, "the same account again");
+        assert_eq!(w.add(0, k, Mark::new(2, 2, false), 1, 2), None);
+        w.reset(0, k, 9);
+        assert_eq!(
+            w.add(0, k, Mark::new(3, 3, false), 1, 3),
+            Some(3),
+            "a success on another account resets nothing"
+        );
+    }
+
+    #[test]
+    fn weights_and_trusted_thresholds() {
+        let th = Threshold {
+            maxretry: 4,
+            findtime: 600,
+            trusted_maxretry: Some(8),
+            ..Threshold::default()
+        };
+        let mut w = Window::new(vec![th], &WindowConfig::default());
+        let k = ip("192.0.2.1");
+        assert_eq!(w.add(0, k, Mark::new(0, 1, false), 3, 0), None);
+        assert_eq!(w.add(0, k, Mark::new(1, 1, false), 1, 1), Some(4), "weight 3 and 1");
+        for t in 0..7 {
+            assert_eq!(w.add(0, k, Mark::new(t, 1, true), 1, t), None, "trusted: 8 allowed");
+        }
+        assert_eq!(w.add(0, k, Mark::new(7, 1, true), 1, 7), Some(8));
+    }
+
+    #[test]
     fn cap_evicts_oldest_and_counts() {
         let mut w = Window::new(
             vec![Threshold {
                 maxretry: 5,
                 findtime: 1_000_000,
+                ..Threshold::default()
             }],
             &WindowConfig { max_tracked: 16 },
         );

@@ -417,12 +417,11 @@ pub(super) fn check_rule(rule: &str, ignore: bool) -> Result<(), String> {
         name: "import".to_string(),
         programs: Vec::new(),
         prefix: None,
-        rules: vec![if ignore { "<HOST>".to_string() } else { rule.to_string() }],
+        rules: vec![if ignore { "<HOST>".into() } else { rule.into() }],
         ignore: if ignore { vec![rule.to_string()] } else { Vec::new() },
         maxretry: 1,
         findtime: crate::config::Dur(60),
-        bantime: None,
-        ports: None,
+        ..Jail::default()
     };
     check_jail(&jail)
 }
@@ -452,12 +451,11 @@ fn converted_plan(
         name: j.to_string(),
         programs,
         prefix,
-        rules: rules.iter().map(|r| r.0.clone()).collect(),
+        rules: rules.iter().map(|r| r.0.clone().into()).collect(),
         ignore: ig_rules.iter().map(|r| r.0.clone()).collect(),
         maxretry: 1,
         findtime: crate::config::Dur(60),
-        bantime: None,
-        ports: None,
+        ..Jail::default()
     };
     // (Rules mailpipe runs slowly on long lines are `mailpipe check`'s to name: finding them
     // builds every rule's full automaton.)

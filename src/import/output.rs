@@ -275,7 +275,8 @@ fn jail_text(head: &str, j: &Jail, rpos: &[Pos], ipos: &[Pos]) -> String {
     if let Some(p) = &j.prefix {
         t.push_str(&format!("            prefix: Some({}),\n", ron_raw(p)));
     }
-    for (field, list, pos) in [("rules", &j.rules, rpos), ("ignore", &j.ignore, ipos)] {
+    let rules: Vec<String> = j.rules.iter().map(|r| r.text.clone()).collect();
+    for (field, list, pos) in [("rules", &rules, rpos), ("ignore", &j.ignore, ipos)] {
         if list.is_empty() {
             t.push_str(&format!("            {field}: [],\n"));
             continue;
