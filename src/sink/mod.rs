@@ -5,6 +5,7 @@
 //! for the firewall, and a slow or failing sink never delays another: a ban that cannot be
 //! applied is retried with backoff, logged and counted there.
 
+pub mod batch;
 pub mod exec;
 pub mod ipset;
 pub mod kernel;
@@ -98,6 +99,38 @@ pub enum SinkConfig {
         #[serde(default)]
         whois: Option<String>,
     },
+    /// POST bans and unbans as JSON, in batches (Alertmanager, chat bridges, ticket systems).
+    Webhook {
+        /// `https://` (rustls) or `http://`.
+        url: String,
+        /// Extra headers; a value `@/path` is read from that file (a token kept out of here).
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+        /// Events gathered into one POST: the first starts the clock.
+        #[serde(default = "default_hook_batch")]
+        batch: crate::primitives::Dur,
+        /// The whole exchange at most; beyond, it failed (and is retried).
+        #[serde(default = "default_hook_timeout")]
+        timeout: crate::primitives::Dur,
+    },
+    /// Run a program with each batch of events as JSON on its standard input (abuse reports,
+    /// a cloud firewall's API): directly, never through a shell, no event text in arguments.
+    Command {
+        /// The program.
+        program: String,
+        /// Its fixed arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// How long one run may take before it is killed (and the batch retried).
+        #[serde(default = "default_command_timeout")]
+        timeout: crate::primitives::Dur,
+        /// Runs at once at most.
+        #[serde(default = "default_max_running")]
+        max_running: usize,
+        /// Events gathered into one run.
+        #[serde(default = "default_hook_batch")]
+        batch: crate::primitives::Dur,
+    },
 }
 
 impl SinkConfig {
@@ -108,8 +141,32 @@ impl SinkConfig {
             SinkConfig::Ipset { .. } => "ipset",
             SinkConfig::Nftables { .. } => "nftables",
             SinkConfig::Mail { .. } => "mail",
+            SinkConfig::Webhook { .. } => "webhook",
+            SinkConfig::Command { .. } => "command",
         }
     }
+
+    /// Whether it may drop decisions rather than make the pipeline wait: those that tell
+    /// people and programs (the bans themselves are in the firewall and the state file).
+    fn lossy(&self) -> bool {
+        matches!(
+            self,
+            SinkConfig::Mail { .. } | SinkConfig::Webhook { .. } | SinkConfig::Command { .. }
+        )
+    }
+}
+
+fn default_hook_batch() -> crate::primitives::Dur {
+    crate::primitives::Dur(5)
+}
+fn default_hook_timeout() -> crate::primitives::Dur {
+    crate::primitives::Dur(10)
+}
+fn default_command_timeout() -> crate::primitives::Dur {
+    crate::primitives::Dur(30)
+}
+fn default_max_running() -> usize {
+    1
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -391,7 +448,7 @@ pub fn spawn<W: Write + Send + 'static>(
             .spawn(move || run(&mut sink, &rx, &st, period, &label))
             .expect("spawning a sink thread");
         workers.push(Worker {
-            lossy: matches!(cfg, SinkConfig::Mail { .. }),
+            lossy: cfg.lossy(),
             name,
             tx: Some(tx),
             thread: Some(thread),
@@ -430,6 +487,47 @@ pub fn open<W: Write>(cfg: &SinkConfig, out: Option<W>, scopes: &[Ports]) -> Res
             };
             c.check().map_err(OpenError::Config)?;
             (Sink::Mail(Box::new(mail::Mailer::new(c))), None)
+        }
+        SinkConfig::Webhook {
+            url,
+            headers,
+            batch,
+            timeout,
+        } => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(OpenError::Config(format!("webhook url {url:?}: http:// or https://")));
+            }
+            let target = batch::Target::Webhook {
+                url: url.clone(),
+                headers: batch::read_headers(headers).map_err(OpenError::Config)?,
+                agent: batch::agent(Duration::from_secs(timeout.secs().max(1))),
+            };
+            (
+                Sink::Batch(Box::new(batch::Batcher::new(target, Duration::from_secs(batch.secs())))),
+                None,
+            )
+        }
+        SinkConfig::Command {
+            program,
+            args,
+            timeout,
+            max_running,
+            batch,
+        } => {
+            if *max_running == 0 {
+                return Err(OpenError::Config(format!("command {program}: max_running is at least 1")));
+            }
+            let target = batch::Target::Command {
+                program: program.clone(),
+                args: args.clone(),
+                max_running: *max_running,
+                timeout: Duration::from_secs(timeout.secs().max(1)),
+                running: Vec::new(),
+            };
+            (
+                Sink::Batch(Box::new(batch::Batcher::new(target, Duration::from_secs(batch.secs())))),
+                None,
+            )
         }
         SinkConfig::Ipset {
             set4,
@@ -496,6 +594,11 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
         {
             send_mail(m, stats, &mut mail_failures, false);
         }
+        if let Sink::Batch(b) = sink
+            && b.due().is_some_and(|d| d <= Instant::now())
+        {
+            deliver(b, stats, name, false);
+        }
         let due = retry
             .front()
             .map(|(_, _, d)| *d)
@@ -516,7 +619,7 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
             }
             Ok(SinkCmd::Restore(d)) => {
                 arrived = Instant::now();
-                if matches!(sink, Sink::Mail(_)) {
+                if matches!(sink, Sink::Mail(_) | Sink::Batch(_)) {
                     continue;
                 }
                 (d, 0)
@@ -552,6 +655,9 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                         send_mail(m, stats, &mut mail_failures, true);
                     }
                 }
+                if let Sink::Batch(b) = sink {
+                    deliver(b, stats, name, true);
+                }
                 return;
             }
         };
@@ -562,8 +668,8 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                 stats.applied.fetch_add(1, Ordering::Relaxed);
                 // Per (jail, reason): bans are rare, so this lookup is off the hot path.
                 metrics::counter!("mailpipe_bans_applied_total", "jail" => d.jail.to_string(), "reason" => d.reason.name(), "sink" => name.to_string()).increment(1);
-                // A mail waits for its batch by design: its latency says nothing.
-                if tries == 0 && !matches!(sink, Sink::Mail(_)) {
+                // A mail or a batch waits by design: its latency says nothing.
+                if tries == 0 && !matches!(sink, Sink::Mail(_) | Sink::Batch(_)) {
                     let took = arrived.elapsed();
                     ban_latency.record(took.as_secs_f64());
                     stats.latency.lock().expect("not poisoned").record(took);
@@ -603,13 +709,24 @@ fn send_mail(m: &mut mail::Mailer, stats: &SinkStats, failures: &mut u32, all: b
     }
 }
 
+/// Delivers what a batching sink has due (`all`: everything, at shutdown); failures are
+/// counted and logged, their batches kept for the retry.
+fn deliver(b: &mut batch::Batcher, stats: &SinkStats, name: &str, all: bool) {
+    let round = b.run(all);
+    for e in &round.errors {
+        stats.errors.fetch_add(1, Ordering::Relaxed);
+        eprintln!("mailpipe: error: sink {name}: {e}; kept for a retry");
+    }
+    stats.dropped.store(b.dropped, Ordering::Relaxed);
+}
+
 /// One reconciliation of the kernel with the bans: its cost and repairs to metrics, repairs to
 /// the log.
 fn reconcile<W: Write>(sink: &mut Sink<W>, stats: &SinkStats) {
     let now = crate::clock::wall_clock();
     let t0 = Instant::now();
     let result = match sink {
-        Sink::DryRun(_) | Sink::Mail(_) => return,
+        Sink::DryRun(_) | Sink::Mail(_) | Sink::Batch(_) => return,
         Sink::Ipset(s) => s.reconcile(now).map_err(ApplyError::from),
         Sink::Nft(s) => s.reconcile(now).map_err(ApplyError::from),
     };
@@ -680,6 +797,8 @@ pub enum Sink<W: Write> {
     Nft(nft::Nft),
     /// Decisions mailed in batches.
     Mail(Box<mail::Mailer>),
+    /// Decisions and unbans posted to a webhook or handed to a program, in batches.
+    Batch(Box<batch::Batcher>),
 }
 
 /// Why a sink could not be opened.
@@ -722,6 +841,7 @@ impl<W: Write> Sink<W> {
     fn due(&self) -> Option<Instant> {
         match self {
             Sink::Mail(m) => m.due(),
+            Sink::Batch(b) => b.due(),
             _ => None,
         }
     }
@@ -746,6 +866,7 @@ impl<W: Write> Sink<W> {
                 eprintln!("mailpipe: unbanned {net}");
             }
             Sink::Mail(_) => {}
+            Sink::Batch(b) => b.push(serde_json::json!({"kind": "unban", "ip": net.addr().to_string(), "prefix": net.prefix_len()})),
         }
         Ok(())
     }
@@ -763,6 +884,10 @@ impl<W: Write> Sink<W> {
             }
             Sink::Mail(m) => {
                 m.push(d);
+                return Ok(());
+            }
+            Sink::Batch(b) => {
+                b.push(decision_json(d));
                 return Ok(());
             }
             Sink::Ipset(s) => s.apply(d, now)?,
