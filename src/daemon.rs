@@ -261,6 +261,9 @@ fn spawn_pipeline(
             let mut decided = Vec::new();
             let mut metrics = with_metrics.then(|| register(&pipeline));
             let (mut published, mut flushed) = (Instant::now(), Instant::now());
+            // systemd's watchdog is fed from this thread: a pipeline that hangs is restarted.
+            let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+            let mut fed = Instant::now();
             let apply = |p: &mut Pipeline, line: &[u8], now: i64, decided: &mut Vec<Decision>| {
                 p.process(line, now, |e| {
                     if let Event::Decision(d) = e {
@@ -297,7 +300,14 @@ fn spawn_pipeline(
                         let _ = reply.send(serde_json::json!({"ok": true, "jails": pipeline.jail_names()}));
                     }
                     Msg::Fleet(m) => fleet_in(&mut pipeline, &mut sink, m, now, &mut decided),
-                    Msg::Tick => {}
+                    Msg::Tick => {
+                        if let Some(every) = watchdog
+                            && fed.elapsed() >= every
+                        {
+                            fed = Instant::now();
+                            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                        }
+                    }
                     Msg::Stop => break,
                 }
                 hand_over(&mut pipeline, &mut sink, fleet.as_ref());
@@ -456,6 +466,8 @@ async fn serve(
         });
     }
     tokio::spawn(reload_on_hangup(queue.clone(), reload, stop.clone()));
+    // Under systemd (Type=notify): every input is bound and the sinks are open.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let (tx, tick_stop) = (queue.tx.clone(), stop.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -477,6 +489,7 @@ async fn serve(
         _ = shutdown => {}
         _ = stdin_done => {}
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop.cancel();
     // Each input drains what its senders already wrote, within the deadline.
     while tasks.join_next().await.is_some() {}

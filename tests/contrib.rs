@@ -97,3 +97,36 @@ fn guide_pipelines_check_and_match_the_readme() {
         assert!(readme.contains(&text), "README.md does not show {} as shipped", f.display());
     }
 }
+
+/// `Type=notify`: READY once the inputs are bound, WATCHDOG from the pipeline thread while it
+/// runs, STOPPING at SIGTERM, on the socket systemd names in NOTIFY_SOCKET.
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_alive_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(common::LIMIT)).unwrap();
+    let cfg = common::pipeline(dir.path(), "n.ron", "Udp(listen: \"127.0.0.1:0\")");
+    let child = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = common::Reaper(child);
+    let mut next = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification within the time limit");
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+    };
+    assert_eq!(next(), "READY=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    assert!(common::signal(child.0.id(), libc::SIGTERM));
+    // Watchdog pings may still come first.
+    assert!((0..10).any(|_| next() == "STOPPING=1"));
+    assert!(child.0.wait().unwrap().success());
+}
