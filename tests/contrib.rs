@@ -118,7 +118,7 @@ fn the_daemon_tells_systemd_it_is_ready_alive_and_stopping() {
         .spawn()
         .unwrap();
     let mut child = common::Reaper(child);
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 256];
         let n = sock.recv(&mut buf).expect("a notification within the time limit");
         String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
