@@ -86,10 +86,7 @@ pub async fn reload(reload: Option<&Reloader>, queue: &Queue) -> Value {
     }
     let mut v = rx.await.unwrap_or_else(|_| json!({"ok": false, "error": "shutting down"}));
     if v["ok"] == true && !not_applied.is_empty() {
-        eprintln!(
-            "mailpipe: warning: reload: changed, but applied only by a restart: {}",
-            not_applied.join(", ")
-        );
+        tracing::warn!("reload: changed, but applied only by a restart: {}", not_applied.join(", "));
         v["not_applied"] = not_applied.into();
     }
     v

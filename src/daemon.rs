@@ -124,7 +124,7 @@ pub fn run<W: Write + Send + 'static>(
             input: "metrics".into(),
             reason,
         })?;
-        eprintln!("mailpipe: listening on metrics {bound}");
+        tracing::info!("listening on metrics {bound}");
     }
     let sinks = if dry_run { &[SinkConfig::DryRun][..] } else { &cfg.sinks };
     // A mail sink quotes the lines behind each ban: the pipeline keeps recent ones for it.
@@ -187,7 +187,7 @@ pub fn run<W: Write + Send + 'static>(
     if let Some(writer) = writer {
         let left = rt.block_on(writer).unwrap_or_default();
         if let Some(mut s) = store {
-            eprintln!("mailpipe: fleet: {} events wait for the fleet in the state file", left.len());
+            tracing::info!("fleet: {} events wait for the fleet in the state file", left.len());
             s.fleet_outbox(left);
             s.flush();
         }
@@ -218,8 +218,8 @@ fn restore_state(
     let (store, loaded) = crate::state::Store::open(std::path::Path::new(path), wall_clock(), pipeline.forget_after())?;
     pipeline.restore(&loaded.bans, &loaded.history);
     pipeline.restore_trust(&loaded.trust, wall_clock());
-    eprintln!(
-        "mailpipe: restored {} bans and {} histories in {} ms",
+    tracing::info!(
+        "restored {} bans and {} histories in {} ms",
         loaded.bans.len(),
         loaded.history.len(),
         t0.elapsed().as_millis()
@@ -292,7 +292,7 @@ fn spawn_pipeline(
                     Msg::Swap(mut next, reply) => {
                         std::mem::swap(&mut pipeline, &mut next);
                         next.carry_over(&mut pipeline);
-                        eprintln!("mailpipe: reloaded: jails {:?}", pipeline.jail_names());
+                        tracing::info!("reloaded: jails {:?}", pipeline.jail_names());
                         // The jails, and so the handles' labels, may have changed.
                         if metrics.is_some() {
                             metrics = Some(register(&pipeline));
@@ -341,7 +341,7 @@ fn spawn_pipeline(
             sink.flush_state();
             let store = sink.store.take();
             for (name, st) in sink.finish() {
-                eprintln!("mailpipe: sink {name}: {}", st.summary());
+                tracing::info!("sink {name}: {}", st.summary());
             }
             store
         })
@@ -443,7 +443,7 @@ async fn serve(
     let writer = fleet.map(|(fleet, rx, cursors, outbox)| fleet.spawn(queue.clone(), rx, cursors, outbox, stop.clone()));
     if let Some(path) = cfg.control.as_deref().map(std::path::Path::new) {
         let listener = crate::control::bind(path).map_err(input_error(&format!("control {}", path.display())))?;
-        eprintln!("mailpipe: listening on control {}", path.display());
+        tracing::info!("listening on control {}", path.display());
         tokio::spawn(crate::control::serve(
             listener,
             queue.clone(),
@@ -586,7 +586,7 @@ async fn start_input(
             let name = format!("unix {path}");
             net::prepare_socket_path(std::path::Path::new(path)).map_err(input_error(&name))?;
             let sock = tokio::net::UnixDatagram::bind(path).map_err(input_error(&name))?;
-            eprintln!("mailpipe: listening on unix {path}");
+            tracing::info!("listening on unix {path}");
             tasks.spawn(net::unix(sock, *max_frame, q, st, ends.stop.clone()));
             name
         }
@@ -605,10 +605,7 @@ async fn reload_on_hangup(queue: Queue, reload: Option<Reloader>, stop: Cancella
         }
         let v = crate::control::reload(reload.as_ref(), &queue).await;
         if v["ok"] != true {
-            eprintln!(
-                "mailpipe: error: reload refused, the running pipeline stays: {}",
-                v["error"].as_str().unwrap_or("")
-            );
+            tracing::error!("reload refused, the running pipeline stays: {}", v["error"].as_str().unwrap_or(""));
         }
     }
 }
@@ -652,7 +649,7 @@ fn raise_fd_limit() {
 /// Ports may be 0 (tests): say which one the kernel picked.
 fn announce(kind: &str, addr: std::io::Result<SocketAddr>) {
     if let Ok(a) = addr {
-        eprintln!("mailpipe: listening on {kind} {a}");
+        tracing::info!("listening on {kind} {a}");
     }
 }
 

@@ -139,7 +139,7 @@ impl FleetStats {
         let msg = format!("{what}: {e}");
         let mut last = self.last_error.lock().expect("not poisoned");
         if last.as_deref() != Some(msg.as_str()) {
-            eprintln!("mailpipe: fleet: {msg}; retrying (detection and banning go on here)");
+            tracing::info!("fleet: {msg}; retrying (detection and banning go on here)");
         }
         *last = Some(msg);
     }
@@ -246,8 +246,8 @@ impl Fleet {
         outbox: Vec<String>,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<Vec<String>> {
-        eprintln!(
-            "mailpipe: fleet {} as node {:?}: sharing{}{}",
+        tracing::info!(
+            "fleet {} as node {:?}: sharing{}{}",
             self.url,
             self.node,
             if self.share_bans { " bans" } else { "" },
@@ -510,7 +510,7 @@ async fn write(
         *w.fleet.stats.last_error.lock().expect("not poisoned") = None;
         w.fleet.stats.connected.store(true, Relaxed);
         let _ = w.queue.tx.send(Msg::Fleet(FleetIn::Link(true)));
-        eprintln!("mailpipe: fleet: connected to {}", w.fleet.url);
+        tracing::info!("fleet: connected to {}", w.fleet.url);
         // Connected, this goes on through a shutdown until the pipeline's last event is out.
         loop {
             let Some(first) = rx.recv().await else {

@@ -26,6 +26,7 @@
 //! - [`primitives`]: the plain types every part shares (durations, errors, jails as written).
 //! - [`sink`]: where decisions go.
 //! - [`telemetry`]: Prometheus metrics, handles registered once, copied per batch.
+//! - [`logging`]: log lines through `tracing`, with journald priorities under systemd.
 //! - [`state`]: bans and ban history that survive restarts (redb).
 //! - [`pipeline`]: wires the stages; [`config`] reads pipeline files.
 //! - [`import`]: a fail2ban configuration as a pipeline (`mailpipe import fail2ban`).
@@ -41,6 +42,7 @@ pub mod evidence;
 pub mod fleet;
 pub mod import;
 pub mod input;
+pub mod logging;
 pub mod matcher;
 pub mod parse;
 pub mod pipeline;

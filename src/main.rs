@@ -18,6 +18,10 @@ use mailpipe::replay;
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// Least important log lines shown: error, warn, info (default), debug, trace. RUST_LOG,
+    /// when set, decides instead.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -258,6 +262,10 @@ fn socket_of(given: Option<PathBuf>) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = mailpipe::logging::init(cli.log_level.as_deref()) {
+        eprintln!("mailpipe: {e}");
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
@@ -338,8 +346,8 @@ fn cmd_run(config: Option<PathBuf>, dry_run: bool, metrics: Option<String>) -> R
     // nothing to re-read).
     let system = config.is_none() && Config::load_system(&system_dir())?.is_some();
     if config.is_none() && !system {
-        eprintln!(
-            "mailpipe: no --config and no {}/mailpipe.ron: running the built-in mail.ron",
+        tracing::info!(
+            "no --config and no {}/mailpipe.ron: running the built-in mail.ron",
             system_dir().display()
         );
     }
@@ -377,7 +385,7 @@ fn cmd_run(config: Option<PathBuf>, dry_run: bool, metrics: Option<String>) -> R
         e => Failure::Runtime(e.into()),
     })?;
     for (name, stats) in report {
-        eprintln!("mailpipe: input {name}: {}", stats.summary());
+        tracing::info!("input {name}: {}", stats.summary());
     }
     Ok(())
 }

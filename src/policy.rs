@@ -317,7 +317,7 @@ fn expand(entry: &str, names: bool) -> Result<Vec<IpNet>, String> {
     match (entry, 0).to_socket_addrs() {
         Ok(addrs) => Ok(addrs.map(|a| IpNet::from(a.ip())).collect()),
         Err(e) => {
-            eprintln!("mailpipe: warning: {entry} does not resolve ({e}); it is not in the list until a reload resolves it");
+            tracing::warn!("{entry} does not resolve ({e}); it is not in the list until a reload resolves it");
             Ok(Vec::new())
         }
     }

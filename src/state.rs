@@ -333,8 +333,8 @@ impl Store {
         let mut db = create(&path).map_err(Opening::classify)?;
         match guarded(|| db.check_integrity().map_err(|e| format!("damaged: {e}"))) {
             Ok(true) => {}
-            Ok(false) => eprintln!(
-                "mailpipe: warning: state file {}: repaired after an unclean stop (the last writes may be lost)",
+            Ok(false) => tracing::warn!(
+                "state file {}: repaired after an unclean stop (the last writes may be lost)",
                 path.display()
             ),
             Err(e) => return Err(Opening::classify(e)),
@@ -466,15 +466,12 @@ impl Store {
         let mut aside = self.path.clone().into_os_string();
         aside.push(format!(".damaged-{stamp}"));
         match std::fs::rename(&self.path, &aside) {
-            Ok(()) => eprintln!(
-                "mailpipe: error: state file {} cannot be read ({why}); moved aside to {} and started afresh: bans it held are not restored",
+            Ok(()) => tracing::error!(
+                "state file {} cannot be read ({why}); moved aside to {} and started afresh: bans it held are not restored",
                 self.path.display(),
                 Path::new(&aside).display()
             ),
-            Err(e) => eprintln!(
-                "mailpipe: error: state file {} cannot be read ({why}) nor moved aside ({e})",
-                self.path.display()
-            ),
+            Err(e) => tracing::error!("state file {} cannot be read ({why}) nor moved aside ({e})", self.path.display()),
         }
     }
 
@@ -552,8 +549,8 @@ impl Store {
         match result {
             Ok(()) => {
                 if self.error.take().is_some() {
-                    eprintln!(
-                        "mailpipe: state file {} is written again: {} waiting changes caught up",
+                    tracing::info!(
+                        "state file {} is written again: {} waiting changes caught up",
                         self.path.display(),
                         self.pending.len()
                     );
@@ -645,8 +642,8 @@ impl Store {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
         if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             self.logged = Some(Instant::now());
-            eprintln!(
-                "mailpipe: error: state file {}: {e}; {} changes wait in memory and are retried (bans still reach the firewall)",
+            tracing::error!(
+                "state file {}: {e}; {} changes wait in memory and are retried (bans still reach the firewall)",
                 self.path.display(),
                 self.pending.len()
             );

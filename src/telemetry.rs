@@ -49,7 +49,7 @@ pub fn serve(addr: SocketAddr) -> Result<SocketAddr, String> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match rt {
                 Ok(rt) => rt.block_on(http(listener, handle)),
-                Err(e) => eprintln!("mailpipe: error: metrics: {e}"),
+                Err(e) => tracing::error!("metrics: {e}"),
             }
         })
         .map_err(|e| e.to_string())?;

@@ -459,3 +459,34 @@ fn a_pipeline_file_others_may_write_is_refused_as_root() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Log levels: `--log-level` (or RUST_LOG) chooses what shows; under systemd each line carries
+/// its syslog priority for journald.
+#[test]
+fn log_levels_and_journald_priorities() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = mailpipe();
+        c.args(args)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(b"x\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let info = run(&[], &[]);
+    assert!(info.contains("mailpipe: input stdin: received 1"), "{info}");
+    assert!(run(&["--log-level", "warn"], &[]).is_empty());
+    assert!(run(&[], &[("RUST_LOG", "mailpipe=error")]).is_empty());
+    let journal = run(&[], &[("JOURNAL_STREAM", "8:1234")]);
+    assert!(journal.lines().all(|l| l.starts_with("<6>mailpipe: ")), "{journal}");
+    let out = mailpipe().args(["--log-level", "loud", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -105,18 +105,15 @@ pub async fn run(cfg: JournalConfig, mut cursor: Option<String>, q: Queue, st: A
         {
             Ok(c) => c,
             Err(e) => {
-                eprintln!(
-                    "mailpipe: error: journal: cannot run {}: {e}; retrying in {backoff:?}",
-                    cfg.journalctl
-                );
+                tracing::error!("journal: cannot run {}: {e}; retrying in {backoff:?}", cfg.journalctl);
                 if wait(&stop, &mut backoff).await {
                     return;
                 }
                 continue;
             }
         };
-        eprintln!(
-            "mailpipe: reading the journal ({})",
+        tracing::info!(
+            "reading the journal ({})",
             cursor.as_deref().map_or("from the lookback", |_| "after the saved cursor")
         );
         // Its stderr is read as it comes (bounded), so warnings cannot fill the pipe and stall it.
@@ -146,11 +143,11 @@ pub async fn run(cfg: JournalConfig, mut cursor: Option<String>, q: Queue, st: A
         } else if started_with.is_some() {
             // Nothing read after a cursor: a cursor it refuses (another host's, damaged) would
             // stop the journal for good; start from the lookback instead.
-            eprintln!("mailpipe: warning: journal: nothing read after the saved cursor; starting from the lookback");
+            tracing::warn!("journal: nothing read after the saved cursor; starting from the lookback");
             cursor = None;
         }
-        eprintln!(
-            "mailpipe: error: journal: {} ended ({}{}); starting it again in {backoff:?}",
+        tracing::error!(
+            "journal: {} ended ({}{}); starting it again in {backoff:?}",
             cfg.journalctl,
             status.map_or_else(|e| e.to_string(), |s| s.to_string()),
             err.lines().next().map(|l| format!(": {l}")).unwrap_or_default()

@@ -533,5 +533,5 @@ pub fn kernel_udp_drops(port: u16) -> Option<u64> {
 
 /// A warning on stderr (the daemon's log goes to the journal from there).
 pub fn tracing_warn(msg: &str) {
-    eprintln!("mailpipe: warning: {msg}");
+    tracing::warn!("{msg}");
 }

@@ -206,7 +206,7 @@ impl Ipset {
         }
         let name = |base: &str| super::kernel::scope_set(base, ports, '-', 31);
         let sets = Sets::open(&name(&self.cfg.set4), &name(&self.cfg.set6), self.cfg.maxelem)?;
-        eprintln!("mailpipe: bans on {ports} go to ipsets {} and {}", sets.n4, sets.n6);
+        tracing::info!("bans on {ports} go to ipsets {} and {}", sets.n4, sets.n6);
         self.scopes.insert(ports.clone(), sets);
         Ok(true)
     }

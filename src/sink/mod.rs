@@ -630,7 +630,7 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                 metrics::counter!("mailpipe_unbans_total").increment(1);
                 if let Err(e) = sink.remove(net) {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("mailpipe: error: unban {net}: {e}");
+                    tracing::error!("unban {net}: {e}");
                 }
                 continue;
             }
@@ -679,10 +679,10 @@ fn run<W: Write>(sink: &mut Sink<W>, rx: &mpsc::Receiver<SinkCmd>, stats: &SinkS
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 if tries + 1 >= ATTEMPTS {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("mailpipe: error: {e}; giving up on {} after {ATTEMPTS} attempts", d.net);
+                    tracing::error!("{e}; giving up on {} after {ATTEMPTS} attempts", d.net);
                 } else {
                     let wait = Duration::from_millis(100 << tries.min(8)).min(Duration::from_secs(30));
-                    eprintln!("mailpipe: warning: {e}; retrying in {wait:?}");
+                    tracing::warn!("{e}; retrying in {wait:?}");
                     retry.push_back((d, tries + 1, Instant::now() + wait));
                 }
             }
@@ -697,13 +697,13 @@ fn send_mail(m: &mut mail::Mailer, stats: &SinkStats, failures: &mut u32, all: b
         Ok(0) => {}
         Ok(n) => {
             *failures = 0;
-            eprintln!("mailpipe: mailed {n} bans");
+            tracing::info!("mailed {n} bans");
         }
         Err(e) => {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             let wait = Duration::from_secs(10 << (*failures).min(6)).min(Duration::from_secs(600));
             *failures += 1;
-            eprintln!("mailpipe: error: ban mail: {e}; retrying in {wait:?}");
+            tracing::error!("ban mail: {e}; retrying in {wait:?}");
             m.retry_in(wait);
         }
     }
@@ -715,7 +715,7 @@ fn deliver(b: &mut batch::Batcher, stats: &SinkStats, name: &str, all: bool) {
     let round = b.run(all);
     for e in &round.errors {
         stats.errors.fetch_add(1, Ordering::Relaxed);
-        eprintln!("mailpipe: error: sink {name}: {e}; kept for a retry");
+        tracing::error!("sink {name}: {e}; kept for a retry");
     }
     stats.dropped.store(b.dropped, Ordering::Relaxed);
 }
@@ -739,8 +739,8 @@ fn reconcile<W: Write>(sink: &mut Sink<W>, stats: &SinkStats) {
             }
             stats.reconciled.fetch_add(1, Ordering::Relaxed);
             if r.entries + r.sets + r.rules > 0 {
-                eprintln!(
-                    "mailpipe: warning: the kernel had lost bans or rules: {} bans added again, {} sets and {} rule sets restored ({} bans checked in {} ms)",
+                tracing::warn!(
+                    "the kernel had lost bans or rules: {} bans added again, {} sets and {} rule sets restored ({} bans checked in {} ms)",
                     r.entries,
                     r.sets,
                     r.rules,
@@ -751,7 +751,7 @@ fn reconcile<W: Write>(sink: &mut Sink<W>, stats: &SinkStats) {
         }
         Err(e) => {
             stats.errors.fetch_add(1, Ordering::Relaxed);
-            eprintln!("mailpipe: error: reconciling the firewall: {e}");
+            tracing::error!("reconciling the firewall: {e}");
         }
     }
 }
@@ -859,11 +859,11 @@ impl<W: Write> Sink<W> {
             }
             Sink::Ipset(s) => {
                 s.remove(net)?;
-                eprintln!("mailpipe: unbanned {net}");
+                tracing::info!("unbanned {net}");
             }
             Sink::Nft(s) => {
                 s.remove(net)?;
-                eprintln!("mailpipe: unbanned {net}");
+                tracing::info!("unbanned {net}");
             }
             Sink::Mail(_) => {}
             Sink::Batch(b) => b.push(serde_json::json!({"kind": "unban", "ip": net.addr().to_string(), "prefix": net.prefix_len()})),
@@ -893,14 +893,21 @@ impl<W: Write> Sink<W> {
             Sink::Ipset(s) => s.apply(d, now)?,
             Sink::Nft(s) => s.apply(d, now)?,
         }
-        eprintln!(
-            "mailpipe: {} {} for {} s on {} (jail {}, offence {}{})",
+        // One line per ban, its facts as fields too (`journalctl -o verbose`, log shippers).
+        tracing::info!(
+            jail = %d.jail,
+            address = %d.net,
+            offence = d.offence,
+            reason = d.reason.name(),
+            "{} {} for {} s on {} (jail {}, offence {}, {}{}{})",
             if d.restored { "restored the ban of" } else { "banned" },
             d.net,
             d.ban_for,
             d.ports,
             d.jail,
             d.offence,
+            d.reason.name(),
+            d.node.as_deref().map(|n| format!(" by {n}")).unwrap_or_default(),
             d.narrowed_from
                 .map(|p| format!(", narrowed from /{p} to spare an ignored address"))
                 .unwrap_or_default()

@@ -87,7 +87,7 @@ impl Nft {
         }
         let name = |base: &str| super::kernel::scope_set(base, &ports, '_', 64);
         let names = (name(&self.cfg.set4), name(&self.cfg.set6));
-        eprintln!("mailpipe: bans on {ports} go to nftables sets {} and {}", names.0, names.1);
+        tracing::info!("bans on {ports} go to nftables sets {} and {}", names.0, names.1);
         self.scopes.insert(ports, names);
         true
     }
