@@ -7,7 +7,8 @@
 #                           (rsyslog, ipset, iptables, nftables, iproute2, python3,
 #                           systemd-analyze, promtool; procps for the unit's /bin/kill;
 #                           fail2ban, whose stock configuration `import` is tested on;
-#                           redis-server, the fleet's stream store)
+#                           redis-server, the fleet's stream store; and cargo-deb, from crates.io,
+#                           which the package test builds the .deb with)
 #   contrib/deps.sh run     to run the binary on a mail server: libipset, and the ipset and
 #                           iptables programs for the firewall rules (nftables users have nft),
 #                           procps for /bin/kill (the systemd unit's ExecReload)
@@ -38,24 +39,34 @@ need=()
 for pkg in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
-[ ${#need[@]} -gt 0 ] || exit 0
-
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
-policy=/usr/sbin/policy-rc.d
-if [ ! -e "$policy" ]; then
-    # 101: "action not allowed"; invoke-rc.d and deb-systemd-invoke start nothing.
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
-    $SUDO chmod 755 "$policy"
-    trap '$SUDO rm -f "$policy"' EXIT
-fi
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-for pkg in "${need[@]}"; do
-    unit=${quiet[$pkg]:-}
-    # systemctl disable works offline too (no systemd running, a chroot, a container);
-    # deb-systemd-helper would refuse: it runs only from a dpkg maintainer script.
-    if [ -n "$unit" ] && command -v systemctl >/dev/null; then
-        $SUDO systemctl disable --quiet "$unit"
+# The apt part, when something is missing.
+install_missing() {
+    [ ${#need[@]} -gt 0 ] || return 0
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        # 101: "action not allowed"; invoke-rc.d and deb-systemd-invoke start nothing.
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+        trap '$SUDO rm -f "$policy"' EXIT
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+    for pkg in "${need[@]}"; do
+        unit=${quiet[$pkg]:-}
+        # systemctl disable works offline too (no systemd running, a chroot, a container);
+        # deb-systemd-helper would refuse: it runs only from a dpkg maintainer script.
+        if [ -n "$unit" ] && command -v systemctl >/dev/null; then
+            $SUDO systemctl disable --quiet "$unit"
+        fi
+    done
+}
+install_missing
+
+# The package test's tool is a cargo one, not a Debian package (it needs the C linker above).
+for purpose in "$@"; do
+    if [ "$purpose" = test ] && ! command -v cargo-deb >/dev/null; then
+        cargo install --locked --quiet cargo-deb
     fi
 done

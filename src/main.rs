@@ -151,6 +151,13 @@ enum Command {
     /// Write a pipeline for another tool's configuration (stdout; notes on stderr).
     #[command(subcommand)]
     Import(Import),
+    /// Write the manual pages (man1/mailpipe*.1) and shell completions (bash, zsh, fish) into DIR,
+    /// from these very definitions (for packages).
+    #[command(hide = true)]
+    Docs {
+        /// Where they go.
+        dir: PathBuf,
+    },
     /// Show what each stage makes of one line.
     Explain {
         /// Pipeline file (default: the built-in pipelines/mail.ron).
@@ -309,7 +316,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Unban { ip, all, socket } => cmd_unban(ip, all, socket),
         Command::Explain { config, now, line } => cmd_explain(config, now, line),
         Command::Import(Import::Fail2ban { dir }) => cmd_import_fail2ban(dir),
+        Command::Docs { dir } => cmd_docs(&dir),
     }
+}
+
+fn cmd_docs(dir: &std::path::Path) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let man = dir.join("man1");
+    std::fs::create_dir_all(&man).context("creating the man directory")?;
+    clap_mangen::generate_to(cmd.clone(), &man).context("writing man pages")?;
+    for (shell, name) in [
+        (clap_complete::Shell::Bash, "bash"),
+        (clap_complete::Shell::Zsh, "zsh"),
+        (clap_complete::Shell::Fish, "fish"),
+    ] {
+        let out = dir.join("completions").join(name);
+        std::fs::create_dir_all(&out).context("creating the completions directory")?;
+        clap_complete::generate_to(shell, &mut cmd.clone(), "mailpipe", &out).context("writing completions")?;
+    }
+    Ok(())
 }
 
 /// What `mailpipe import` reads.

@@ -14,15 +14,20 @@
 //! longer than the kernel's longest timeout (about 24.8 days) is refreshed before its entry runs
 //! out. What each set holds is read with one `save` (libipset writes it to an in-memory file).
 
+#[cfg(feature = "ipset")]
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::kernel::{Entry, Repairs};
+#[cfg(feature = "ipset")]
+use super::kernel::Entry;
+use super::kernel::Repairs;
 use crate::policy::Decision;
 use crate::ports::Ports;
+#[cfg(feature = "ipset")]
 use ipset::Session;
+#[cfg(feature = "ipset")]
 use ipset::types::{AddOption, HashIp, HashNet, NetDataType};
 
 /// The sets the ipset sink writes to (from `SinkConfig::Ipset`).
@@ -61,6 +66,9 @@ pub enum IpsetError {
         /// libipset's message.
         reason: String,
     },
+    /// This build has no libipset (`--no-default-features`): use `Nftables`.
+    #[error("this mailpipe was built without libipset (cargo feature `ipset`): use the Nftables sink")]
+    Unavailable,
     /// A ban could not be applied (retried by the caller).
     #[error("ipset {set}: cannot add {ip}: {reason}")]
     Add {
@@ -73,6 +81,7 @@ pub enum IpsetError {
     },
 }
 
+#[cfg(feature = "ipset")]
 /// One pair of sets (IPv4 addresses, IPv6 networks) and their sessions.
 struct Sets {
     n4: String,
@@ -82,6 +91,7 @@ struct Sets {
     v6: Session<HashNet>,
 }
 
+#[cfg(feature = "ipset")]
 impl Sets {
     /// Creates the sets that are missing; how many were.
     fn ensure(&mut self) -> Result<usize, IpsetError> {
@@ -154,6 +164,7 @@ impl Sets {
     }
 }
 
+#[cfg(feature = "ipset")]
 /// Open sessions on one pair of sets per port scope: `<set4>`/`<set6>` for the mail ports,
 /// `<set>-all` for every port (recidive, manual bans), `<set>-25-465-587` and so on for the jails'
 /// own ports.
@@ -170,6 +181,7 @@ pub struct Ipset {
     rules_ok: bool,
 }
 
+#[cfg(feature = "ipset")]
 impl std::fmt::Debug for Ipset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ipset")
@@ -181,6 +193,7 @@ impl std::fmt::Debug for Ipset {
     }
 }
 
+#[cfg(feature = "ipset")]
 impl Ipset {
     /// Creates the sets with timeouts for each of `scopes` and for every port, or adopts them if
     /// they exist, and (with `rules`) the iptables rules that use them.
@@ -298,6 +311,7 @@ impl Ipset {
     }
 }
 
+#[cfg(feature = "ipset")]
 /// The members of one set: libipset saves it (`add SET MEMBER timeout N` lines) to an in-memory
 /// file, read back here.
 fn save<T: ipset::types::SetType>(s: &mut Session<T>, set: &str) -> Result<std::collections::HashSet<IpNet>, IpsetError> {
@@ -324,6 +338,7 @@ fn save<T: ipset::types::SetType>(s: &mut Session<T>, set: &str) -> Result<std::
         .collect())
 }
 
+#[cfg(feature = "ipset")]
 /// A set that already exists is adopted (the boot unit may have created it first); whether it
 /// had to be created.
 fn adopt(set: &str, created: Result<bool, ipset::types::Error>) -> Result<bool, IpsetError> {
@@ -337,6 +352,7 @@ fn adopt(set: &str, created: Result<bool, ipset::types::Error>) -> Result<bool, 
     }
 }
 
+#[cfg(feature = "ipset")]
 /// libipset's message without the crate's `Cmd:['...', true` wrapping.
 fn clean(e: &ipset::types::Error) -> String {
     let s = e.to_string();
@@ -344,6 +360,7 @@ fn clean(e: &ipset::types::Error) -> String {
     s.split("\n").next().unwrap_or(s).trim().trim_end_matches(['\'', ',']).to_string()
 }
 
+#[cfg(feature = "ipset")]
 /// `ipset add -exist` with a new timeout: libipset refuses to add what is there, so delete first.
 fn add_or_replace<T, D>(s: &mut Session<T>, data: impl Fn() -> D, opts: &[AddOption]) -> Result<(), ipset::types::Error>
 where
@@ -355,4 +372,32 @@ where
         s.add(data(), opts)?;
     }
     Ok(())
+}
+
+/// The ipset sink of a build without libipset: it cannot be opened.
+#[cfg(not(feature = "ipset"))]
+#[derive(Debug)]
+pub struct Ipset(std::convert::Infallible);
+
+#[cfg(not(feature = "ipset"))]
+impl Ipset {
+    /// Always `IpsetError::Unavailable`.
+    pub fn open(_: &IpsetConfig, _: &[Ports]) -> Result<Ipset, IpsetError> {
+        Err(IpsetError::Unavailable)
+    }
+
+    /// Never called: there is no such sink.
+    pub fn reconcile(&mut self, _: i64) -> Result<Repairs, IpsetError> {
+        match self.0 {}
+    }
+
+    /// Never called: there is no such sink.
+    pub fn apply(&mut self, _: &Decision, _: i64) -> Result<(), IpsetError> {
+        match self.0 {}
+    }
+
+    /// Never called: there is no such sink.
+    pub fn remove(&mut self, _: IpNet) -> Result<(), IpsetError> {
+        match self.0 {}
+    }
 }
