@@ -893,12 +893,8 @@ impl<W: Write> Sink<W> {
             Sink::Ipset(s) => s.apply(d, now)?,
             Sink::Nft(s) => s.apply(d, now)?,
         }
-        // One line per ban, its facts as fields too (`journalctl -o verbose`, log shippers).
+        // One line per ban: address, length, ports, jail, offence, reason (and the deciding node).
         tracing::info!(
-            jail = %d.jail,
-            address = %d.net,
-            offence = d.offence,
-            reason = d.reason.name(),
             "{} {} for {} s on {} (jail {}, offence {}, {}{}{})",
             if d.restored { "restored the ban of" } else { "banned" },
             d.net,
