@@ -127,6 +127,7 @@ pub fn handle(p: &mut Pipeline, sink: &mut SinkHandle, req: Request, now: i64) -
                    "parsed": st.parsed, "matched": st.matched_lines, "time_clamped": st.time_clamped, "bans": st.bans,
                    "currently_banned": p.bans().len(), "tracked": tracked, "evicted": evicted, "jails": jails,
                    "targeted": p.most_targeted(10).into_iter().map(|(u, n)| json!({"user": u, "failures": n})).collect::<Vec<_>>(),
+                   "attackers": p.most_failing(10).into_iter().map(|(a, n)| json!({"ip": a.to_string(), "failures": n})).collect::<Vec<_>>(),
                    "sink": sinks.first().map(|(_, s)| s.summary()), "sinks": sinks.iter().map(|(n, s)| {
                        let mut v = s.summary();
                        v["name"] = n.clone().into();

@@ -27,6 +27,7 @@
 //! - [`sink`]: where decisions go.
 //! - [`telemetry`]: Prometheus metrics, handles registered once, copied per batch.
 //! - [`logging`]: log lines through `tracing`, with journald priorities under systemd.
+//! - [`top`]: `mailpipe top`, a live terminal view over the control socket.
 //! - [`state`]: bans and ban history that survive restarts (redb).
 //! - [`pipeline`]: wires the stages; [`config`] reads pipeline files.
 //! - [`import`]: a fail2ban configuration as a pipeline (`mailpipe import fail2ban`).
@@ -55,4 +56,5 @@ pub mod replay;
 pub mod sink;
 pub mod state;
 pub mod telemetry;
+pub mod top;
 pub mod window;

@@ -86,6 +86,14 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// A live view of the running daemon: rates per jail, bans (u: unban the selected one),
+    /// most active attackers, most targeted accounts, fleet link; q quits.
+    Top {
+        /// The daemon's control socket.
+        /// (default: the system configuration's `control`, else /run/mailpipe/control.sock)
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Counters of the running daemon: per jail (failing, banned, total), inputs, sink.
     Status {
         /// The daemon's control socket.
@@ -304,6 +312,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check { config, literals, print } => cmd_check(config, literals, print),
         Command::Firewall { config } => cmd_firewall(config),
         Command::Status { socket, json } => cmd_status(socket, json),
+        Command::Top { socket } => mailpipe::top::run(&socket_of(socket)).context("top").map_err(Failure::Runtime),
         Command::List { socket, jail, json } => cmd_list(socket, jail, json),
         Command::Ban {
             ip,

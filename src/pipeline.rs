@@ -330,6 +330,11 @@ impl Pipeline {
         }
     }
 
+    /// The `k` addresses with the most failures counting now, most first.
+    pub fn most_failing(&self, k: usize) -> Vec<(IpNet, usize)> {
+        self.window.top(k)
+    }
+
     /// What each jail counts (`Count::name`), for metrics labels.
     pub fn count_kinds(&self) -> Vec<&'static str> {
         self.accounts_of.iter().map(|a| a.count.name()).collect()

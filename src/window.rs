@@ -213,6 +213,18 @@ impl Window {
         self.evicted
     }
 
+    /// The `k` addresses with the most failures counting now (every jail's), most first.
+    pub fn top(&self, k: usize) -> Vec<(IpNet, usize)> {
+        let mut per: HashMap<IpNet, usize> = HashMap::new();
+        for ((_, key), e) in &self.entries {
+            *per.entry(*key).or_default() += e.times.len();
+        }
+        let mut v: Vec<(IpNet, usize)> = per.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+
     /// Failures currently counted for (jail, key), for `status`-like views.
     pub fn failures(&self, jail: JailId, key: IpNet) -> usize {
         self.entries.get(&(jail, key)).map_or(0, |e| e.times.len())
