@@ -212,24 +212,26 @@ impl Family {
     }
 }
 
+/// A lazy DFA (and its cache) for one half of a rule split at a placeholder, reporting every
+/// place it can end (`MatchKind::All`); `None` when the half does not compile alone.
+fn half_dfa(pattern: &str) -> Option<(hybrid::dfa::DFA, hybrid::dfa::Cache)> {
+    let dfa = hybrid::dfa::DFA::builder()
+        .syntax(syntax_config())
+        .configure(
+            hybrid::dfa::Config::new()
+                .match_kind(MatchKind::All)
+                .minimum_cache_clear_count(None),
+        )
+        .build(pattern)
+        .ok()?;
+    let cache = dfa.create_cache();
+    Some((dfa, cache))
+}
+
 impl HostFinder {
     /// `None` when the halves do not compile alone (`<HOST>` inside a group): captures are used.
     fn new(before: &str, after: &str, family: Family) -> Option<HostFinder> {
-        let dfa = |p: &str| {
-            hybrid::dfa::DFA::builder()
-                .syntax(syntax_config())
-                .configure(
-                    hybrid::dfa::Config::new()
-                        .match_kind(MatchKind::All)
-                        .minimum_cache_clear_count(None),
-                )
-                .build(p)
-                .ok()
-                .map(|d| {
-                    let c = d.create_cache();
-                    (d, c)
-                })
-        };
+        let dfa = half_dfa;
         let pre = if before.is_empty() { None } else { Some(dfa(before)?) };
         Some(HostFinder {
             pre,
@@ -317,21 +319,7 @@ impl UserFinder {
         if rule[i + 6..].contains("<USER>") || i == 0 || i == rest {
             return None;
         }
-        let dfa = |p: &str| {
-            hybrid::dfa::DFA::builder()
-                .syntax(syntax_config())
-                .configure(
-                    hybrid::dfa::Config::new()
-                        .match_kind(MatchKind::All)
-                        .minimum_cache_clear_count(None),
-                )
-                .build(&expand_for_dfa(p))
-                .ok()
-                .map(|d| {
-                    let c = d.create_cache();
-                    (d, c)
-                })
-        };
+        let dfa = |p: &str| half_dfa(&expand_for_dfa(p));
         Some(UserFinder {
             pre: dfa(&rule[..i])?,
             post: dfa(&rule[i + 6..])?,

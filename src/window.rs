@@ -366,16 +366,19 @@ mod tests {
         IpNet::from(s.parse::<std::net::IpAddr>().unwrap())
     }
 
+    /// One jail's window.
+    fn window(maxretry: u32, findtime: i64) -> Window {
+        let th = Threshold {
+            maxretry,
+            findtime,
+            ..Threshold::default()
+        };
+        Window::new(vec![th], &WindowConfig::default())
+    }
+
     #[test]
     fn bans_at_maxretry_within_findtime() {
-        let mut w = Window::new(
-            vec![Threshold {
-                maxretry: 3,
-                findtime: 60,
-                ..Threshold::default()
-            }],
-            &WindowConfig::default(),
-        );
+        let mut w = window(3, 60);
         assert_eq!(w.record(0, ip("192.0.2.1"), 0, 0), None);
         assert_eq!(w.record(0, ip("192.0.2.1"), 30, 30), None);
         assert_eq!(w.record(0, ip("192.0.2.1"), 59, 59), Some(3));
@@ -384,14 +387,7 @@ mod tests {
 
     #[test]
     fn old_failures_leave_the_window() {
-        let mut w = Window::new(
-            vec![Threshold {
-                maxretry: 3,
-                findtime: 60,
-                ..Threshold::default()
-            }],
-            &WindowConfig::default(),
-        );
+        let mut w = window(3, 60);
         w.record(0, ip("192.0.2.1"), 0, 0);
         w.record(0, ip("192.0.2.1"), 30, 30);
         // Exactly findtime after the first: the first no longer counts (strict window).
@@ -401,14 +397,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_swept() {
-        let mut w = Window::new(
-            vec![Threshold {
-                maxretry: 5,
-                findtime: 60,
-                ..Threshold::default()
-            }],
-            &WindowConfig::default(),
-        );
+        let mut w = window(5, 60);
         for i in 0..100 {
             w.record(0, IpNet::from(std::net::IpAddr::from([192, 0, 2, i])), 0, 0);
         }
@@ -421,14 +410,7 @@ mod tests {
 
     #[test]
     fn a_line_dated_ahead_of_the_clock_expires_nothing() {
-        let mut w = Window::new(
-            vec![Threshold {
-                maxretry: 3,
-                findtime: 60,
-                ..Threshold::default()
-            }],
-            &WindowConfig::default(),
-        );
+        let mut w = window(3, 60);
         w.record(0, ip("192.0.2.1"), 100, 100);
         w.record(0, ip("192.0.2.1"), 110, 110);
         // Forged far ahead (the clock bounds it in practice): the two earlier failures still count.
@@ -437,14 +419,7 @@ mod tests {
 
     #[test]
     fn a_late_backlog_still_adds_up() {
-        let mut w = Window::new(
-            vec![Threshold {
-                maxretry: 3,
-                findtime: 60,
-                ..Threshold::default()
-            }],
-            &WindowConfig::default(),
-        );
+        let mut w = window(3, 60);
         let now = 100_000;
         // Two hours late, and the clock keeps running (sweeps happen) while it is delivered.
         assert_eq!(w.record(0, ip("192.0.2.1"), now - 7200, now), None);
