@@ -8,8 +8,8 @@
 #                           systemd-analyze, promtool; procps for the unit's /bin/kill;
 #                           fail2ban, whose stock configuration `import` is tested on;
 #                           redis-server, the fleet's stream store; tmux, the terminal `top` is
-#                           tested in; and cargo-deb, from crates.io,
-#                           which the package test builds the .deb with)
+#                           tested in; and cargo-deb, from crates.io, with dpkg-dev (its
+#                           dpkg-shlibdeps), which the package test builds the .deb with)
 #   contrib/deps.sh run     to run the binary on a mail server: libipset, and the ipset and
 #                           iptables programs for the firewall rules (nftables users have nft),
 #                           procps for /bin/kill (the systemd unit's ExecReload)
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 build=(gcc libc6-dev pkg-config libipset-dev libclang-dev)
-test=("${build[@]}" python3 rsyslog bsdutils iproute2 ipset iptables nftables systemd procps prometheus fail2ban redis-server tmux)
+test=("${build[@]}" python3 rsyslog bsdutils iproute2 ipset iptables nftables systemd procps prometheus fail2ban redis-server tmux dpkg-dev)
 run=(libipset13 ipset iptables procps)
 # Packages the tests need only for a program: their service must never run on that account.
 declare -A quiet=([prometheus]=prometheus.service [fail2ban]=fail2ban.service [redis-server]=redis-server.service)
