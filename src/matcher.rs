@@ -78,12 +78,13 @@ pub enum Found<'a> {
     },
     /// The jail's ignore rule `rule` matched: not a failure.
     Ignored,
-    /// The jail's success rule `rule` matched: this address logged in as this user.
+    /// The jail's success rule `rule` matched: this address logged in. The user is taken only
+    /// when asked for (`Matcher::success_user`, or `want_user`): most logins change nothing.
     Success {
         /// The address, canonical.
         ip: IpAddr,
-        /// The `<USER>` text.
-        user: &'a str,
+        /// The `<USER>` text, when it was taken.
+        user: Option<&'a str>,
     },
     /// The rule matched but `<HOST>` is not an address (e.g. `999.1.1.1`): counted, dropped.
     BadHost(&'a str),
@@ -746,8 +747,17 @@ impl Matcher {
             };
             self.jail_state[j] = JailState::Done;
             if self.rules[pid as usize].kind == Kind::Success {
-                if let Some(m) = self.extract(rec, pid as usize, host) {
-                    out.push(m);
+                let r = &self.rules[pid as usize];
+                match (&host, self.want_user) {
+                    (Some((_, ip)), false) => out.push(Match {
+                        jail: r.jail,
+                        rule: r.index,
+                        found: Found::Success {
+                            ip: ip.to_canonical(),
+                            user: None,
+                        },
+                    }),
+                    _ => out.extend(self.extract(rec, pid as usize, host)),
                 }
                 continue;
             }
@@ -798,6 +808,25 @@ impl Matcher {
         self.seen[first] = seen.clone();
         self.seen_set.push(first);
         seen
+    }
+
+    /// The user of `jail`'s success rule `rule` in `msg` (a line it matched).
+    pub fn success_user<'a>(&mut self, msg: &'a str, jail: JailId, rule: usize) -> Option<&'a str> {
+        let pid = self
+            .rules
+            .iter()
+            .position(|r| r.jail == jail && r.index == rule && r.kind == Kind::Success)?;
+        let r = &mut self.rules[pid];
+        if let Some(u) = r
+            .user_finder
+            .as_mut()
+            .and_then(|uf| uf.find(msg.as_bytes()))
+            .and_then(|u| msg.get(u))
+        {
+            return Some(u);
+        }
+        r.re.search_captures(&Input::new(msg.as_bytes()).anchored(Anchored::Yes), &mut r.caps);
+        r.caps.get_group_by_name("user").map(|s| &msg[s.range()])
     }
 
     /// Sets each jail's state for a line from `program`: `Allowed` or `Done`.
@@ -861,7 +890,7 @@ impl Matcher {
         let found = match host.parse::<IpAddr>() {
             Ok(ip) if kind == Kind::Success => Found::Success {
                 ip: ip.to_canonical(),
-                user: text(&spans.user).unwrap_or(""),
+                user: text(&spans.user),
             },
             Ok(ip) => Found::Failure {
                 ip: ip.to_canonical(),

@@ -126,6 +126,11 @@ fn user_mark(h: u64) -> u32 {
     ((h & 0x7f_ffff) as u32).max(1)
 }
 
+/// A trust younger than this is not renewed by another login from the same address (renewing
+/// costs taking the user from the line); a second account logging in from that address within
+/// it is trusted at its next login after.
+const TRUST_RENEWAL: i64 = 3600;
+
 /// How one jail counts accounts.
 #[derive(Debug, Clone)]
 struct JailAccounts {
@@ -639,7 +644,7 @@ impl Pipeline {
         }
         let mut matched = false;
         for m in &matches {
-            matched |= self.account(*m, placed.time, placed.now, text);
+            matched |= self.account(*m, placed.time, placed.now, text, rec.msg);
             on(Event::Match { m: *m, time: placed.time });
         }
         let ignored = !matched && matches.iter().any(|m| m.found == Found::Ignored);
@@ -669,7 +674,7 @@ impl Pipeline {
 
     /// Counts one match at line time `time`, clock `now`, through policy and window; true for a
     /// failure.
-    fn account(&mut self, m: Match<'_>, time: i64, now: i64, line: &str) -> bool {
+    fn account(&mut self, m: Match<'_>, time: i64, now: i64, line: &str, msg: &str) -> bool {
         let js = &mut self.stats.jails[m.jail as usize];
         let (ip, user) = match m.found {
             Found::Ignored => {
@@ -682,7 +687,7 @@ impl Pipeline {
             }
             Found::Success { ip, user } => {
                 js.successes += 1;
-                self.success(m.jail, ip, user, now);
+                self.success(m, ip, user, msg, now);
                 return false;
             }
             Found::Failure { ip, user, .. } => (ip, user.filter(|u| !u.is_empty())),
@@ -738,15 +743,30 @@ impl Pipeline {
         true
     }
 
-    /// A successful login of `user` from `ip` in `jail`: its failures on that account no
-    /// longer count (`Reset`), and the pair may become trusted.
-    fn success(&mut self, jail: JailId, ip: std::net::IpAddr, user: &str, now: i64) {
-        if user.is_empty() {
+    /// A successful login from `ip` (match `m` of message `msg`): its failures on that account
+    /// no longer count (`Reset`), and the pair may become trusted. Most logins change nothing
+    /// (no failures of that address to reset, its trust renewed within the hour): the user is
+    /// taken from the line only when one would.
+    fn success(&mut self, m: Match<'_>, ip: std::net::IpAddr, user: Option<&str>, msg: &str, now: i64) {
+        let jail = m.jail;
+        let acc = &self.accounts_of[jail as usize];
+        let (reset, trust, count) = (acc.reset, acc.trust, acc.count);
+        let key = self.policy.key_of(ip);
+        let renew = trust.is_some_and(|t| self.policy.trusted_until(key).is_none_or(|u| u < now + t - TRUST_RENEWAL));
+        let resets = reset
+            && match count {
+                Count::DistinctAddresses => trust.is_none(),
+                _ => self.window.tracks(jail, key),
+            };
+        if !(renew || resets) {
             return;
         }
-        let acc = &self.accounts_of[jail as usize];
-        let (reset, trust) = (acc.reset, acc.trust);
-        let key = self.policy.key_of(ip);
+        let Some(user) = user
+            .or_else(|| self.matcher.success_user(msg, jail, m.rule))
+            .filter(|u| !u.is_empty())
+        else {
+            return;
+        };
         let h = self.account_hash(user);
         if reset {
             self.window.reset(jail, key, user_mark(h));
@@ -864,8 +884,9 @@ impl Pipeline {
                 Found::Success { ip, user } => {
                     let _ = writeln!(
                         o,
-                        "matcher:   jail {jail}: success rule {} matches: {user:?} logged in from {ip}",
-                        m.rule
+                        "matcher:   jail {jail}: success rule {} matches: {:?} logged in from {ip}",
+                        m.rule,
+                        user.unwrap_or("")
                     );
                 }
                 Found::BadHost(h) => {

@@ -450,6 +450,11 @@ impl Policy {
         true
     }
 
+    /// Until when `key`'s longest-trusted account is trusted, if any is.
+    pub fn trusted_until(&self, key: IpNet) -> Option<i64> {
+        self.trusted.get(&key)?.iter().map(|(_, t)| *t).max()
+    }
+
     /// Whether `key` is a known-good address of `account` at `now`.
     pub fn is_trusted(&self, account: &str, key: IpNet, now: i64) -> bool {
         self.trusted

@@ -172,6 +172,11 @@ impl Window {
         }
     }
 
+    /// Whether `key` has failures counting in `jail`.
+    pub fn tracks(&self, jail: JailId, key: IpNet) -> bool {
+        self.entries.contains_key(&(jail, key))
+    }
+
     /// Forgets an address in a jail (it was banned by other means).
     pub fn forget(&mut self, jail: JailId, key: IpNet) {
         self.entries.remove(&(jail, key));
