@@ -154,10 +154,21 @@ const TARGETED: usize = 256;
 
 impl Targeted {
     fn add(&mut self, user: &str) {
-        if let Some(n) = self.0.get_mut(user) {
+        // Shown on terminals (`top`, `status`): an attacker's escape sequences go no further,
+        // and a name is kept to 128 characters.
+        let shown: std::borrow::Cow<'_, str> = if user.len() <= 128 && !user.chars().any(char::is_control) {
+            user.into()
+        } else {
+            user.chars()
+                .take(128)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
+                .into()
+        };
+        if let Some(n) = self.0.get_mut(&*shown) {
             *n += 1;
         } else if self.0.len() < TARGETED {
-            self.0.insert(user.chars().take(128).collect::<String>().into(), 1);
+            self.0.insert(shown.into_owned().into(), 1);
         } else {
             self.0.retain(|_, n| {
                 *n -= 1;
@@ -923,6 +934,16 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targeted_names_are_counted_once_and_shown_harmless() {
+        let mut t = Targeted::default();
+        for _ in 0..3 {
+            t.add("evil\x1b[2Jname");
+        }
+        t.add("alice");
+        assert_eq!(t.top(5), [("evil?[2Jname".to_string(), 3), ("alice".to_string(), 1)]);
+    }
 
     #[test]
     fn five_sasl_failures_ban_once() {
