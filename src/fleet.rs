@@ -194,7 +194,7 @@ impl Fleet {
         };
         let node = match &cfg.node {
             Some(n) => n.clone(),
-            None => host_name(),
+            None => crate::primitives::host_name(),
         };
         if !plain_name(&node) {
             return Err(err(format!("node {node:?}: 1 to 64 letters, digits and . _ - :")));
@@ -294,12 +294,6 @@ fn read_password(path: &str) -> Result<String, String> {
         return Err(format!("password_file {path}: empty"));
     }
     Ok(line.to_string())
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "mailpipe".into())
 }
 
 /// An event on the wire: the `e` field of a stream entry, as JSON. Readers ignore fields they

@@ -632,13 +632,19 @@ impl Policy {
         out.push(decision);
     }
 
-    /// Counts one more offence of `key` at `now` (history older than `forget` starts over).
-    fn offend(&mut self, key: IpNet, now: i64) -> u32 {
+    /// `key`'s ban history at `now`: started over when older than `forget`.
+    fn history_of(&mut self, key: IpNet, now: i64) -> &mut Offences {
         let forget = self.forget_after();
         let h = self.history.entry(key).or_default();
         if h.count > 0 && now - h.last > forget {
             *h = Offences::default();
         }
+        h
+    }
+
+    /// Counts one more offence of `key` at `now` (history older than `forget` starts over).
+    fn offend(&mut self, key: IpNet, now: i64) -> u32 {
+        let h = self.history_of(key, now);
         h.count += 1;
         h.last = now;
         h.count
@@ -702,15 +708,12 @@ impl Policy {
         {
             return false;
         }
-        let forget = self.forget_after();
-        let h = self.history.entry(d.net).or_default();
-        if h.count > 0 && now - h.last > forget {
-            *h = Offences::default();
-        }
+        // Recidive counts the jails' bans, not its own.
+        let for_recidive = d.jail != self.recidive_name && self.cfg.recidive.is_some();
+        let h = self.history_of(d.net, now);
         h.count = h.count.max(d.offence);
         h.last = now;
-        // Recidive counts the jails' bans, not its own.
-        if d.jail != self.recidive_name && self.cfg.recidive.is_some() {
+        if for_recidive {
             h.recent.push_back(d.since);
         }
         self.insert(d.ban());

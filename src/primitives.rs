@@ -42,6 +42,11 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// This host's name (the kernel's), for mails, webhook batches and the fleet's node name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_string())
+}
+
 /// One jail: the rules for one kind of failure and how many of them earn a ban.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -133,15 +133,20 @@ fn ban_key(net: IpNet, ports: &Ports) -> Vec<u8> {
     k
 }
 
-/// The network and ports of a ban key (`None` ports: a key from before ports).
-fn ban_of(k: &[u8]) -> Option<(IpNet, Option<Ports>)> {
+/// A key's network (`key`) and what follows it.
+fn split_key(k: &[u8]) -> Option<(IpNet, &[u8])> {
     let len = match k.first()? {
         4 => 6,
         6 => 18,
         _ => return None,
     };
-    let net = net_of(k.get(..len)?)?;
-    match k.get(len..)? {
+    Some((net_of(k.get(..len)?)?, k.get(len..)?))
+}
+
+/// The network and ports of a ban key (`None` ports: a key from before ports).
+fn ban_of(k: &[u8]) -> Option<(IpNet, Option<Ports>)> {
+    let (net, rest) = split_key(k)?;
+    match rest {
         [] => Some((net, None)),
         [b'P', ranges @ ..] => Some((net, Some(Ports::from_bytes(ranges)?))),
         _ => None,
@@ -365,16 +370,7 @@ impl Store {
             trust.retain(|_, until| until > now)?;
             for e in trust.iter()? {
                 let (k, until) = e?;
-                let k = k.value();
-                let len = match k.first() {
-                    Some(4) => 6,
-                    Some(6) => 18,
-                    _ => continue,
-                };
-                if let (Some(net), Some(account)) = (
-                    k.get(..len).and_then(net_of),
-                    k.get(len..).and_then(|a| std::str::from_utf8(a).ok()),
-                ) {
+                if let Some((net, Ok(account))) = split_key(k.value()).map(|(n, a)| (n, std::str::from_utf8(a))) {
                     loaded.trust.push((account.into(), net, until.value()));
                 }
             }

@@ -88,7 +88,7 @@ impl Batcher {
         Batcher {
             target,
             batch,
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_string()),
+            host: crate::primitives::host_name(),
             gathering: Vec::new(),
             due: None,
             ready: VecDeque::new(),

@@ -100,12 +100,9 @@ pub struct Mailer {
 impl Mailer {
     /// A mailer for `cfg`; nothing is sent until the first ban.
     pub fn new(cfg: MailConfig) -> Mailer {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
         Mailer {
             cfg,
-            host,
+            host: crate::primitives::host_name(),
             pending: Vec::new(),
             counts: Vec::new(),
             due: None,
