@@ -131,21 +131,14 @@ impl View {
                     Cell::from(j["total_banned"].to_string()),
                 ])
             });
-        let widths = [
-            Constraint::Length(24),
-            Constraint::Length(12),
-            Constraint::Length(10),
-            Constraint::Length(10),
-            Constraint::Length(12),
+        let cols = [
+            ("jail", 24),
+            ("failures/s", 12),
+            ("failing", 10),
+            ("banned", 10),
+            ("total bans", 12),
         ];
-        f.render_widget(
-            Table::new(rows, widths)
-                .header(
-                    Row::new(["jail", "failures/s", "failing", "banned", "total bans"]).style(Style::new().add_modifier(Modifier::BOLD)),
-                )
-                .block(Block::bordered().title(" jails ")),
-            jails,
-        );
+        f.render_widget(table(rows, &cols, " jails "), jails);
         let rows = self.bans.iter().map(|b| {
             Row::new(vec![
                 Cell::from(format!("{}/{}", b["ip"].as_str().unwrap_or(""), b["prefix"])),
@@ -155,18 +148,9 @@ impl View {
                 Cell::from(format!("{} s", b["left_s"])),
             ])
         });
-        let widths = [
-            Constraint::Length(28),
-            Constraint::Length(22),
-            Constraint::Length(10),
-            Constraint::Length(8),
-            Constraint::Length(12),
-        ];
+        let cols = [("banned", 28), ("jail", 22), ("reason", 10), ("offence", 8), ("left", 12)];
         f.render_stateful_widget(
-            Table::new(rows, widths)
-                .header(Row::new(["banned", "jail", "reason", "offence", "left"]).style(Style::new().add_modifier(Modifier::BOLD)))
-                .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-                .block(Block::bordered().title(" bans, newest first ")),
+            table(rows, &cols, " bans, newest first ").row_highlight_style(Style::new().add_modifier(Modifier::REVERSED)),
             bans,
             &mut self.selected,
         );
@@ -188,6 +172,13 @@ impl View {
         );
         f.render_widget(Paragraph::new(format!("↑/↓ select   u unban   q quit   {}", self.message)), foot);
     }
+}
+
+/// A bordered, titled table of `rows` under bold column names, each `(name, width)`.
+fn table<'a>(rows: impl IntoIterator<Item = Row<'a>>, cols: &[(&'a str, u16)], title: &'a str) -> Table<'a> {
+    Table::new(rows, cols.iter().map(|&(_, w)| Constraint::Length(w)))
+        .header(Row::new(cols.iter().map(|&(n, _)| n)).style(Style::new().add_modifier(Modifier::BOLD)))
+        .block(Block::bordered().title(title))
 }
 
 /// Runs the view until `q` (or Esc): refreshes every second, and at once after a key.
