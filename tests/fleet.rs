@@ -132,6 +132,11 @@ impl Node {
         }
     }
 
+    /// The addresses of the next `n` decisions, sorted.
+    fn next_addresses(&self, n: usize) -> Vec<String> {
+        sorted((0..n).map(|_| what(&self.next()).1).collect())
+    }
+
     fn status(&self) -> Value {
         let (ok, out, err) = cli(&self.socket, &["status", "--json"]);
         assert!(ok, "{err}");
@@ -142,6 +147,11 @@ impl Node {
     fn rest(&self) -> Vec<Value> {
         self.mp.bans.try_iter().filter(|v| v["restored"] != true).collect()
     }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
 }
 
 fn needs() -> bool {
@@ -285,11 +295,11 @@ fn a_node_killed_mid_flood_catches_up_without_applying_twice() {
         assert_eq!(what(&a.next()).1, *ip);
     }
     let b = start_node(dir.path(), "b", &fleet, "Stdin");
-    let mut seen: Vec<String> = (0..down.len()).map(|_| what(&b.next()).1).collect();
-    seen.sort();
-    let mut want = down.clone();
-    want.sort();
-    assert_eq!(seen, want, "every ban made while it was down, once");
+    assert_eq!(
+        b.next_addresses(down.len()),
+        sorted(down.clone()),
+        "every ban made while it was down, once"
+    );
     // The one it had before is back from its state file, not applied again from the stream.
     let (ok, out, _) = cli(&b.socket, &["list", "--json"]);
     assert!(ok && out.contains("203.0.113.10"), "{out}");
@@ -331,11 +341,7 @@ fn redis_stopped_mid_flood_loses_nothing() {
     redis.restart();
     let mut a = start_node(dir.path(), "a", &fleet, "Stdin");
     flood(&mut a, &batch(40));
-    let mut seen: Vec<String> = (0..30).map(|_| what(&b.next()).1).collect();
-    seen.sort();
-    let mut want: Vec<String> = [batch(1), batch(20), batch(40)].concat();
-    want.sort();
-    assert_eq!(seen, want);
+    assert_eq!(b.next_addresses(30), sorted([batch(1), batch(20), batch(40)].concat()));
     assert!(b.rest().is_empty());
     assert_eq!(a.status()["fleet"]["waiting"], 0);
     a.mp.stop();
