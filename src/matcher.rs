@@ -305,6 +305,9 @@ impl HostFinder {
 struct UserFinder {
     pre: (hybrid::dfa::DFA, hybrid::dfa::Cache),
     post: (hybrid::dfa::DFA, hybrid::dfa::Cache),
+    /// S up to the host, when the host comes after `<USER>`: with the host already found, S
+    /// need only be checked up to it, not to the end of the line.
+    mid: Option<(hybrid::dfa::DFA, hybrid::dfa::Cache)>,
 }
 
 impl UserFinder {
@@ -321,17 +324,20 @@ impl UserFinder {
             return None;
         }
         let dfa = |p: &str| half_dfa(&expand_for_dfa(p));
+        let post = &rule[i + 6..];
         Some(UserFinder {
             pre: dfa(&rule[..i])?,
-            post: dfa(&rule[i + 6..])?,
+            post: dfa(post)?,
+            mid: split_at_host(post).and_then(|(mid, _, _)| half_dfa(&mid)),
         })
     }
 
-    fn find(&mut self, msg: &[u8]) -> Option<std::ops::Range<usize>> {
+    /// The user's span in `msg`; `host` is where the host starts, when it is known.
+    fn find(&mut self, msg: &[u8], host: Option<usize>) -> Option<std::ops::Range<usize>> {
         let input = Input::new(msg).anchored(Anchored::Yes);
         // The longest P first (MatchKind::All reports the last end): usually the only one.
         let last = self.pre.0.try_search_fwd(&mut self.pre.1, &input).ok()??.offset();
-        if let Some(u) = self.user_at(msg, last) {
+        if let Some(u) = self.user_at(msg, last, host) {
             return Some(u);
         }
         let mut state = regex_automata::hybrid::dfa::OverlappingState::start();
@@ -339,16 +345,27 @@ impl UserFinder {
         loop {
             self.pre.0.try_search_overlapping_fwd(&mut self.pre.1, &input, &mut state).ok()?;
             let Some(m) = state.get_match() else { break };
-            found = self.user_at(msg, m.offset()).or(found);
+            found = self.user_at(msg, m.offset(), host).or(found);
         }
         found
     }
 
-    /// The user starting at `at`, if S matches after it.
-    fn user_at(&mut self, msg: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
+    /// The user starting at `at`, if S matches after it: up to exactly `host` when the host is
+    /// known and comes after the user, else to the end of the line.
+    fn user_at(&mut self, msg: &[u8], at: usize, host: Option<usize>) -> Option<std::ops::Range<usize>> {
         let end = at + msg[at..].iter().take_while(|&&b| is_user_byte(b)).count();
-        let after = Input::new(msg).range(end..).anchored(Anchored::Yes).earliest(true);
-        matches!(self.post.0.try_search_fwd(&mut self.post.1, &after), Ok(Some(_))).then_some(at..end)
+        let ok = match (&mut self.mid, host) {
+            (Some((mid, cache)), Some(h)) if end <= h => {
+                // MatchKind::All reports the last place S can end in the range: the host's start.
+                let upto = Input::new(msg).range(end..h).anchored(Anchored::Yes);
+                matches!(mid.try_search_fwd(cache, &upto), Ok(Some(m)) if m.offset() == h)
+            }
+            _ => {
+                let after = Input::new(msg).range(end..).anchored(Anchored::Yes).earliest(true);
+                matches!(self.post.0.try_search_fwd(&mut self.post.1, &after), Ok(Some(_)))
+            }
+        };
+        ok.then_some(at..end)
     }
 }
 
@@ -528,8 +545,10 @@ impl Matcher {
     pub fn new(jails: &[Jail], origins: &[Origin], cfg: &MatcherConfig) -> Result<Matcher, MatcherError> {
         let mut patterns = Vec::new();
         let mut rules = Vec::new();
-        let mut literals = Vec::new();
+        let mut literals: Vec<Option<Vec<Vec<u8>>>> = Vec::new();
         let mut programs = Vec::new();
+        // Each rule's kind and text, prefix included: jails of one service share many.
+        let mut fulls: Vec<(Kind, String)> = Vec::new();
         for (j, (jail, origin)) in jails.iter().zip(origins).enumerate() {
             let jid = JailId::try_from(j).map_err(|_| origin.error_at(&[], "too many jails"))?;
             if jail.rules.is_empty() {
@@ -575,6 +594,27 @@ impl Matcher {
                     jail.prefix.as_deref().unwrap_or("")
                 };
                 let full = format!("{prefix}{text}");
+                // A text an earlier jail has: checked and compiled there, matched through it.
+                if let Some(first) = fulls.iter().position(|(k, f)| *k == kind && *f == full) {
+                    let r: &Rule = &rules[first];
+                    let lits = literals[first].clone();
+                    let twin = Rule {
+                        jail: jid,
+                        index,
+                        caps: r.re.create_captures(),
+                        re: r.re.clone(),
+                        finder: None,
+                        user_finder: None,
+                        pattern: r.pattern.clone(),
+                        same_as: first,
+                        ..*r
+                    };
+                    patterns.push(twin.pattern.clone());
+                    rules.push(twin);
+                    literals.push(lits);
+                    fulls.push((kind, full));
+                    continue;
+                }
                 if let Some(hint) = fail2ban_syntax(&full) {
                     return Err(at(hint));
                 }
@@ -606,10 +646,7 @@ impl Matcher {
                 let has_user = full.contains("<USER>");
                 let has_forwarded = full.contains("<FORWARDED>");
                 let pattern = expand_for_dfa(&full);
-                let same_as = rules
-                    .iter()
-                    .position(|r: &Rule| r.kind == kind && r.pattern == pattern)
-                    .unwrap_or(rules.len());
+                let same_as = rules.len();
                 rules.push(Rule {
                     jail: jid,
                     index,
@@ -626,6 +663,7 @@ impl Matcher {
                 });
                 literals.push(lits);
                 patterns.push(pattern);
+                fulls.push((kind, full));
             }
         }
         // An ignore rule only matters where one of its jail's failure rules can match, so one
@@ -816,11 +854,12 @@ impl Matcher {
             .rules
             .iter()
             .position(|r| r.jail == jail && r.index == rule && r.kind == Kind::Success)?;
-        let r = &mut self.rules[pid];
+        let first = self.rules[pid].same_as;
+        let r = &mut self.rules[first];
         if let Some(u) = r
             .user_finder
             .as_mut()
-            .and_then(|uf| uf.find(msg.as_bytes()))
+            .and_then(|uf| uf.find(msg.as_bytes(), None))
             .and_then(|u| msg.get(u))
         {
             return Some(u);
@@ -911,7 +950,7 @@ impl Matcher {
         }
         let r = &mut self.rules[first];
         let quick = match (host, r.user_finder.as_mut(), r.has_forwarded) {
-            (Some((span, _)), Some(uf), false) => uf.find(msg.as_bytes()).filter(|u| msg.get(u.clone()).is_some()).map(|u| Spans {
+            (Some((span, _)), Some(uf), false) => uf.find(msg.as_bytes(), Some(span.start)).filter(|u| msg.get(u.clone()).is_some()).map(|u| Spans {
                 host: span.clone(),
                 user: Some(u),
                 fwd: None,
@@ -1046,6 +1085,7 @@ mod tests {
             r"Login: user=<<USER>>, method=\S+, rip=<HOST>,",
             r"auth: \w+\(<USER>,<HOST>\): Password mismatch",
             r".*user=<USER> from <HOST>$",
+            r"x(?: user=<(?:<USER>|.*)>,)?(?: method=\S+,)? rip=<HOST>(?:, lip=\S+)?$",
         ];
         let lines = [
             "Login: user=<alice@example.org>, method=PLAIN, rip=192.0.2.1, lip=::1",
@@ -1059,6 +1099,9 @@ mod tests {
             "x user=<bob>, rip=192.0.2.10",
             "x user=<john smith>, rip=192.0.2.11",
             "x rip=192.0.2.12",
+            "x user=<eve>, method=PLAIN, rip=192.0.2.13, lip=::1",
+            "x user=<a>, rip=198.51.100.1>, method=PLAIN, rip=192.0.2.14",
+            "x user=<a>, method=P, rip=198.51.100.2, lip=b>, method=PLAIN, rip=192.0.2.15, lip=::1",
         ];
         for rule in rules {
             let mut with = matcher(&[Jail {

@@ -117,6 +117,11 @@ pub struct Pipeline {
     account_key: std::collections::hash_map::RandomState,
     /// Trusted pairs made since the last `take_trusted` (for the state file).
     trusted_new: Vec<Trust>,
+    /// The line's login address, its key and how long it is trusted: a login line matches
+    /// one success rule per jail, all for the same address.
+    login: Option<(std::net::IpAddr, IpNet, Option<i64>)>,
+    /// The last account name hashed on this line: (address, length) of its slice, and hash.
+    hashed: Option<((usize, usize), u64)>,
     /// The accounts failures were most often on (bounded).
     targeted: Targeted,
 }
@@ -328,6 +333,8 @@ impl Pipeline {
             accounts,
             account_key: Default::default(),
             trusted_new: Vec::new(),
+            login: None,
+            hashed: None,
             targeted: Targeted::default(),
         })
     }
@@ -361,10 +368,19 @@ impl Pipeline {
         self.targeted.top(k)
     }
 
-    /// A keyed 64-bit hash of an account name.
-    fn account_hash(&self, user: &str) -> u64 {
+    /// A keyed 64-bit hash of an account name; the line's jails usually all ask for the same
+    /// slice of it, which is hashed once.
+    fn account_hash(&mut self, user: &str) -> u64 {
         use std::hash::BuildHasher;
-        self.account_key.hash_one(user)
+        let at = (user.as_ptr() as usize, user.len());
+        match self.hashed {
+            Some((a, h)) if a == at => h,
+            _ => {
+                let h = self.account_key.hash_one(user);
+                self.hashed = Some((at, h));
+                h
+            }
+        }
     }
 
     /// Shares counted failures with a fleet (see `FleetCounting`); the fleet starts unreachable.
@@ -654,6 +670,7 @@ impl Pipeline {
             self.targeted.add(u);
         }
         let mut matched = false;
+        (self.login, self.hashed) = (None, None);
         for m in &matches {
             matched |= self.account(*m, placed.time, placed.now, text, rec.msg);
             on(Event::Match { m: *m, time: placed.time });
@@ -741,7 +758,8 @@ impl Pipeline {
                     }
                     (Count::DistinctAddresses, Some(u)) if !trusted => {
                         let mut hit = Vec::new();
-                        self.accounts.record(m.jail, self.account_hash(u), key, time, now, &mut hit);
+                        let h = self.account_hash(u);
+                        self.accounts.record(m.jail, h, key, time, now, &mut hit);
                         for k in hit {
                             self.stuffed(m.jail, k, time, now);
                         }
@@ -762,8 +780,16 @@ impl Pipeline {
         let jail = m.jail;
         let acc = &self.accounts_of[jail as usize];
         let (reset, trust, count) = (acc.reset, acc.trust, acc.count);
-        let key = self.policy.key_of(ip);
-        let renew = trust.is_some_and(|t| self.policy.trusted_until(key).is_none_or(|u| u < now + t - TRUST_RENEWAL));
+        let (key, until) = match self.login {
+            Some((i, key, until)) if i == ip => (key, until),
+            _ => {
+                let key = self.policy.key_of(ip);
+                let until = self.policy.trusted_until(key);
+                self.login = Some((ip, key, until));
+                (key, until)
+            }
+        };
+        let renew = trust.is_some_and(|t| until.is_none_or(|u| u < now + t - TRUST_RENEWAL));
         let resets = reset
             && match count {
                 Count::DistinctAddresses => trust.is_none(),
@@ -787,6 +813,7 @@ impl Pipeline {
             let until = now.saturating_add(t);
             if self.policy.trust(user, key, until, now) {
                 self.trusted_new.push((user.into(), key, until));
+                self.login = None;
             }
             self.accounts.forget(jail, h, key);
         }
