@@ -950,11 +950,14 @@ impl Matcher {
         }
         let r = &mut self.rules[first];
         let quick = match (host, r.user_finder.as_mut(), r.has_forwarded) {
-            (Some((span, _)), Some(uf), false) => uf.find(msg.as_bytes(), Some(span.start)).filter(|u| msg.get(u.clone()).is_some()).map(|u| Spans {
-                host: span.clone(),
-                user: Some(u),
-                fwd: None,
-            }),
+            (Some((span, _)), Some(uf), false) => uf
+                .find(msg.as_bytes(), Some(span.start))
+                .filter(|u| msg.get(u.clone()).is_some())
+                .map(|u| Spans {
+                    host: span.clone(),
+                    user: Some(u),
+                    fwd: None,
+                }),
             _ => None,
         };
         let spans = match quick {
