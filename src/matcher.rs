@@ -799,11 +799,12 @@ impl Matcher {
                 }
                 continue;
             }
-            // An ignore rule only matters once a failure rule matched: most lines pay nothing.
+            // An ignore rule only matters once a failure rule matched: most lines pay nothing;
+            // and only where the prefilter saw its literal.
             let mut ignored = None;
             for k in 0..self.ignores[j].len() {
                 let ig = self.ignores[j][k];
-                if self.matches(msg, ig) {
+                if candidates.binary_search(&ig).is_ok() && self.ignore_hit(msg, ig) {
                     ignored = Some(ig);
                     break;
                 }
@@ -846,6 +847,20 @@ impl Matcher {
         self.seen[first] = seen.clone();
         self.seen_set.push(first);
         seen
+    }
+
+    /// Whether ignore rule `pid` matches `msg`; each text tried once per line, like `try_rule`.
+    fn ignore_hit(&mut self, msg: &[u8], pid: u32) -> bool {
+        let first = self.rules[pid as usize].same_as;
+        if self.seen[first] == Seen::No {
+            self.seen[first] = if self.matches(msg, first as u32) {
+                Seen::Hit(None)
+            } else {
+                Seen::Miss
+            };
+            self.seen_set.push(first);
+        }
+        self.seen[first] != Seen::Miss
     }
 
     /// The user of `jail`'s success rule `rule` in `msg` (a line it matched).
