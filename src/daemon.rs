@@ -697,7 +697,10 @@ async fn read_stdin(q: &Queue, stats: &InputStats, ends: &Shutdown) {
                 break;
             }
         };
+        // A pipe hands over 64 KiB a read: the queue's budget counts bytes, so the buffer must
+        // hold no more than it got (else 32 MiB of budget held 128 MiB).
         buf.truncate(n);
+        buf.shrink_to_fit();
         let lines = memchr::memchr_iter(b'\n', &buf).count();
         tail = buf.last() != Some(&b'\n');
         let lease = q.budget.take(n).await;
