@@ -25,6 +25,21 @@ fn bin() -> std::path::PathBuf {
 
 struct Kill(Child);
 
+/// `mailpipe run -c cfg`, its stderr discarded.
+fn node(cfg: &std::path::Path, stdin: Stdio, stdout: Stdio) -> Kill {
+    Kill(
+        Command::new(bin())
+            .args(["run", "-c"])
+            .arg(cfg)
+            .env("TZ", "UTC")
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -102,27 +117,9 @@ fn main() {
         jail,
     );
     let b_cfg = pipeline(dir.path(), "b", &format!("fleet: Some((url: \"{url}\", node: \"b\")),"), "", jail);
-    let mut b = Kill(
-        Command::new(bin())
-            .args(["run", "-c"])
-            .arg(&b_cfg)
-            .env("TZ", "UTC")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut a = Kill(
-        Command::new(bin())
-            .args(["run", "-c"])
-            .arg(&a_cfg)
-            .env("TZ", "UTC")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    // b prints the bans it learns; a is fed the failures.
+    let mut b = node(&b_cfg, Stdio::null(), Stdio::piped());
+    let mut a = node(&a_cfg, Stdio::piped(), Stdio::null());
     let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
     let out = b.0.stdout.take().unwrap();
     std::thread::spawn(move || {

@@ -164,6 +164,16 @@ fn needs() -> bool {
     }
 }
 
+/// A test's directory and its own redis-server (no ACL); `None` (skipped) without redis-server.
+fn redis() -> Option<(tempfile::TempDir, Redis)> {
+    if !needs() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), None);
+    Some((dir, redis))
+}
+
 fn what(v: &Value) -> (String, String, String, String) {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     (s("kind"), s("ip"), s("reason"), s("node"))
@@ -246,11 +256,7 @@ fn a_ban_reaches_every_node_and_an_unban_anywhere_lifts_it_everywhere() {
 
 #[test]
 fn failures_spread_over_three_nodes_ban_once() {
-    if !needs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path(), None);
+    let Some((dir, redis)) = redis() else { return };
     let fleet = format!("url: \"{}\", share: [Bans, Failures]", redis.url(None));
     let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| start_node(dir.path(), n, &fleet, "Stdin")).collect();
     // Two attempts on each host: under every host's maxretry (5), six in the fleet.
@@ -276,11 +282,7 @@ fn failures_spread_over_three_nodes_ban_once() {
 
 #[test]
 fn a_node_killed_mid_flood_catches_up_without_applying_twice() {
-    if !needs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path(), None);
+    let Some((dir, redis)) = redis() else { return };
     let fleet = format!("url: \"{}\", share: [Bans, Failures]", redis.url(None));
     let mut a = start_node(dir.path(), "a", &fleet, "Stdin");
     let b = start_node(dir.path(), "b", &fleet, "Stdin");
@@ -313,11 +315,7 @@ fn a_node_killed_mid_flood_catches_up_without_applying_twice() {
 
 #[test]
 fn redis_stopped_mid_flood_loses_nothing() {
-    if !needs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut redis = Redis::start(dir.path(), None);
+    let Some((dir, mut redis)) = redis() else { return };
     let fleet = format!("url: \"{}\", share: [Bans, Failures]", redis.url(None));
     let mut a = start_node(dir.path(), "a", &fleet, "Stdin");
     let b = start_node(dir.path(), "b", &fleet, "Stdin");
@@ -350,11 +348,7 @@ fn redis_stopped_mid_flood_loses_nothing() {
 
 #[test]
 fn what_is_not_a_fleet_event_is_counted_and_never_applied() {
-    if !needs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path(), None);
+    let Some((dir, redis)) = redis() else { return };
     let a = start_node(dir.path(), "a", &format!("url: \"{}\"", redis.url(None)), "");
     let ban = |net: &str, v: u32| {
         format!(

@@ -42,24 +42,20 @@ fn the_package_holds_what_a_server_needs_and_depends_on_no_build_tool() {
     ] {
         assert!(list.contains(path), "{path} missing:\n{list}");
     }
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        Command::new("dpkg-deb")
-            .args(["-x", &deb])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let ctl = tempfile::tempdir().unwrap();
-    assert!(
-        Command::new("dpkg-deb")
-            .args(["-e", &deb])
-            .arg(ctl.path())
-            .status()
-            .unwrap()
-            .success()
-    );
+    // The files (`-x`) and the control part (`-e`), each unpacked in a directory of its own.
+    let unpack = |what: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            Command::new("dpkg-deb")
+                .args([what, &deb])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success()
+        );
+        dir
+    };
+    let (dir, ctl) = (unpack("-x"), unpack("-e"));
     assert_eq!(
         std::fs::read_to_string(ctl.path().join("conffiles")).unwrap().trim(),
         "/etc/mailpipe/mailpipe.ron"
