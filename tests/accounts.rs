@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+mod common;
+
 /// A log being written: (time, line), sorted before use.
 #[derive(Default)]
 struct Log(Vec<(i64, String)>);
@@ -151,15 +153,7 @@ fn accounts_spraying_stuffing_mistypes_and_interleaving() {
     );
 
     // The daemon on the same lines: its clock trusts lines up to three days old here.
-    let cfg = dir.path().join("p.ron");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], inputs: [Stdin], parse: (backlog: \"3d\"))",
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    )
-    .unwrap();
+    let cfg = common::pipeline_with(dir.path(), "p.ron", "Stdin", "parse: (backlog: \"3d\")");
     let run = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
         .args(["run", "--dry-run", "-c"])
         .arg(&cfg)
@@ -175,16 +169,7 @@ fn accounts_spraying_stuffing_mistypes_and_interleaving() {
 fn a_trusted_pair_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.redb");
-    let cfg = dir.path().join("p.ron");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Pipeline(include: [(file: \"{}/pipelines/mail.ron\")], inputs: [Stdin], state: \"{}\")",
-            env!("CARGO_MANIFEST_DIR"),
-            state.display()
-        ),
-    )
-    .unwrap();
+    let cfg = common::pipeline_with(dir.path(), "p.ron", "Stdin", &format!("state: \"{}\"", state.display()));
     let now = chrono::Utc::now().timestamp();
     let run = |log: Log| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mailpipe"))
