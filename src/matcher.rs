@@ -63,18 +63,19 @@ pub struct MatcherConfig {
 /// Index of a jail in the compiled pipeline.
 pub type JailId = u16;
 
-/// What one rule found in one line.
+/// What one rule found in one line; `S` is how its texts are held (`&str` of the line, or a
+/// span of a block's text, `front::Span`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Found<'a> {
+pub enum Found<S> {
     /// A failure by this address.
     Failure {
         /// The offender, canonical (IPv4-mapped IPv6 is IPv4).
         ip: IpAddr,
         /// The `<USER>` text, if the rule has one.
-        user: Option<&'a str>,
+        user: Option<S>,
         /// The `<FORWARDED>` text (an `X-Forwarded-For` list), if the rule has one and the line
         /// carries it; the policy decides whether it is believed.
-        forwarded: Option<&'a str>,
+        forwarded: Option<S>,
     },
     /// The jail's ignore rule `rule` matched: not a failure.
     Ignored,
@@ -84,25 +85,46 @@ pub enum Found<'a> {
         /// The address, canonical.
         ip: IpAddr,
         /// The `<USER>` text, when it was taken.
-        user: Option<&'a str>,
+        user: Option<S>,
     },
     /// The rule matched but `<HOST>` is not an address (e.g. `999.1.1.1`): counted, dropped.
-    BadHost(&'a str),
+    BadHost(S),
 }
 
 /// One jail's verdict on one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Match<'a> {
+pub struct Match<S> {
     /// The jail.
     pub jail: JailId,
     /// Index of the failure (or, for `Ignored`, ignore; for `Success`, success) rule within the
     /// jail.
     pub rule: usize,
     /// What was found.
-    pub found: Found<'a>,
+    pub found: Found<S>,
 }
 
-#[derive(Debug)]
+impl<S> Match<S> {
+    /// The same match with its texts held as `f` makes them.
+    pub fn map<T>(self, mut f: impl FnMut(S) -> T) -> Match<T> {
+        let found = match self.found {
+            Found::Failure { ip, user, forwarded } => Found::Failure {
+                ip,
+                user: user.map(&mut f),
+                forwarded: forwarded.map(&mut f),
+            },
+            Found::Ignored => Found::Ignored,
+            Found::Success { ip, user } => Found::Success { ip, user: user.map(f) },
+            Found::BadHost(h) => Found::BadHost(f(h)),
+        };
+        Match {
+            jail: self.jail,
+            rule: self.rule,
+            found,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // one per pipeline; the lazy DFA, the default, stays inline
 enum Dfa {
     Hybrid(hybrid::dfa::DFA, hybrid::dfa::Cache),
@@ -117,7 +139,7 @@ enum Kind {
     Success,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Rule {
     jail: JailId,
     index: usize,
@@ -176,7 +198,7 @@ enum Probe {
 /// place P can end is a candidate host start; a candidate is the host when an address starts
 /// there and S matches right after it. The last candidate wins, as a greedy `.*` in P would
 /// have it. Two DFA scans cost a fraction of a backtracking capture search.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct HostFinder {
     /// `None` when the rule starts with `<HOST>`.
     pre: Option<(hybrid::dfa::DFA, hybrid::dfa::Cache)>,
@@ -301,7 +323,7 @@ impl HostFinder {
 /// user is the longest run of `<USER>` characters there after which the rest (S) matches. The
 /// last candidate wins, as a greedy `.*` in P would have it. When it finds nothing, the capture
 /// search decides.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct UserFinder {
     pre: (hybrid::dfa::DFA, hybrid::dfa::Cache),
     post: (hybrid::dfa::DFA, hybrid::dfa::Cache),
@@ -408,8 +430,9 @@ fn is_user_byte(b: u8) -> bool {
 /// A problem building the matcher (reported as `file:line:col`).
 pub type MatcherError = ConfigError;
 
-/// The compiled rules of all jails.
-#[derive(Debug)]
+/// The compiled rules of all jails. A clone shares the compiled automata and has caches of its
+/// own, for another thread.
+#[derive(Debug, Clone)]
 pub struct Matcher {
     dfa: Dfa,
     rules: Vec<Rule>,
@@ -770,7 +793,7 @@ impl Matcher {
     /// Pushes one `Match` per jail whose rules match `rec` into `out`. Only the rules in
     /// `candidates` (pattern ids, ascending, from the prefilter) are tried: each with an anchored,
     /// earliest search of that one pattern, which stops as soon as it matches or dies.
-    pub fn find<'a>(&mut self, rec: &Record<'a>, candidates: &[u32], out: &mut Vec<Match<'a>>) {
+    pub fn find<'a>(&mut self, rec: &Record<'a>, candidates: &[u32], out: &mut Vec<Match<&'a str>>) {
         let msg = rec.msg.as_bytes();
         self.allowed_jails(rec.program);
         for &pid in candidates {
@@ -922,7 +945,7 @@ impl Matcher {
     }
 
     /// What matching rule `i` found in `rec`; `host` is what the finder already has.
-    fn extract<'a>(&mut self, rec: &Record<'a>, i: usize, host: Option<(std::ops::Range<usize>, IpAddr)>) -> Option<Match<'a>> {
+    fn extract<'a>(&mut self, rec: &Record<'a>, i: usize, host: Option<(std::ops::Range<usize>, IpAddr)>) -> Option<Match<&'a str>> {
         let want_user = (self.want_user || self.user_jails[self.rules[i].jail as usize]) && self.rules[i].has_user;
         let r = &mut self.rules[i];
         if let (Some((_, ip)), false, false) = (&host, want_user, r.has_forwarded) {
@@ -1081,7 +1104,7 @@ mod tests {
     }
 
     /// What every rule of `m` finds in one message.
-    fn found<'a>(m: &mut Matcher, program: &'a str, msg: &'a str) -> Vec<Match<'a>> {
+    fn found<'a>(m: &mut Matcher, program: &'a str, msg: &'a str) -> Vec<Match<&'a str>> {
         let mut out = Vec::new();
         let all = every(m);
         m.find(&rec(program, msg), &all, &mut out);

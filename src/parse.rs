@@ -170,11 +170,21 @@ impl Format {
     }
 }
 
+/// A line's time as written: whole, or a syslog date without its year, which only the stream's
+/// clock can place (`Parser::unix`). Parsing needs no state, so lines parse on any thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// Unix seconds.
+    Unix(i64),
+    /// A local (month, day, hour, minute, second) without its year (RFC 3164).
+    YearLess(syslog_loose::IncompleteDate),
+}
+
 /// One line, split. Borrows the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
-    /// Unix seconds from the line; `None` when the line carries no usable time.
-    pub time: Option<i64>,
+    /// The line's time; `None` when the line carries no usable time.
+    pub time: Option<Stamp>,
     /// The syslog host field, if any.
     pub host: Option<&'a str>,
     /// The program tag without pid (`postfix/smtpd`, `dovecot`); empty when the line has none.
@@ -186,10 +196,10 @@ pub struct Record<'a> {
 }
 
 /// The parse stage: owns the zone. Year-less dates take their year from a reference the caller
-/// gives: live input, the latest year that does not put the line more than a day after the
-/// reference (the arrival time); a replayed file, the year nearest its own clock, so a log
+/// gives (`unix`): live input, the latest year that does not put the line more than a day after
+/// the reference (the arrival time); a replayed file, the year nearest its own clock, so a log
 /// running through New Year gets it right.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Parser {
     zone: Zone,
     /// The zone's offset for one local hour (DST changes on hour boundaries): (hour, offset).
@@ -217,27 +227,35 @@ impl Parser {
 
     /// Splits `line`, which may also be a journal entry in JSON (`journalctl -o json`): its
     /// fields are copied into `scratch` (reused: no allocation once it has grown).
-    pub fn parse_any<'a>(&self, line: &'a str, scratch: &'a mut JournalScratch, reference: i64, follow: bool) -> Record<'a> {
+    pub fn parse_any<'a>(&self, line: &'a str, scratch: &'a mut JournalScratch) -> Record<'a> {
         if line.starts_with('{') && scratch.fill(line) {
             return scratch.record();
         }
-        self.parse(line, reference, follow)
+        self.parse(line)
     }
 
-    /// Splits `line`. A year-less date gets the year that puts it nearest `reference` (Unix
-    /// seconds) when `follow`, else the latest that puts it at most a day after `reference`.
-    pub fn parse<'a>(&self, line: &'a str, reference: i64, follow: bool) -> Record<'a> {
-        let line = line.trim_start_matches([' ', '\t']);
-        let reference = YearRef {
+    /// Unix seconds of `stamp`. A year-less date gets the year that puts it nearest `reference`
+    /// (Unix seconds) when `follow`, else the latest that puts it at most a day after `reference`.
+    pub fn unix(&self, stamp: Stamp, reference: i64, follow: bool) -> i64 {
+        let date = match stamp {
+            Stamp::Unix(t) => return t,
+            Stamp::YearLess(date) => date,
+        };
+        let (month, day, h, m, sec) = date;
+        let year = YearRef {
             at: self.to_wall(reference),
             follow,
-        };
+        }
+        .year_for(date);
+        self.wall_to_unix(wall_secs(year, month, day, h, m, sec))
+    }
+
+    /// Splits `line`.
+    pub fn parse<'a>(&self, line: &'a str) -> Record<'a> {
+        let line = line.trim_start_matches([' ', '\t']);
         if let Some(f) = fast_3164(line) {
-            let (month, day, h, m, sec) = f.date;
-            let wall = wall_secs(reference.year_for(f.date), month, day, h, m, sec);
-            let time = self.wall_to_unix(wall);
             return Record {
-                time: Some(time),
+                time: Some(Stamp::YearLess(f.date)),
                 host: Some(f.head.host).filter(|h| !h.is_empty()),
                 program: f.head.program,
                 msg: f.head.msg,
@@ -250,20 +268,26 @@ impl Parser {
         if let Some(r) = self.parse_special(line) {
             return r;
         }
+        // A year-less date is noted and given a leap year, so that any day parses; the clock
+        // gives it its year later.
+        let year_less = std::cell::Cell::new(None);
         let m = syslog_loose::parse_message_with_year_tz(
             line,
-            move |d| reference.year_for(d),
+            |d| {
+                year_less.set(Some(d));
+                2024
+            },
             Some(sentinel()),
             syslog_loose::Variant::Either,
         );
-        let time = m.timestamp.map(|ts| {
-            if ts.offset().local_minus_utc() == 1 {
-                // Naive in the log: place it in our zone. See the module doc for the year shape.
+        let time = m.timestamp.map(|ts| match year_less.get() {
+            Some(date) => Stamp::YearLess(date),
+            // Naive in the log: place it in our zone. See the module doc for the year shape.
+            None if ts.offset().local_minus_utc() == 1 => {
                 let naive = if has_3164_year(line) { ts.naive_utc() } else { ts.naive_local() };
-                self.wall_to_unix(naive.and_utc().timestamp())
-            } else {
-                ts.timestamp()
+                Stamp::Unix(self.wall_to_unix(naive.and_utc().timestamp()))
             }
+            None => Stamp::Unix(ts.timestamp()),
         });
         let (program, msg) = match (m.appname, m.hostname) {
             // `auth(john smith,IP,...)`: Dovecot's own file, where a user name with a space was
@@ -328,9 +352,10 @@ impl Parser {
         } else {
             return None;
         };
+        let time = Some(Stamp::Unix(time));
         Some(match head(rest) {
             Some(h) => Record {
-                time: Some(time),
+                time,
                 host: Some(h.host),
                 program: h.program,
                 msg: h.msg,
@@ -339,7 +364,7 @@ impl Parser {
             // multilog's accustamp (`1157520813.485077 rblsmtpd: ...`) has no host; an ISO or
             // short-full line whose tag this does not read is syslog_loose's to split.
             None if format == Format::ShortUnix => Record {
-                time: Some(time),
+                time,
                 host: None,
                 program: "",
                 msg: rest,
@@ -402,7 +427,7 @@ impl Parser {
             return None;
         };
         Some(Record {
-            time: Some(time),
+            time: Some(Stamp::Unix(time)),
             host: None,
             program: "",
             msg: rest,
@@ -412,7 +437,7 @@ impl Parser {
 }
 
 /// The fields of one journal entry that mailpipe reads, copied out of its JSON.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct JournalScratch {
     time: Option<i64>,
     host: String,
@@ -494,7 +519,7 @@ impl JournalScratch {
     /// The entry as a record.
     pub fn record(&self) -> Record<'_> {
         Record {
-            time: self.time,
+            time: self.time.map(Stamp::Unix),
             host: Some(self.host.as_str()).filter(|h| !h.is_empty()),
             program: &self.program,
             msg: &self.msg,
@@ -624,7 +649,7 @@ fn application_time(line: &str) -> Option<(i64, &str)> {
     }
 }
 
-/// Reference for year inference, in wall-clock seconds; `Copy` because syslog_loose wants a
+/// Reference for year inference, in wall-clock seconds.
 /// `Copy` closure.
 #[derive(Debug, Clone, Copy)]
 struct YearRef {
@@ -936,10 +961,36 @@ mod tests {
         NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap().and_utc().timestamp()
     }
 
+    /// A record with its time placed as a clock at `reference` places it (`Parser::unix`).
+    #[derive(Debug)]
+    struct Timed<'a> {
+        time: Option<i64>,
+        host: Option<&'a str>,
+        program: &'a str,
+        msg: &'a str,
+        format: Format,
+    }
+
+    fn timed<'a>(p: &Parser, r: Record<'a>, reference: i64, follow: bool) -> Timed<'a> {
+        Timed {
+            time: r.time.map(|s| p.unix(s, reference, follow)),
+            host: r.host,
+            program: r.program,
+            msg: r.msg,
+            format: r.format,
+        }
+    }
+
+    impl Parser {
+        fn parse_at<'a>(&self, line: &'a str, reference: i64, follow: bool) -> Timed<'a> {
+            timed(self, self.parse(line), reference, follow)
+        }
+    }
+
     #[test]
     fn rfc3164_fields() {
         let p = Parser::new(utc());
-        let r = p.parse(
+        let r = p.parse_at(
             "Jun 17 03:14:07 mail postfix/smtpd[175371]: warning: x",
             at("2024-07-01T00:00:00"),
             false,
@@ -951,7 +1002,7 @@ mod tests {
     #[test]
     fn year_form_is_not_shifted() {
         let p = Parser::new(Zone::resolve(Some("+02:00")).unwrap());
-        let r = p.parse("Jun 17 2024 03:14:07 mail postfix/smtpd[1]: x", 0, false);
+        let r = p.parse_at("Jun 17 2024 03:14:07 mail postfix/smtpd[1]: x", 0, false);
         assert_eq!(r.time, Some(at("2024-06-17T01:14:07")));
     }
 
@@ -960,11 +1011,11 @@ mod tests {
         let p = Parser::new(Zone::resolve(Some("Europe/Zurich")).unwrap());
         let now = at("2005-08-14T10:00:00");
         assert_eq!(
-            p.parse("Feb 21 09:21:54 x postfix/smtpd[1]: m", now, false).time,
+            p.parse_at("Feb 21 09:21:54 x postfix/smtpd[1]: m", now, false).time,
             Some(at("2005-02-21T08:21:54"))
         );
         assert_eq!(
-            p.parse("Jul 21 09:21:54 x postfix/smtpd[1]: m", now, false).time,
+            p.parse_at("Jul 21 09:21:54 x postfix/smtpd[1]: m", now, false).time,
             Some(at("2005-07-21T07:21:54"))
         );
     }
@@ -973,20 +1024,26 @@ mod tests {
     fn live_year_never_far_in_future() {
         let p = Parser::new(utc());
         let now = at("2026-01-01T00:00:05");
-        assert_eq!(p.parse("Dec 31 23:59:59 h a: m", now, false).time, Some(at("2025-12-31T23:59:59")));
-        assert_eq!(p.parse("Jan  1 00:00:01 h a: m", now, false).time, Some(at("2026-01-01T00:00:01")));
+        assert_eq!(
+            p.parse_at("Dec 31 23:59:59 h a: m", now, false).time,
+            Some(at("2025-12-31T23:59:59"))
+        );
+        assert_eq!(
+            p.parse_at("Jan  1 00:00:01 h a: m", now, false).time,
+            Some(at("2026-01-01T00:00:01"))
+        );
         // Seen a few seconds before midnight, a January line is the coming year's.
         let before = at("2025-12-31T23:59:55");
         assert_eq!(
-            p.parse("Jan  1 00:00:04 h a: m", before, false).time,
+            p.parse_at("Jan  1 00:00:04 h a: m", before, false).time,
             Some(at("2026-01-01T00:00:04"))
         );
         assert_eq!(
-            p.parse("Dec 31 23:59:50 h a: m", before, false).time,
+            p.parse_at("Dec 31 23:59:50 h a: m", before, false).time,
             Some(at("2025-12-31T23:59:50"))
         );
         assert_eq!(
-            p.parse("Jun 17 03:14:07 h a: m", before, false).time,
+            p.parse_at("Jun 17 03:14:07 h a: m", before, false).time,
             Some(at("2025-06-17T03:14:07"))
         );
     }
@@ -996,21 +1053,30 @@ mod tests {
         let p = Parser::new(utc());
         // A file that runs through New Year: each line is placed near the file's clock.
         let clock = at("2026-12-31T23:59:59");
-        assert_eq!(p.parse("Jan  1 00:00:01 h a: m", clock, true).time, Some(at("2027-01-01T00:00:01")));
-        assert_eq!(p.parse("Dec 31 23:59:58 h a: m", clock, true).time, Some(at("2026-12-31T23:59:58")));
+        assert_eq!(
+            p.parse_at("Jan  1 00:00:01 h a: m", clock, true).time,
+            Some(at("2027-01-01T00:00:01"))
+        );
+        assert_eq!(
+            p.parse_at("Dec 31 23:59:58 h a: m", clock, true).time,
+            Some(at("2026-12-31T23:59:58"))
+        );
         // The first line of a file replayed in late January 2027 is December 2026's.
         let now = at("2027-01-20T00:00:00");
-        assert_eq!(p.parse("Dec 20 10:00:00 h a: m", now, false).time, Some(at("2026-12-20T10:00:00")));
+        assert_eq!(
+            p.parse_at("Dec 20 10:00:00 h a: m", now, false).time,
+            Some(at("2026-12-20T10:00:00"))
+        );
     }
 
     #[test]
     fn local_socket_lines_without_host_keep_their_program() {
         let p = Parser::new(utc());
-        let r = p.parse("<13>Nov 23 14:46:51 postfix/smtpd[7]: warning: x", at("2026-11-24T00:00:00"), false);
+        let r = p.parse_at("<13>Nov 23 14:46:51 postfix/smtpd[7]: warning: x", at("2026-11-24T00:00:00"), false);
         assert_eq!((r.program, r.msg), ("postfix/smtpd", "warning: x"));
-        let r = p.parse("Jan 29 09:33:58 pop3-login: Info: Aborted login", at("2026-11-24T00:00:00"), false);
+        let r = p.parse_at("Jan 29 09:33:58 pop3-login: Info: Aborted login", at("2026-11-24T00:00:00"), false);
         assert_eq!((r.program, r.msg), ("pop3-login", "Info: Aborted login"));
-        let r = p.parse(
+        let r = p.parse_at(
             "Aug 30 00:10:57 auth(i@example.org,192.0.2.110,sasl:login)<Cv>: Info: sql: Password mismatch",
             0,
             false,
@@ -1022,7 +1088,7 @@ mod tests {
     #[test]
     fn headerless_dovecot_keeps_tag_in_message() {
         let p = Parser::new(utc());
-        let r = p.parse(
+        let r = p.parse_at(
             "Jun 17 04:14:11 auth-worker(175697): Info: sql(a,192.0.2.1): unknown user",
             at("2024-07-01T00:00:00"),
             false,
@@ -1036,16 +1102,16 @@ mod tests {
     #[test]
     fn special_formats() {
         let p = Parser::new(utc());
-        let r = p.parse("@400000004c91b044077a9e94 dovecot-auth: pam_unix(dovecot:auth): x", 0, false);
+        let r = p.parse_at("@400000004c91b044077a9e94 dovecot-auth: pam_unix(dovecot:auth): x", 0, false);
         assert_eq!(
             (r.time, r.msg),
             (Some(at("2010-09-16T05:50:50")), "dovecot-auth: pam_unix(dovecot:auth): x")
         );
-        let r = p.parse("2013-08-11 03:56:40 auth-worker(default): Info: m", 0, false);
+        let r = p.parse_at("2013-08-11 03:56:40 auth-worker(default): Info: m", 0, false);
         assert_eq!((r.time, r.msg), (Some(at("2013-08-11T03:56:40")), "auth-worker(default): Info: m"));
-        let r = p.parse("2022-02-18 16:23:03.719762500 helo-dns-check: blocked", 0, false);
+        let r = p.parse_at("2022-02-18 16:23:03.719762500 helo-dns-check: blocked", 0, false);
         assert_eq!((r.time, r.msg), (Some(at("2022-02-18T16:23:03")), "helo-dns-check: blocked"));
-        let r = p.parse("2015/05/27 15:45:58 user:a@b ip:192.0.2.1 auth:failed", 0, false);
+        let r = p.parse_at("2015/05/27 15:45:58 user:a@b ip:192.0.2.1 auth:failed", 0, false);
         assert_eq!(
             (r.time, r.msg),
             (Some(at("2015-05-27T15:45:58")), "user:a@b ip:192.0.2.1 auth:failed")
@@ -1067,10 +1133,10 @@ mod tests {
                 "<co ts=\"2014-06-02T16:06:33.99\" pi=\"1\"",
             ),
         ] {
-            let r = p.parse(line, 0, false);
+            let r = p.parse_at(line, 0, false);
             assert_eq!((r.time, r.msg, r.format), (Some(at(when)), msg, Format::LocalTime), "{line}");
         }
-        let r = p.parse("[22-Jan-2013 22:28:21 +0200]: FAILED login for u from 192.0.2.1", 0, false);
+        let r = p.parse_at("[22-Jan-2013 22:28:21 +0200]: FAILED login for u from 192.0.2.1", 0, false);
         assert_eq!(
             (r.time, r.msg),
             (Some(at("2013-01-22T20:28:21")), "FAILED login for u from 192.0.2.1")
@@ -1101,7 +1167,7 @@ mod tests {
                 Format::Rfc3164,
             ),
         ] {
-            let r = p.parse(&line, at("2026-11-23T12:00:00"), false);
+            let r = p.parse_at(&line, at("2026-11-23T12:00:00"), false);
             assert_eq!(
                 (r.time, r.host, r.program, r.msg, r.format),
                 (Some(at("2026-11-23T10:00:01")), Some("mx1"), "postfix/smtpd", "warning: m", format),
@@ -1109,7 +1175,7 @@ mod tests {
             );
         }
         // Dovecot's own file: a user name with a space is neither host nor program.
-        let r = p.parse(
+        let r = p.parse_at(
             "Aug 30 00:10:57 auth(john smith,192.0.2.1,sasl:login)<s>: Info: sql: unknown user",
             0,
             false,
@@ -1123,14 +1189,14 @@ mod tests {
             "Mar  3 00:17:22 [sshd]: User root from x",
             "Jun 25 23:53:34 [sshd] User root from x",
         ] {
-            let r = p.parse(line, 0, false);
+            let r = p.parse_at(line, 0, false);
             assert_eq!((r.host, r.program, r.msg), (None, "sshd", "User root from x"), "{line}");
         }
         // A journal message: host and tag, no time.
-        let r = p.parse("srv sshd[13709]: error: PAM: Authentication failure", 0, false);
+        let r = p.parse_at("srv sshd[13709]: error: PAM: Authentication failure", 0, false);
         assert_eq!((r.time, r.host, r.program, r.format), (None, Some("srv"), "sshd", Format::HostTag));
         // multilog's accustamp: the time, then a message with no host.
-        let r = p.parse("1157520813.485077 rblsmtpd: 198.51.100.77 pid 1", 0, false);
+        let r = p.parse_at("1157520813.485077 rblsmtpd: 198.51.100.77 pid 1", 0, false);
         assert_eq!(
             (r.time, r.program, r.msg),
             (Some(1_157_520_813), "", "rblsmtpd: 198.51.100.77 pid 1")
@@ -1140,7 +1206,7 @@ mod tests {
             "Mon 2026-11-23 25:00:01 UTC x y: z",
             "12345.6 x y: z",
         ] {
-            assert_ne!(p.parse(bad, 0, false).format, Format::Iso8601, "{bad}");
+            assert_ne!(p.parse_at(bad, 0, false).format, Format::Iso8601, "{bad}");
         }
     }
 
@@ -1149,7 +1215,7 @@ mod tests {
         let p = Parser::new(utc());
         let mut scratch = JournalScratch::default();
         let line = r#"{"__CURSOR":"s=ab;i=1","__REALTIME_TIMESTAMP":"1795428001123456","PRIORITY":"4","SYSLOG_IDENTIFIER":"postfix/smtpd","_PID":"7","_HOSTNAME":"mx1","MESSAGE":"warning: m \"q\"","_TRANSPORT":"syslog"}"#;
-        let r = p.parse_any(line, &mut scratch, 0, false);
+        let r = timed(&p, p.parse_any(line, &mut scratch), 0, false);
         assert_eq!(
             (r.time, r.host, r.program, r.msg, r.format),
             (
@@ -1162,17 +1228,17 @@ mod tests {
         );
         // Not UTF-8: an array of bytes; no identifier: the command name.
         let line = r#"{"__REALTIME_TIMESTAMP":"1795428001000000","_COMM":"dovecot","MESSAGE":[104,105,255]}"#;
-        let r = p.parse_any(line, &mut scratch, 0, false);
+        let r = timed(&p, p.parse_any(line, &mut scratch), 0, false);
         assert_eq!((r.program, r.msg, r.host), ("dovecot", "hi\u{fffd}", None));
         // Not a journal entry: read as text.
-        let r = p.parse_any("{not json", &mut scratch, 0, false);
+        let r = timed(&p, p.parse_any("{not json", &mut scratch), 0, false);
         assert_eq!((r.msg, r.format), ("{not json", Format::Bare));
     }
 
     #[test]
     fn rfc5424_and_iso() {
         let p = Parser::new(utc());
-        let r = p.parse(
+        let r = p.parse_at(
             "<20>1 2026-11-22T21:59:13.053111+00:00 vm postfix/smtpd 175371 - -  warning: m",
             0,
             false,
@@ -1181,7 +1247,7 @@ mod tests {
             (r.time, r.program, r.msg),
             (Some(at("2026-11-22T21:59:13")), "postfix/smtpd", "warning: m")
         );
-        let r = p.parse("2024-06-17T03:14:07.123456+02:00 mail postfix/smtpd[1]: warning: m", 0, false);
+        let r = p.parse_at("2024-06-17T03:14:07.123456+02:00 mail postfix/smtpd[1]: warning: m", 0, false);
         assert_eq!((r.time, r.program), (Some(at("2024-06-17T01:14:07")), "postfix/smtpd"));
     }
 
@@ -1198,7 +1264,7 @@ mod tests {
             let m = syslog_loose::parse_message_with_year_tz(line, |_| 2024, Some(sentinel()), syslog_loose::Variant::Either);
             assert_eq!(fast, (m.hostname.unwrap(), m.appname.unwrap(), m.msg), "{line}");
             let p = Parser::new(utc());
-            let t = p.parse(line, now, false).time.unwrap();
+            let t = p.parse_at(line, now, false).time.unwrap();
             assert_eq!(t, m.timestamp.unwrap().naive_local().and_utc().timestamp(), "{line}");
         }
         for odd in [
@@ -1236,9 +1302,9 @@ mod tests {
     #[test]
     fn garbage_has_no_time() {
         let p = Parser::new(utc());
-        assert_eq!(p.parse("garbage line here", 0, false).time, None);
-        assert_eq!(p.parse("", 0, false).time, None);
-        assert_eq!(p.parse("@zz", 0, false).time, None);
-        assert_eq!(p.parse("[nope", 0, false).time, None);
+        assert_eq!(p.parse_at("garbage line here", 0, false).time, None);
+        assert_eq!(p.parse_at("", 0, false).time, None);
+        assert_eq!(p.parse_at("@zz", 0, false).time, None);
+        assert_eq!(p.parse_at("[nope", 0, false).time, None);
     }
 }

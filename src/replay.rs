@@ -11,11 +11,10 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::input::LineSplitter;
+use crate::input::Blocks;
 use crate::matcher::Found;
 use crate::parse::rfc3339;
-use crate::pipeline::{Event, Pipeline, Stats};
-use crate::prefilter::Prefilter;
+use crate::pipeline::{Event, Front, Pipeline, Scanned, Stats};
 use crate::sink::decision_json;
 
 /// What to print.
@@ -75,72 +74,60 @@ fn progress(name: &str, len: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Reads `reader` in 1 MiB chunks into `full`, reusing the buffers that come back on `free`.
-/// A block of input read ahead, with the literals the prefilter found in it.
+/// A block of whole lines, and what the front made of it.
 #[derive(Default)]
-struct Chunk {
+struct Block {
     bytes: Vec<u8>,
-    ahead: Ahead,
+    scanned: Scanned,
 }
 
-/// The literals found in a block, handed out line by line.
-#[derive(Default)]
-struct Ahead {
-    /// (start, end, literal id), by start; valid when `scanned`.
-    hits: Vec<(u32, u32, u32)>,
-    scanned: bool,
-    /// How far the lines have used `hits`.
-    next: usize,
-}
-
-impl Ahead {
-    /// The literals found inside `line` (a slice of `block`, lines in order) into `out`; false
-    /// when the line is not one the scan saw whole (it spans blocks).
-    fn literals_of(&mut self, block: &[u8], line: &[u8], out: &mut Vec<u32>) -> bool {
-        let from = (line.as_ptr() as usize).wrapping_sub(block.as_ptr() as usize);
-        if !self.scanned || from > block.len() || from + line.len() > block.len() {
-            return false;
-        }
-        let to = from + line.len();
-        out.clear();
-        while let Some(&(start, end, lit)) = self.hits.get(self.next) {
-            if start as usize >= to {
-                break;
-            }
-            self.next += 1;
-            // Before `from`: the unseen tail of a line cut at `max_line`.
-            if start as usize >= from && end as usize <= to {
-                out.push(lit);
-            }
-        }
-        true
-    }
-}
-
-/// Reads blocks and finds the prefilter's literals in them, on its own thread: the matching
-/// thread then only looks at the lines that hold one.
-fn read_chunks(
+/// Reads `reader` in blocks of whole lines, runs them through copies of `front` on as many
+/// threads as there are cores, and hands `count` the results in order, on this thread, with
+/// the block's size. Block k goes to worker k mod n and comes back from it: the order needs no
+/// sorting.
+fn scan_blocks(
     mut reader: Box<dyn Read + Send + '_>,
-    prefilter: &Prefilter,
-    full: &std::sync::mpsc::SyncSender<Chunk>,
-    free: &std::sync::mpsc::Receiver<Chunk>,
+    front: &Front,
+    max_line: usize,
+    mut count: impl FnMut(&Scanned, usize),
 ) -> std::io::Result<()> {
-    loop {
-        let mut c = free.try_recv().unwrap_or_default();
-        c.bytes.resize(1 << 20, 0);
-        let n = match reader.read(&mut c.bytes) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        c.bytes.truncate(n);
-        c.ahead.scanned = prefilter.scan_block(&c.bytes, &mut c.ahead.hits);
-        c.ahead.next = 0;
-        if full.send(c).is_err() {
-            return Ok(());
+    use std::sync::mpsc::{channel, sync_channel};
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    std::thread::scope(|scope| {
+        let (free_tx, free_rx) = channel::<Block>();
+        let (mut to, mut from) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let (in_tx, in_rx) = sync_channel::<Block>(2);
+            let (out_tx, out_rx) = sync_channel::<Block>(2);
+            let mut front = front.clone();
+            scope.spawn(move || {
+                for mut b in in_rx {
+                    front.block(&b.bytes, max_line, &mut b.scanned);
+                    if out_tx.send(b).is_err() {
+                        return;
+                    }
+                }
+            });
+            to.push(in_tx);
+            from.push(out_rx);
         }
-    }
+        let read = scope.spawn(move || {
+            let mut blocks = Blocks::new(max_line);
+            for k in 0.. {
+                let mut b = free_rx.try_recv().unwrap_or_default();
+                if !blocks.next(&mut *reader, &mut b.bytes, 1 << 20)? || to[k % n].send(b).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        for k in 0.. {
+            let Ok(b) = from[k % n].recv() else { break };
+            count(&b.scanned, b.bytes.len());
+            let _ = free_tx.send(b);
+        }
+        read.join().expect("reader thread")
+    })
 }
 
 /// Replays `sources` through `pipeline`; `reference` (Unix seconds) is the clock until the log
@@ -160,32 +147,37 @@ pub fn run(
         ..Report::default()
     };
     let mut err = Ok(());
-    for src in sources {
-        let mut splitter = LineSplitter::new(opts.max_line.max(1));
-        let mut lineno = 0u64;
-        let file = src.name.clone();
-        let prefilter = pipeline.prefilter().clone();
-        let mut on_line = |line: &[u8], known: Option<&[u32]>| {
-            lineno += 1;
-            let matched = pipeline.process_scanned(line, known, reference, |e| {
+    let mut front = pipeline.front();
+    front.set_missed(opts.missed);
+    for Source { name, reader, len } in sources {
+        // Lines before the current block.
+        let mut lines = 0u64;
+        let bar = progress(&name, len);
+        let mut each_block = |block: &Scanned, bytes: usize| {
+            pipeline.count(block, reference, |index, e| {
+                let (file, line) = (&name, lines + u64::from(index) + 1);
                 let v = match e {
                     Event::Match { m, time } if opts.matches => match m.found {
                         Found::Failure { ip, user, .. } => {
-                            let mut v = json!({"kind": "match", "file": file, "line": lineno, "jail": names[m.jail as usize], "rule": m.rule, "host": ip.to_string(), "time": rfc3339(time)});
+                            let mut v = json!({"kind": "match", "file": file, "line": line, "jail": names[m.jail as usize], "rule": m.rule, "host": ip.to_string(), "time": rfc3339(time)});
                             if let Some(u) = user {
                                 v["user"] = u.into();
                             }
                             v
                         }
-                        Found::Ignored => json!({"kind": "ignored", "file": file, "line": lineno, "jail": names[m.jail as usize], "ignore_rule": m.rule}),
-                        Found::Success { ip, user } => json!({"kind": "success", "file": file, "line": lineno, "jail": names[m.jail as usize], "success_rule": m.rule, "host": ip.to_string(), "user": user}),
-                        Found::BadHost(h) => json!({"kind": "bad_host", "file": file, "line": lineno, "jail": names[m.jail as usize], "rule": m.rule, "host": h}),
+                        Found::Ignored => json!({"kind": "ignored", "file": file, "line": line, "jail": names[m.jail as usize], "ignore_rule": m.rule}),
+                        Found::Success { ip, user } => json!({"kind": "success", "file": file, "line": line, "jail": names[m.jail as usize], "success_rule": m.rule, "host": ip.to_string(), "user": user}),
+                        Found::BadHost(h) => json!({"kind": "bad_host", "file": file, "line": line, "jail": names[m.jail as usize], "rule": m.rule, "host": h}),
                     },
                     Event::Decision(d) if opts.decisions => {
                         let mut v = decision_json(d);
                         v["file"] = file.clone().into();
-                        v["line"] = lineno.into();
+                        v["line"] = line.into();
                         v
+                    }
+                    Event::Missed(text) => {
+                        report.missed_with_address += 1;
+                        json!({"kind": "missed", "file": file, "line": line, "text": text})
                     }
                     _ => return,
                 };
@@ -193,43 +185,16 @@ pub fn run(
                     err = writeln!(out, "{v}");
                 }
             });
-            // Looking for an address costs more than the whole pipeline on an ordinary line:
-            // only when asked.
-            if !matched && opts.missed && has_address(line) {
-                report.missed_with_address += 1;
-                let v = json!({"kind": "missed", "file": file, "line": lineno, "text": String::from_utf8_lossy(line)});
-                if err.is_ok() {
-                    err = writeln!(out, "{v}");
-                }
+            lines += block.lines_read;
+            report.truncated += block.truncated;
+            if let Some(b) = &bar {
+                b.inc(bytes as u64);
             }
         };
-        // Reading and scanning for literals on a second core while this one matches.
-        let Source { name, reader, len } = src;
-        let bar = progress(&name, len);
-        let mut known = Vec::new();
-        std::thread::scope(|scope| {
-            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
-            let (free_tx, free_rx) = std::sync::mpsc::channel::<Chunk>();
-            let read = scope.spawn(move || read_chunks(reader, &prefilter, &full_tx, &free_rx));
-            for mut chunk in full_rx {
-                let Chunk { bytes, ahead } = &mut chunk;
-                splitter.feed(bytes, |line| {
-                    let seen = ahead.literals_of(bytes, line, &mut known);
-                    on_line(line, seen.then_some(&known[..]));
-                });
-                if let Some(b) = &bar {
-                    b.inc(chunk.bytes.len() as u64);
-                }
-                let _ = free_tx.send(chunk);
-            }
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
-            read.join().expect("reader thread")
-        })
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{name}: {e}")))?;
-        splitter.finish(|line| on_line(line, None));
-        report.truncated += splitter.truncated;
+        scan_blocks(reader, &front, opts.max_line, &mut each_block).map_err(|e| std::io::Error::new(e.kind(), format!("{name}: {e}")))?;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
         std::mem::replace(&mut err, Ok(()))?;
     }
     report.stats = pipeline.stats().clone();
@@ -254,25 +219,6 @@ fn shorten(rule: &str) -> String {
 
 fn lines_per_s(r: &Report) -> f64 {
     if r.elapsed > 0.0 { r.stats.lines as f64 / r.elapsed } else { 0.0 }
-}
-
-/// Whether a line holds an IP address: a run of hex digits, dots and colons that parses as one
-/// (a time such as `00:00:00` does not).
-pub fn has_address(line: &[u8]) -> bool {
-    let is_part = |b: &u8| b.is_ascii_hexdigit() || *b == b'.' || *b == b':';
-    let is_ip = |t: &[u8]| std::str::from_utf8(t).is_ok_and(|t| t.parse::<std::net::IpAddr>().is_ok());
-    line.split(|b| !is_part(b)).any(|tok| {
-        // `ip:192.0.2.1`, `[192.0.2.1]:25`, `192.0.2.1.`: punctuation around, a port after.
-        let tok = tok.trim_ascii_start();
-        let start = tok.iter().position(|b| b.is_ascii_hexdigit()).unwrap_or(tok.len());
-        let tok = &tok[start..];
-        let end = tok.iter().rposition(|b| b.is_ascii_hexdigit()).map_or(0, |i| i + 1);
-        let tok = &tok[..end];
-        tok.len() >= 7
-            && (is_ip(tok)
-                || (tok.iter().filter(|&&b| b == b'.').count() == 3
-                    && tok.iter().rposition(|&b| b == b':').is_some_and(|c| is_ip(&tok[..c]))))
-    })
 }
 
 /// Lines no failure rule matched and no ignore rule claimed.
@@ -436,6 +382,58 @@ mod tests {
         assert_eq!(replayed(&log, 61, 90), cut);
         assert!(!cut.contains("\"kind\":\"match\""), "{cut}");
     }
+    /// Blocks of whole lines, each through a copy of the front on another thread, count what the
+    /// pipeline counts line by line on one (`Pipeline::process`, the daemon's way).
+    #[test]
+    fn blocks_on_threads_count_what_lines_alone_count() {
+        let mut log = String::new();
+        // About 3 MiB: several blocks, a failure series across each boundary.
+        for i in 0..24_000u32 {
+            let (s, a, b) = (i / 60 % 60, i % 251, i % 13);
+            log += &format!(
+                "Jun 17 0{}:{:02}:{s:02} mx1 postfix/smtpd[1]: warning: unknown[203.0.113.{a}]: SASL LOGIN authentication failed: x\n\
+                 Jun 17 0{}:{:02}:{s:02} mx1 dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<u{b}>, method=PLAIN, rip=198.51.100.{b}, lip=192.0.2.10\n\
+                 Jun 17 0{}:{:02}:{s:02} mx1 postfix/smtpd[1]: connect from unknown[192.0.2.{a}]\n",
+                i / 3600,
+                i / 60 % 60,
+                i / 3600,
+                i / 60 % 60,
+                i / 3600,
+                i / 60 % 60
+            );
+        }
+        let stages = Config::builtin_named("all.ron").unwrap().stages().unwrap();
+        let reference = 1_781_654_400;
+        let mut alone = Pipeline::new(&stages, Mode::Replay).unwrap();
+        let mut bans = 0;
+        for line in log.lines() {
+            alone.process(line.as_bytes(), reference, |e| bans += u64::from(matches!(e, Event::Decision(_))));
+        }
+        let mut blocks = Pipeline::new(&stages, Mode::Replay).unwrap();
+        let src = Source {
+            name: "log".into(),
+            reader: Box::new(log.as_bytes()),
+            len: None,
+        };
+        let report = run(
+            &mut blocks,
+            vec![src],
+            reference,
+            Options {
+                max_line: 16384,
+                ..Options::default()
+            },
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert!(
+            report.stats.bans > 30 && bans == report.stats.bans,
+            "{} / {bans}",
+            report.stats.bans
+        );
+        assert_eq!(&report.stats, alone.stats());
+    }
+
     #[test]
     fn an_address_is_an_address_and_a_time_is_not() {
         for (line, want) in [
@@ -447,7 +445,7 @@ mod tests {
             ("user:a ip:192.0.2.1 auth:failed", true),
             ("relay=mx.example.net[198.51.100.1]:25, delay=1", true),
         ] {
-            assert_eq!(super::has_address(line.as_bytes()), want, "{line}");
+            assert_eq!(crate::pipeline::has_address(line.as_bytes()), want, "{line}");
         }
     }
 }

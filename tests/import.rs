@@ -437,7 +437,7 @@ fn compare(
             } else {
                 c.missing.push(line);
             }
-            let hostless = converted && b.is_none() && parser.parse(text, 0, true).host.is_none();
+            let hostless = converted && b.is_none() && parser.parse(text).host.is_none();
             let why = explain(file, &group, text, a, b, &notes).or_else(|| {
                 hostless.then(|| "a line without a syslog host: fail2ban's prefix line takes its first word (a program or not) as the host; the converted jail needs the filter's _daemon as the program".to_string())
             });

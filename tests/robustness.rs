@@ -90,7 +90,7 @@ proptest! {
         // Trying every rule must find exactly what trying the prefilter's candidates finds.
         let line = parts.concat();
         let st = &mut *STAGES.lock().unwrap();
-        let rec = st.parser.parse(&line, 0, false);
+        let rec = st.parser.parse(&line);
         let every: Vec<u32> = (0..rules(&st.matcher)).collect();
         let mut full = Vec::new();
         st.matcher.find(&rec, &every, &mut full);

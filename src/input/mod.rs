@@ -3,7 +3,8 @@
 //! A stream is cut into lines by `LineSplitter`, which never fails: CR before LF is dropped, an
 //! over-long line is cut at `max_line` (the rest up to its LF is skipped and the line counted),
 //! and a last line without LF is still a line. Lines wholly inside a chunk are handed out as
-//! slices of it; only a line split across chunks is copied.
+//! slices of it; only a line split across chunks is copied. `Blocks` cuts a stream into blocks
+//! of whole lines instead, for the lines to be split on other threads, with the same result.
 
 pub mod frame;
 pub mod journal;
@@ -150,13 +151,14 @@ impl LineSplitter {
                 self.emit(part, &mut f);
                 continue;
             }
-            // One byte beyond max_line is kept to tell "exactly max_line + CR" from "too long".
-            let room = (self.max_line + 1).saturating_sub(self.carry.len());
+            // Two bytes beyond max_line are kept: without its LF yet, a line of max_line + 1
+            // bytes may be one of exactly max_line and its CR; one of max_line + 2 is too long.
+            let room = (self.max_line + 2).saturating_sub(self.carry.len());
             self.carry.extend_from_slice(&part[..part.len().min(room)]);
             let carry = std::mem::take(&mut self.carry);
             if complete {
                 self.emit(&carry, &mut f);
-            } else if carry.len() > self.max_line {
+            } else if carry.len() > self.max_line + 1 {
                 // Over-long and still going: emit its head now, skip the rest.
                 self.emit(&carry, &mut f);
                 self.skipping = true;
@@ -190,6 +192,76 @@ impl LineSplitter {
     }
 }
 
+/// Reads a stream as blocks of whole lines (the last may lack its LF), so that each block can be
+/// split into lines on its own: a line across two reads is carried into the next block, and an
+/// over-long one is cut the way `LineSplitter` cuts it (its head, then nothing up to its LF).
+#[derive(Debug)]
+pub struct Blocks {
+    max_line: usize,
+    /// The start of a line the last block did not finish.
+    tail: Vec<u8>,
+    /// Inside an over-long line whose head was already handed out: skip to its LF.
+    skipping: bool,
+}
+
+impl Blocks {
+    /// Blocks whose lines are cut at `max_line` bytes.
+    pub fn new(max_line: usize) -> Blocks {
+        Blocks {
+            max_line: max_line.max(1),
+            tail: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// Fills `block` with the next whole lines, reading `read` bytes at a time; false at the
+    /// end of the stream.
+    pub fn next(&mut self, reader: &mut dyn std::io::Read, block: &mut Vec<u8>, read: usize) -> std::io::Result<bool> {
+        block.clear();
+        block.append(&mut self.tail);
+        loop {
+            let old = block.len();
+            block.resize(old + read, 0);
+            let n = loop {
+                match reader.read(&mut block[old..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            block.truncate(old + n.as_ref().map_or(0, |n| *n));
+            if n? == 0 {
+                return Ok(!block.is_empty());
+            }
+            if self.skipping {
+                match memchr::memchr(b'\n', &block[old..]) {
+                    Some(i) => {
+                        block.drain(old..=old + i);
+                        self.skipping = false;
+                    }
+                    None => {
+                        block.truncate(old);
+                        continue;
+                    }
+                }
+            }
+            let end = memchr::memrchr(b'\n', block).map_or(0, |i| i + 1);
+            self.tail.extend_from_slice(&block[end..]);
+            block.truncate(end);
+            if self.tail.len() > self.max_line + 1 {
+                // Two bytes beyond max_line, as `LineSplitter` keeps: told from "max_line + CR".
+                block.extend_from_slice(&self.tail[..self.max_line + 2]);
+                block.push(b'\n');
+                self.tail.clear();
+                self.skipping = true;
+            }
+            if !block.is_empty() {
+                return Ok(true);
+            }
+            block.append(&mut self.tail);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +292,49 @@ mod tests {
         let (l, t) = split(10, &[&[&long[..], b"\nok"].concat()]);
         assert_eq!(l, vec![vec![b'x'; 10], b"ok".to_vec()]);
         assert_eq!(t, 1);
+    }
+
+    /// `Blocks` then `LineSplitter` per block gives what `LineSplitter` gives on the stream,
+    /// and so does `LineSplitter` fed in pieces: however the reads fall.
+    #[test]
+    fn blocks_split_like_the_splitter() {
+        let mut seed = 7u64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..400 {
+            let stream: Vec<u8> = (0..rand(300)).map(|_| [b'a', b'b', b'\r', b'\n'][rand(4) as usize]).collect();
+            let max = 1 + rand(12) as usize;
+            let want = split(max, &[&stream]);
+            let cut = 1 + rand(40) as usize;
+            assert_eq!(split(max, &stream.chunks(cut).collect::<Vec<_>>()), want, "pieces of {cut}");
+            // Reads of random sizes, as a pipe hands them out.
+            let sizes: Vec<usize> = (0..64).map(|_| 1 + rand(40) as usize).collect();
+            let mut reader = Chopped(&stream, sizes.into_iter().cycle());
+            let mut blocks = Blocks::new(max);
+            let (mut got, mut truncated, mut block) = (Vec::new(), 0, Vec::new());
+            while blocks.next(&mut reader, &mut block, 1 + rand(30) as usize).unwrap() {
+                let (lines, t) = split(max, &[&block]);
+                got.extend(lines);
+                truncated += t;
+            }
+            assert_eq!((got, truncated), want, "{:?} max {max}", String::from_utf8_lossy(&stream));
+        }
+    }
+
+    /// A reader that hands out at most the next size at a time.
+    struct Chopped<'a, I>(&'a [u8], I);
+
+    impl<I: Iterator<Item = usize>> std::io::Read for Chopped<'_, I> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.next().unwrap_or(1).min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! Wires the stages: raw line → prefilter → parse → matcher → policy/window → decisions.
 //!
 //! Synchronous and single-owner: one `Pipeline` per stream of lines, no locks, no channels.
-//! The hot path borrows the line and reuses its scratch vectors; a line the prefilter rejects
-//! costs one Aho-Corasick scan and no allocation.
+//! It has two halves: the `front` (prefilter, parse, match) keeps no state across lines and can
+//! run on other threads, a block at a time (`Front::block`); the counting half (clock, policy,
+//! window) takes what it made, in order (`Pipeline::count`). The hot path reuses its scratch
+//! vectors; a line the prefilter rejects costs one Aho-Corasick scan and no allocation.
+
+mod front;
+
+pub use front::{Front, Line, Scanned, Span, has_address};
 
 use std::fmt::Write as _;
 
@@ -11,7 +17,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::clock::{Clock, Mode};
+use crate::clock::{Clock, Mode, Placed};
 use crate::evidence::Evidence;
 use crate::matcher::MatcherConfig;
 use crate::matcher::{Found, JailId, Match, Matcher};
@@ -75,37 +81,37 @@ pub enum Event<'a> {
     /// A jail's rule matched.
     Match {
         /// The match.
-        m: Match<'a>,
+        m: Match<&'a str>,
         /// The time it counts at (the line's own, or the clock's when that is not trusted).
         time: i64,
     },
     /// A ban to apply.
     Decision(&'a Decision),
+    /// A line that holds an address but matched no failure rule (only when the front was
+    /// asked for them, `Front::set_missed`).
+    Missed(&'a str),
 }
 
 /// The stages of one pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
-    prefilter: Prefilter,
-    parser: Parser,
+    /// Prefilter, parser and matcher; also the counting half's own (year inference, success
+    /// users, reports).
+    front: Front,
+    /// The one line `process` runs through the front (reused).
+    one: Scanned,
     clock: Clock,
-    matcher: Matcher,
     window: Window,
     policy: Policy,
     stats: Stats,
-    matches: Vec<Match<'static>>,
+    matches: Vec<Match<&'static str>>,
     decisions: Vec<Decision>,
-    lossy: String,
     /// Each jail's (rules, ignore rules) as written, for reports.
     texts: Vec<(Vec<String>, Vec<String>)>,
     /// When this pipeline started (kept across reloads), for rates.
     started: std::time::Instant,
     /// Recent counted lines and how many a decision quotes, when a sink wants them.
     evidence: Option<(Evidence, usize)>,
-    /// The fields of the last JSON journal entry (reused).
-    journal: crate::parse::JournalScratch,
-    /// The rules to try on the current line (reused).
-    candidates: Vec<u32>,
     /// Set when failures are shared with a fleet.
     fleet: Option<FleetCounting>,
     /// Each jail's way of counting accounts (`count`, `on_success`, weights).
@@ -309,16 +315,14 @@ impl Pipeline {
             ..Default::default()
         };
         Ok(Pipeline {
-            prefilter,
-            parser: Parser::new(zone),
+            front: Front::new(prefilter, Parser::new(zone), matcher),
+            one: Scanned::default(),
             clock: Clock::new(mode, cfg.parse.future_skew.secs(), cfg.parse.backlog.secs()),
-            matcher,
             window,
             policy,
             stats,
             matches: Vec::new(),
             decisions: Vec::new(),
-            lossy: String::new(),
             texts: cfg
                 .jails
                 .iter()
@@ -326,8 +330,6 @@ impl Pipeline {
                 .collect(),
             started: std::time::Instant::now(),
             evidence: None,
-            journal: Default::default(),
-            candidates: Vec::new(),
             fleet: None,
             accounts_of,
             accounts,
@@ -443,7 +445,12 @@ impl Pipeline {
 
     /// Whether matches report `<USER>` (for reports; banning needs only the host).
     pub fn set_want_user(&mut self, on: bool) {
-        self.matcher.set_want_user(on);
+        self.front.matcher.set_want_user(on);
+    }
+
+    /// The front half (`Front::block`), for other threads: a copy, as configured now.
+    pub fn front(&self) -> Front {
+        self.front.clone()
     }
 
     /// Seconds since the daemon's pipeline started (reloads included).
@@ -458,7 +465,7 @@ impl Pipeline {
 
     /// Jail names by id.
     pub fn jail_names(&self) -> &[String] {
-        self.matcher.jail_names()
+        self.front.matcher.jail_names()
     }
 
     /// A jail's failure and ignore rules as written.
@@ -467,14 +474,10 @@ impl Pipeline {
         (r, i)
     }
 
-    /// The prefilter (to scan blocks of lines ahead on another thread).
-    pub fn prefilter(&self) -> &Prefilter {
-        &self.prefilter
-    }
-
     /// The prefilter's literals as text.
     pub fn literal_texts(&self) -> Vec<String> {
-        self.prefilter
+        self.front
+            .prefilter
             .literals()
             .iter()
             .map(|l| String::from_utf8_lossy(l).into_owned())
@@ -484,17 +487,17 @@ impl Pipeline {
     /// Rules without a usable literal, as (jail, rule index, is an ignore rule): every line is
     /// parsed for them.
     pub fn unliteral_rules(&self) -> Vec<(&str, usize, bool)> {
-        self.matcher.unliteral_rules().collect()
+        self.front.matcher.unliteral_rules().collect()
     }
 
     /// Rules whose worst case is far slower than the others' (`Matcher::heavy_rules`).
     pub fn heavy_rules(&self) -> Vec<(&str, usize, bool)> {
-        self.matcher.heavy_rules()
+        self.front.matcher.heavy_rules()
     }
 
     /// The zone naive times are read in.
     pub fn zone(&self) -> Zone {
-        self.parser.zone()
+        self.front.parser.zone()
     }
 
     /// The clock's time for a batch that arrived at `arrival` (the wall clock); ends the bans
@@ -536,9 +539,10 @@ impl Pipeline {
             next.share_failures();
             next.fleet_link(f.link_up);
         }
-        let old = self.matcher.jail_names();
+        let old = self.front.matcher.jail_names();
         let new_id = |j: JailId| {
-            next.matcher
+            next.front
+                .matcher
                 .jail_names()
                 .iter()
                 .position(|n| *n == old[j as usize])
@@ -552,7 +556,7 @@ impl Pipeline {
         next.started = self.started;
         // Jail ids name the lines' jails: the ring is kept only when they mean the same.
         next.evidence = self.evidence.map(|(ring, n)| {
-            let same = old == next.matcher.jail_names();
+            let same = old == next.front.matcher.jail_names();
             (if same { ring } else { Evidence::default() }, n)
         });
         let jails = std::mem::take(&mut next.stats.jails);
@@ -619,47 +623,53 @@ impl Pipeline {
     /// Runs one line through every stage; `arrival` (Unix seconds) is the wall clock when it
     /// arrived (`run`) or the reference time (`test`). Calls `on` for each match and decision.
     /// Returns whether some jail's failure rule matched.
-    pub fn process(&mut self, line: &[u8], arrival: i64, on: impl FnMut(Event<'_>)) -> bool {
-        self.process_scanned(line, None, arrival, on)
+    pub fn process(&mut self, line: &[u8], arrival: i64, mut on: impl FnMut(Event<'_>)) -> bool {
+        let mut one = std::mem::take(&mut self.one);
+        one.clear();
+        self.front.line(line, None, &mut one);
+        let matched = self.count(&one, arrival, |_, e| on(e));
+        self.one = one;
+        matched > 0
     }
 
-    /// `process` for a line whose literals `known` were found ahead (`Prefilter::scan_block`).
-    pub fn process_scanned(&mut self, line: &[u8], known: Option<&[u32]>, arrival: i64, mut on: impl FnMut(Event<'_>)) -> bool {
-        self.stats.lines += 1;
-        let mut scratch = std::mem::take(&mut self.candidates);
-        let Some(candidates) = self.prefilter.select(line, known, &mut scratch) else {
-            self.stats.skipped += 1;
-            self.candidates = scratch;
-            return false;
-        };
-        self.stats.parsed += 1;
-        let mut lossy = std::mem::take(&mut self.lossy);
-        // simdutf8: the same check as std's, several times faster on ASCII logs.
-        let text = match simdutf8::basic::from_utf8(line) {
-            Ok(s) => s,
-            Err(_) => {
-                self.stats.invalid_utf8 += 1;
-                lossy.clear();
-                for chunk in line.utf8_chunks() {
-                    lossy.push_str(chunk.valid());
-                    if !chunk.invalid().is_empty() {
-                        lossy.push(char::REPLACEMENT_CHARACTER);
-                    }
-                }
-                &lossy
+    /// Counts, in order, the lines the front made of a block; `arrival` as for `process`.
+    /// Calls `on` with each line's index in the block and its events. Returns how many lines
+    /// some jail's failure rule matched.
+    pub fn count(&mut self, block: &Scanned, arrival: i64, mut on: impl FnMut(u32, Event<'_>)) -> u64 {
+        let parsed = block.lines.iter().filter(|l| l.parsed).count() as u64;
+        self.stats.lines += block.lines_read;
+        self.stats.parsed += parsed;
+        self.stats.skipped += block.lines_read - parsed;
+        let before = self.stats.matched_lines;
+        for line in &block.lines {
+            let text = block.text(line.text);
+            if !line.parsed {
+                on(line.index, Event::Missed(text));
+                continue;
             }
-        };
-        let (reference, follow) = self.clock.year_reference(arrival);
-        let mut journal = std::mem::take(&mut self.journal);
-        let rec = self.parser.parse_any(text, &mut journal, reference, follow);
-        self.stats.time_unparsed += u64::from(rec.time.is_none());
-        let placed = self.clock.place(rec.time, arrival);
-        self.stats.time_clamped += u64::from(placed.clamped);
-        // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
-        let mut matches: Vec<Match<'_>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
-        self.matcher.find(&rec, candidates, &mut matches);
-        self.candidates = scratch;
-        for m in &mut matches {
+            self.stats.invalid_utf8 += u64::from(line.invalid_utf8);
+            self.stats.time_unparsed += u64::from(line.stamp.is_none());
+            let (reference, follow) = self.clock.year_reference(arrival);
+            let stamp = line.stamp.map(|s| self.front.parser.unix(s, reference, follow));
+            let placed = self.clock.place(stamp, arrival);
+            self.stats.time_clamped += u64::from(placed.clamped);
+            let at = line.matches.start as usize..line.matches.end as usize;
+            // The scratch vector outlives the block; reuse its allocation under its lifetime.
+            let mut matches: Vec<Match<&str>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
+            matches.extend(block.matches[at].iter().map(|m| m.map(|s| block.text(s))));
+            let matched = self.count_line(&mut matches, placed, text, block.text(line.msg), &mut |e| on(line.index, e));
+            if !matched && line.missed {
+                on(line.index, Event::Missed(text));
+            }
+            matches.clear();
+            self.matches = matches.into_iter().map(|_| unreachable!()).collect();
+        }
+        self.stats.matched_lines - before
+    }
+
+    /// Counts one line's matches at `placed`; whether a failure rule matched.
+    fn count_line(&mut self, matches: &mut [Match<&str>], placed: Placed, text: &str, msg: &str, on: &mut dyn FnMut(Event<'_>)) -> bool {
+        for m in matches.iter_mut() {
             self.resolve_client(m);
         }
         // The account a line failed on, once however many jails took it.
@@ -671,8 +681,8 @@ impl Pipeline {
         }
         let mut matched = false;
         (self.login, self.hashed) = (None, None);
-        for m in &matches {
-            matched |= self.account(*m, placed.time, placed.now, text, rec.msg);
+        for m in matches.iter() {
+            matched |= self.account(*m, placed.time, placed.now, text, msg);
             on(Event::Match { m: *m, time: placed.time });
         }
         let ignored = !matched && matches.iter().any(|m| m.found == Found::Ignored);
@@ -682,16 +692,12 @@ impl Pipeline {
         }
         self.stats.matched_lines += u64::from(matched);
         self.decisions.clear();
-        matches.clear();
-        self.matches = matches.into_iter().map(|_| unreachable!()).collect();
-        self.lossy = lossy;
-        self.journal = journal;
         matched
     }
 
     /// A failure reported by a trusted proxy becomes the client's; one whose proxy names no
     /// usable client is a bad host (the list is what was found).
-    fn resolve_client<'a>(&self, m: &mut Match<'a>) {
+    fn resolve_client(&self, m: &mut Match<&str>) {
         if let Found::Failure { ip, forwarded, .. } = &mut m.found {
             match self.policy.client(*ip, *forwarded) {
                 Some(client) => *ip = client,
@@ -702,7 +708,7 @@ impl Pipeline {
 
     /// Counts one match at line time `time`, clock `now`, through policy and window; true for a
     /// failure.
-    fn account(&mut self, m: Match<'_>, time: i64, now: i64, line: &str, msg: &str) -> bool {
+    fn account(&mut self, m: Match<&str>, time: i64, now: i64, line: &str, msg: &str) -> bool {
         let js = &mut self.stats.jails[m.jail as usize];
         let (ip, user) = match m.found {
             Found::Ignored => {
@@ -776,7 +782,7 @@ impl Pipeline {
     /// no longer count (`Reset`), and the pair may become trusted. Most logins change nothing
     /// (no failures of that address to reset, its trust renewed within the hour): the user is
     /// taken from the line only when one would.
-    fn success(&mut self, m: Match<'_>, ip: std::net::IpAddr, user: Option<&str>, msg: &str, now: i64) {
+    fn success(&mut self, m: Match<&str>, ip: std::net::IpAddr, user: Option<&str>, msg: &str, now: i64) {
         let jail = m.jail;
         let acc = &self.accounts_of[jail as usize];
         let (reset, trust, count) = (acc.reset, acc.trust, acc.count);
@@ -799,7 +805,7 @@ impl Pipeline {
             return;
         }
         let Some(user) = user
-            .or_else(|| self.matcher.success_user(msg, jail, m.rule))
+            .or_else(|| self.front.matcher.success_user(msg, jail, m.rule))
             .filter(|u| !u.is_empty())
         else {
             return;
@@ -861,24 +867,27 @@ impl Pipeline {
     pub fn explain(&mut self, line: &[u8], now: i64) -> String {
         let mut o = String::new();
         let text = String::from_utf8_lossy(line).into_owned();
-        let lits = self.prefilter.hits(line);
+        let lits = self.front.prefilter.hits(line);
         let mut scratch = Vec::new();
-        let selected = self.prefilter.select(line, None, &mut scratch).map(<[u32]>::to_vec);
-        let any = selected.as_ref().is_some_and(|c| c.len() > self.prefilter.candidates(false).len());
+        let selected = self.front.prefilter.select(line, None, &mut scratch).map(<[u32]>::to_vec);
+        let any = selected
+            .as_ref()
+            .is_some_and(|c| c.len() > self.front.prefilter.candidates(false).len());
         let candidates = selected.unwrap_or_default();
         let _ = writeln!(o, "line:      {text:?}");
         let (reference, follow) = self.clock.year_reference(now);
         let mut journal = crate::parse::JournalScratch::default();
-        let rec: Record<'_> = self.parser.parse_any(&text, &mut journal, reference, follow);
-        let placed = self.clock.place(rec.time, now);
+        let rec: Record<'_> = self.front.parser.parse_any(&text, &mut journal);
+        let time = rec.time.map(|s| self.front.parser.unix(s, reference, follow));
+        let placed = self.clock.place(time, now);
         let _ = writeln!(
             o,
             "parse:     time={} host={:?} program={:?}",
-            rec.time.map_or("none (the clock's time is used)".into(), |t| {
+            time.map_or("none (the clock's time is used)".into(), |t| {
                 format!(
                     "{} ({} local){}",
                     crate::parse::rfc3339(t),
-                    crate::parse::local_iso(self.parser.zone(), t),
+                    crate::parse::local_iso(self.front.parser.zone(), t),
                     if placed.clamped {
                         format!(
                             "; too far from the clock ({}): counted at the clock's time",
@@ -896,7 +905,7 @@ impl Pipeline {
         let _ = writeln!(o, "           msg={:?}", rec.msg);
         if any {
             let _ = writeln!(o, "prefilter: pass, literals found: {lits:?}; {} candidate rules", candidates.len());
-        } else if self.prefilter.has_unliteral() {
+        } else if self.front.prefilter.has_unliteral() {
             let _ = writeln!(o, "prefilter: no literal found; only rules without literals are tried");
         } else {
             let _ = writeln!(
@@ -905,8 +914,8 @@ impl Pipeline {
             );
         }
         let mut matches = Vec::new();
-        self.matcher.set_want_user(true);
-        self.matcher.find(&rec, &candidates, &mut matches);
+        self.front.matcher.set_want_user(true);
+        self.front.matcher.find(&rec, &candidates, &mut matches);
         for m in &mut matches {
             self.resolve_client(m);
         }
@@ -914,7 +923,7 @@ impl Pipeline {
             let _ = writeln!(o, "matcher:   no rule of any jail matches (rules are anchored at the start of msg)");
         }
         for m in &matches {
-            let jail = &self.matcher.jail_names()[m.jail as usize];
+            let jail = &self.front.matcher.jail_names()[m.jail as usize];
             match m.found {
                 Found::Ignored => {
                     let _ = writeln!(o, "matcher:   jail {jail}: ignore rule {} matches: not a failure", m.rule);

@@ -1,0 +1,265 @@
+//! The pipeline's first half: prefilter, parse and match. It keeps nothing from one line to the
+//! next (a year-less date waits for the clock, see `parse::Stamp`), so blocks of lines can go
+//! through copies of it on several threads while one thread counts their results in order
+//! (`Pipeline::count`).
+//!
+//! What it hands on is owned and flat: the texts a match refers to are copied into the block's
+//! `text` and referred to by spans, and only for lines that matched.
+
+use crate::input::LineSplitter;
+use crate::matcher::{Found, Match, Matcher};
+use crate::parse::{JournalScratch, Parser, Stamp};
+use crate::prefilter::Prefilter;
+
+/// Where a text is in a block's `text`: (start, end).
+pub type Span = (u32, u32);
+
+/// A line that passed the prefilter, or one the caller asked about (`missed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Its index in the block (0-based), for line numbers.
+    pub index: u32,
+    /// It passed the prefilter and was parsed and matched (else it is only `missed`).
+    pub parsed: bool,
+    /// Its time as written.
+    pub stamp: Option<Stamp>,
+    /// It was not UTF-8: its text is the lossy copy.
+    pub invalid_utf8: bool,
+    /// The line and its message, when it matched or is `missed`.
+    pub text: Span,
+    /// The message part (a journal entry's is not inside its line).
+    pub msg: Span,
+    /// Its matches, a range of the block's `matches`.
+    pub matches: std::ops::Range<u32>,
+    /// No failure rule matched, the line holds an address, and the front was asked to say so.
+    pub missed: bool,
+}
+
+/// What the front made of a block of lines (reused from block to block).
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// Lines in the block.
+    pub lines_read: u64,
+    /// Lines cut at the longest line allowed.
+    pub truncated: u64,
+    /// The lines worth counting, in order.
+    pub lines: Vec<Line>,
+    /// Their matches.
+    pub matches: Vec<Match<Span>>,
+    /// The texts spans refer to.
+    pub text: String,
+}
+
+impl Scanned {
+    /// Empties it, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.lines_read = 0;
+        self.truncated = 0;
+        self.lines.clear();
+        self.matches.clear();
+        self.text.clear();
+    }
+
+    /// The text at `span`.
+    pub fn text(&self, (start, end): Span) -> &str {
+        &self.text[start as usize..end as usize]
+    }
+
+    /// Copies `s` in; its span.
+    fn keep(&mut self, s: &str) -> Span {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        (start, self.text.len() as u32)
+    }
+}
+
+/// The stages that need no state across lines: prefilter, parser, matcher, and their scratch.
+/// A clone works on another thread.
+#[derive(Debug, Clone)]
+pub struct Front {
+    pub(super) prefilter: Prefilter,
+    pub(super) parser: Parser,
+    pub(super) matcher: Matcher,
+    /// Also report lines with an address that no failure rule matched.
+    missed: bool,
+    journal: JournalScratch,
+    lossy: String,
+    candidates: Vec<u32>,
+    known: Vec<u32>,
+    hits: Vec<(u32, u32, u32)>,
+    found: Vec<Match<&'static str>>,
+}
+
+impl Front {
+    /// The first half of a pipeline made of these stages.
+    pub fn new(prefilter: Prefilter, parser: Parser, matcher: Matcher) -> Front {
+        Front {
+            prefilter,
+            parser,
+            matcher,
+            missed: false,
+            journal: JournalScratch::default(),
+            lossy: String::new(),
+            candidates: Vec::new(),
+            known: Vec::new(),
+            hits: Vec::new(),
+            found: Vec::new(),
+        }
+    }
+
+    /// Also report lines that hold an address but matched no failure rule (`Line::missed`).
+    /// Looking for an address costs more than the rest of the front on an ordinary line.
+    pub fn set_missed(&mut self, on: bool) {
+        self.missed = on;
+    }
+
+    /// Runs a block of whole lines (the last may lack its LF) through, each cut at `max_line`
+    /// bytes, into `out` (cleared first). The block's literals are found in one scan.
+    pub fn block(&mut self, block: &[u8], max_line: usize, out: &mut Scanned) {
+        out.clear();
+        let mut hits = std::mem::take(&mut self.hits);
+        let mut known = std::mem::take(&mut self.known);
+        let scanned = self.prefilter.scan_block(block, &mut hits);
+        let mut ahead = Ahead { hits: &hits, next: 0 };
+        let mut splitter = LineSplitter::new(max_line);
+        let mut each = |line: &[u8]| {
+            let seen = scanned && ahead.literals_of(block, line, &mut known);
+            self.line(line, seen.then_some(&known[..]), out);
+        };
+        splitter.feed(block, &mut each);
+        splitter.finish(&mut each);
+        out.truncated = splitter.truncated;
+        (self.hits, self.known) = (hits, known);
+    }
+
+    /// Runs one line through; `known` is the literals a scan ahead found in it. Appends to `out`.
+    pub fn line(&mut self, line: &[u8], known: Option<&[u32]>, out: &mut Scanned) {
+        let index = out.lines_read as u32;
+        out.lines_read += 1;
+        let mut scratch = std::mem::take(&mut self.candidates);
+        let Some(candidates) = self.prefilter.select(line, known, &mut scratch) else {
+            if self.missed && has_address(line) {
+                let text = out.keep(&String::from_utf8_lossy(line));
+                let at = out.matches.len() as u32;
+                out.lines.push(Line {
+                    index,
+                    parsed: false,
+                    stamp: None,
+                    invalid_utf8: false,
+                    text,
+                    msg: text,
+                    matches: at..at,
+                    missed: true,
+                });
+            }
+            self.candidates = scratch;
+            return;
+        };
+        let mut lossy = std::mem::take(&mut self.lossy);
+        // simdutf8: the same check as std's, several times faster on ASCII logs.
+        let (text, invalid_utf8) = match simdutf8::basic::from_utf8(line) {
+            Ok(s) => (s, false),
+            Err(_) => {
+                lossy.clear();
+                for chunk in line.utf8_chunks() {
+                    lossy.push_str(chunk.valid());
+                    if !chunk.invalid().is_empty() {
+                        lossy.push(char::REPLACEMENT_CHARACTER);
+                    }
+                }
+                (lossy.as_str(), true)
+            }
+        };
+        let mut journal = std::mem::take(&mut self.journal);
+        let rec = self.parser.parse_any(text, &mut journal);
+        // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
+        let mut found: Vec<Match<&str>> = std::mem::take(&mut self.found).into_iter().map(|_| unreachable!()).collect();
+        self.matcher.find(&rec, candidates, &mut found);
+        let missed = self.missed && !found.iter().any(|m| matches!(m.found, Found::Failure { .. })) && has_address(line);
+        let at = out.matches.len() as u32;
+        let (mut text_span, mut msg_span) = ((0, 0), (0, 0));
+        if !found.is_empty() || missed {
+            text_span = out.keep(text);
+            msg_span = within(text, text_span, rec.msg).unwrap_or_else(|| out.keep(rec.msg));
+            for m in found.drain(..) {
+                let m = m.map(|s| {
+                    within(text, text_span, s)
+                        .or_else(|| within(rec.msg, msg_span, s))
+                        .unwrap_or_else(|| out.keep(s))
+                });
+                out.matches.push(m);
+            }
+        }
+        out.lines.push(Line {
+            index,
+            parsed: true,
+            stamp: rec.time,
+            invalid_utf8,
+            text: text_span,
+            msg: msg_span,
+            matches: at..out.matches.len() as u32,
+            missed,
+        });
+        self.found = found.into_iter().map(|_| unreachable!()).collect();
+        self.candidates = scratch;
+        self.lossy = lossy;
+        self.journal = journal;
+    }
+}
+
+/// The span of `s` when it lies inside `outer`, which was kept at `at`.
+fn within(outer: &str, at: Span, s: &str) -> Option<Span> {
+    let from = (s.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    (from + s.len() <= outer.len()).then(|| (at.0 + from as u32, at.0 + (from + s.len()) as u32))
+}
+
+/// The literals a block scan found, handed out line by line.
+struct Ahead<'h> {
+    /// (start, end, literal id), by start.
+    hits: &'h [(u32, u32, u32)],
+    /// How far the lines have used `hits`.
+    next: usize,
+}
+
+impl Ahead<'_> {
+    /// The literals found inside `line` (a slice of `block`, lines in order) into `out`; false
+    /// when the line is not a slice of the block.
+    fn literals_of(&mut self, block: &[u8], line: &[u8], out: &mut Vec<u32>) -> bool {
+        let from = (line.as_ptr() as usize).wrapping_sub(block.as_ptr() as usize);
+        if from > block.len() || from + line.len() > block.len() {
+            return false;
+        }
+        let to = from + line.len();
+        out.clear();
+        while let Some(&(start, end, lit)) = self.hits.get(self.next) {
+            if start as usize >= to {
+                break;
+            }
+            self.next += 1;
+            // Before `from`: the unseen tail of a line cut at `max_line`.
+            if start as usize >= from && end as usize <= to {
+                out.push(lit);
+            }
+        }
+        true
+    }
+}
+
+/// Whether a line holds an IP address: a run of hex digits, dots and colons that parses as one
+/// (a time such as `00:00:00` does not).
+pub fn has_address(line: &[u8]) -> bool {
+    let is_part = |b: &u8| b.is_ascii_hexdigit() || *b == b'.' || *b == b':';
+    let is_ip = |t: &[u8]| std::str::from_utf8(t).is_ok_and(|t| t.parse::<std::net::IpAddr>().is_ok());
+    line.split(|b| !is_part(b)).any(|tok| {
+        // `ip:192.0.2.1`, `[192.0.2.1]:25`, `192.0.2.1.`: punctuation around, a port after.
+        let tok = tok.trim_ascii_start();
+        let start = tok.iter().position(|b| b.is_ascii_hexdigit()).unwrap_or(tok.len());
+        let tok = &tok[start..];
+        let end = tok.iter().rposition(|b| b.is_ascii_hexdigit()).map_or(0, |i| i + 1);
+        let tok = &tok[..end];
+        tok.len() >= 7
+            && (is_ip(tok)
+                || (tok.iter().filter(|&&b| b == b'.').count() == 3
+                    && tok.iter().rposition(|&b| b == b':').is_some_and(|c| is_ip(&tok[..c]))))
+    })
+}
