@@ -30,12 +30,8 @@ fn stages(c: &mut Criterion) {
     let zone = Zone::resolve(Some("UTC")).unwrap();
     let parser = Parser::new(zone);
     let mut g = c.benchmark_group("parse");
-    g.bench_function("rfc3164_fast_path", |b| {
-        b.iter(|| black_box(parser.parse(black_box(SASL))))
-    });
-    g.bench_function("rfc5424_syslog_loose", |b| {
-        b.iter(|| black_box(parser.parse(black_box(RFC5424))))
-    });
+    g.bench_function("rfc3164_fast_path", |b| b.iter(|| black_box(parser.parse(black_box(SASL)))));
+    g.bench_function("rfc5424_syslog_loose", |b| b.iter(|| black_box(parser.parse(black_box(RFC5424)))));
     g.finish();
 
     let mut matcher = Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher).unwrap();

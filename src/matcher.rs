@@ -563,6 +563,56 @@ fn glob_regex(globs: &[String]) -> String {
     format!("^(?:{})$", alts.join("|"))
 }
 
+/// One rule text, compiled.
+struct Compiled {
+    re: meta::Regex,
+    lits: Option<Vec<Vec<u8>>>,
+    finder: Option<HostFinder>,
+    user_finder: Option<UserFinder>,
+    has_user: bool,
+    has_forwarded: bool,
+    pattern: String,
+}
+
+/// Checks and compiles one rule text (prefix included); the reason when it is wrong.
+fn compile(full: &str, kind: Kind) -> Result<Compiled, String> {
+    if let Some(hint) = fail2ban_syntax(full) {
+        return Err(hint);
+    }
+    let ignore = kind == Kind::Ignore;
+    let (pattern, hosts) = expand(full);
+    if !ignore && hosts != 1 {
+        return Err(format!("a rule needs exactly one <HOST> (found {hosts})"));
+    }
+    if kind == Kind::Success && !full.contains("<USER>") {
+        return Err("a success rule needs <USER>: a success resets or trusts one account".into());
+    }
+    // Placeholders are plain text to the parser: an error in the rule is shown under the rule
+    // as written, not under the expanded <HOST> grammar.
+    let parser = || regex_syntax::ParserBuilder::new().unicode(false).utf8(false).build();
+    parser().parse(full).map_err(|e| regex_error(full, &e))?;
+    let hir = parser()
+        .parse(&pattern)
+        .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
+    let re = meta::Regex::builder()
+        .syntax(syntax_config())
+        .build(&pattern)
+        .map_err(|e| format!("bad regex: {}", one_line(&e.to_string())))?;
+    Ok(Compiled {
+        re,
+        lits: crate::prefilter::required_literals(&hir),
+        finder: if ignore {
+            None
+        } else {
+            split_at_host(full).and_then(|(b, a, family)| HostFinder::new(&b, &a, family))
+        },
+        user_finder: if ignore { None } else { UserFinder::new(full) },
+        has_user: full.contains("<USER>"),
+        has_forwarded: full.contains("<FORWARDED>"),
+        pattern: expand_for_dfa(full),
+    })
+}
+
 impl Matcher {
     /// Compiles all jails' rules; errors point at the offending rule in its file.
     pub fn new(jails: &[Jail], origins: &[Origin], cfg: &MatcherConfig) -> Result<Matcher, MatcherError> {
@@ -570,8 +620,10 @@ impl Matcher {
         let mut rules = Vec::new();
         let mut literals: Vec<Option<Vec<Vec<u8>>>> = Vec::new();
         let mut programs = Vec::new();
-        // Each rule's kind and text, prefix included: jails of one service share many.
-        let mut fulls: Vec<(Kind, String)> = Vec::new();
+        // Each rule's kind, text with prefix (jails of one service share many) and jail; and
+        // (jail id, index, kind, text as written, the first rule with that text).
+        let mut fulls: Vec<(Kind, String, usize)> = Vec::new();
+        let mut pending = Vec::new();
         for (j, (jail, origin)) in jails.iter().zip(origins).enumerate() {
             let jid = JailId::try_from(j).map_err(|_| origin.error_at(&[], "too many jails"))?;
             if jail.rules.is_empty() {
@@ -597,19 +649,6 @@ impl Matcher {
             for (text, kind) in all {
                 let index = counts[kind as usize];
                 counts[kind as usize] += 1;
-                let ignore = kind == Kind::Ignore;
-                let what = match kind {
-                    Kind::Failure => "rule",
-                    Kind::Ignore => "ignore rule",
-                    Kind::Success => "success rule",
-                };
-                let needles = regex_needles(text);
-                let at = |reason: String| {
-                    origin.error_at(
-                        &[&needles[0], &needles[1], &jail_needles(jail)],
-                        format!("jail {:?} {what} {index}: {reason}", jail.name),
-                    )
-                };
                 // The prefix is the failures' (fail2ban's prefregex); a success line is another.
                 let prefix = if kind == Kind::Success {
                     ""
@@ -618,76 +657,73 @@ impl Matcher {
                 };
                 let full = format!("{prefix}{text}");
                 // A text an earlier jail has: checked and compiled there, matched through it.
-                if let Some(first) = fulls.iter().position(|(k, f)| *k == kind && *f == full) {
-                    let r: &Rule = &rules[first];
-                    let lits = literals[first].clone();
-                    let twin = Rule {
-                        jail: jid,
-                        index,
-                        caps: r.re.create_captures(),
-                        re: r.re.clone(),
-                        finder: None,
-                        user_finder: None,
-                        pattern: r.pattern.clone(),
-                        same_as: first,
-                        ..*r
-                    };
-                    patterns.push(twin.pattern.clone());
-                    rules.push(twin);
-                    literals.push(lits);
-                    fulls.push((kind, full));
-                    continue;
-                }
-                if let Some(hint) = fail2ban_syntax(&full) {
-                    return Err(at(hint));
-                }
-                let (pattern, hosts) = expand(&full);
-                if !ignore && hosts != 1 {
-                    return Err(at(format!("a rule needs exactly one <HOST> (found {hosts})")));
-                }
-                if kind == Kind::Success && !full.contains("<USER>") {
-                    return Err(at("a success rule needs <USER>: a success resets or trusts one account".into()));
-                }
-                // Placeholders are plain text to the parser: an error in the rule is shown under
-                // the rule as written, not under the expanded <HOST> grammar.
-                let parser = || regex_syntax::ParserBuilder::new().unicode(false).utf8(false).build();
-                parser().parse(&full).map_err(|e| at(regex_error(&full, &e)))?;
-                let hir = parser()
-                    .parse(&pattern)
-                    .map_err(|e| at(format!("bad regex: {}", one_line(&e.to_string()))))?;
-                let re = meta::Regex::builder()
-                    .syntax(syntax_config())
-                    .build(&pattern)
-                    .map_err(|e| at(format!("bad regex: {}", one_line(&e.to_string()))))?;
-                let lits = crate::prefilter::required_literals(&hir);
-                let finder = if ignore {
-                    None
-                } else {
-                    split_at_host(&full).and_then(|(b, a, family)| HostFinder::new(&b, &a, family))
-                };
-                let user_finder = if ignore { None } else { UserFinder::new(&full) };
-                let has_user = full.contains("<USER>");
-                let has_forwarded = full.contains("<FORWARDED>");
-                let pattern = expand_for_dfa(&full);
-                let same_as = rules.len();
-                rules.push(Rule {
+                let same_as = fulls.iter().position(|(k, f, _)| *k == kind && *f == full).unwrap_or(fulls.len());
+                pending.push((jid, index, kind, text, same_as));
+                fulls.push((kind, full, j));
+            }
+        }
+        // Each text compiled once, on every core: most of start-up.
+        let unique: Vec<usize> = (0..fulls.len()).filter(|&i| pending[i].4 == i).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let compiled: Vec<Result<Compiled, String>> = std::thread::scope(|scope| {
+            let parts: Vec<_> = unique
+                .chunks(unique.len().div_ceil(threads).max(1))
+                .map(|part| scope.spawn(|| part.iter().map(|&i| compile(&fulls[i].1, fulls[i].0)).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().expect("a rule compiles or fails, never panics"))
+                .collect()
+        });
+        let mut compiled = compiled.into_iter();
+        for (i, &(jid, index, kind, text, same_as)) in pending.iter().enumerate() {
+            if same_as < i {
+                let r: &Rule = &rules[same_as];
+                let twin = Rule {
                     jail: jid,
                     index,
-                    kind,
-                    caps: re.create_captures(),
-                    re,
-                    has_user,
-                    has_forwarded,
-                    finder,
-                    user_finder,
-                    has_literal: lits.is_some(),
-                    pattern: pattern.clone(),
+                    caps: r.re.create_captures(),
+                    re: r.re.clone(),
+                    finder: None,
+                    user_finder: None,
+                    pattern: r.pattern.clone(),
                     same_as,
-                });
-                literals.push(lits);
-                patterns.push(pattern);
-                fulls.push((kind, full));
+                    ..*r
+                };
+                patterns.push(twin.pattern.clone());
+                rules.push(twin);
+                literals.push(literals[same_as].clone());
+                continue;
             }
+            let c = compiled.next().expect("one result per unique text").map_err(|reason| {
+                let (jail, origin) = (&jails[fulls[i].2], &origins[fulls[i].2]);
+                let what = match kind {
+                    Kind::Failure => "rule",
+                    Kind::Ignore => "ignore rule",
+                    Kind::Success => "success rule",
+                };
+                let needles = regex_needles(text);
+                origin.error_at(
+                    &[&needles[0], &needles[1], &jail_needles(jail)],
+                    format!("jail {:?} {what} {index}: {reason}", jail.name),
+                )
+            })?;
+            rules.push(Rule {
+                jail: jid,
+                index,
+                kind,
+                caps: c.re.create_captures(),
+                re: c.re,
+                has_user: c.has_user,
+                has_forwarded: c.has_forwarded,
+                finder: c.finder,
+                user_finder: c.user_finder,
+                has_literal: c.lits.is_some(),
+                pattern: c.pattern.clone(),
+                same_as,
+            });
+            literals.push(c.lits);
+            patterns.push(c.pattern);
         }
         // An ignore rule only matters where one of its jail's failure rules can match, so one
         // without a literal of its own takes theirs.
