@@ -6,7 +6,6 @@
 //! What it hands on is owned and flat: the texts a match refers to are copied into the block's
 //! `text` and referred to by spans, and only for lines that matched.
 
-use crate::input::LineSplitter;
 use crate::matcher::{Found, Match, Matcher};
 use crate::parse::{JournalScratch, Parser, Stamp};
 use crate::prefilter::Prefilter;
@@ -113,22 +112,35 @@ impl Front {
         self.missed = on;
     }
 
-    /// Runs a block of whole lines (the last may lack its LF) through, each cut at `max_line`
-    /// bytes, into `out` (cleared first). The block's literals are found in one scan.
+    /// Runs a block of whole lines (the last may lack its LF) through, each without its CR and
+    /// cut at `max_line` bytes (as `LineSplitter` hands them out), into `out` (cleared first).
+    /// The block's literals are found in one scan; a line without one is only counted.
     pub fn block(&mut self, block: &[u8], max_line: usize, out: &mut Scanned) {
         out.clear();
         let mut hits = std::mem::take(&mut self.hits);
         let mut known = std::mem::take(&mut self.known);
         let scanned = self.prefilter.scan_block(block, &mut hits);
+        // Every line goes through when some rule has no literal, or lines without one are
+        // wanted; a JSON line goes through anyway (an escape may hide a literal).
+        let every = !scanned || self.missed || self.prefilter.has_unliteral();
         let mut ahead = Ahead { hits: &hits, next: 0 };
-        let mut splitter = LineSplitter::new(max_line);
-        let mut each = |line: &[u8]| {
-            let seen = scanned && ahead.literals_of(block, line, &mut known);
-            self.line(line, seen.then_some(&known[..]), out);
-        };
-        splitter.feed(block, &mut each);
-        splitter.finish(&mut each);
-        out.truncated = splitter.truncated;
+        let mut start = 0;
+        while start < block.len() {
+            let end = memchr::memchr(b'\n', &block[start..]).map_or(block.len(), |i| start + i);
+            let whole = &block[start..end];
+            start = end + 1;
+            let mut line = whole.strip_suffix(b"\r").unwrap_or(whole);
+            if line.len() > max_line {
+                out.truncated += 1;
+                line = &line[..max_line];
+            }
+            if every || line.first() == Some(&b'{') || ahead.hits.get(ahead.next).is_some_and(|h| (h.0 as usize) < end) {
+                let seen = scanned && ahead.literals_of(block, line, &mut known);
+                self.line(line, seen.then_some(&known[..]), out);
+            } else {
+                out.lines_read += 1;
+            }
+        }
         (self.hits, self.known) = (hits, known);
     }
 
