@@ -74,6 +74,11 @@ fn progress(name: &str, len: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+/// Bytes read into a block (plus the line it ends in). With one block waiting at each end of
+/// each worker, the blocks in flight stay a few MiB: a flood of matching lines makes each
+/// block's results about as large as the block.
+const BLOCK: usize = 512 << 10;
+
 /// A block of whole lines, and what the front made of it.
 #[derive(Default)]
 struct Block {
@@ -97,8 +102,8 @@ fn scan_blocks(
         let (free_tx, free_rx) = channel::<Block>();
         let (mut to, mut from) = (Vec::new(), Vec::new());
         for _ in 0..n {
-            let (in_tx, in_rx) = sync_channel::<Block>(2);
-            let (out_tx, out_rx) = sync_channel::<Block>(2);
+            let (in_tx, in_rx) = sync_channel::<Block>(1);
+            let (out_tx, out_rx) = sync_channel::<Block>(1);
             let mut front = front.clone();
             scope.spawn(move || {
                 for mut b in in_rx {
@@ -115,7 +120,7 @@ fn scan_blocks(
             let mut blocks = Blocks::new(max_line);
             for k in 0.. {
                 let mut b = free_rx.try_recv().unwrap_or_default();
-                if !blocks.next(&mut *reader, &mut b.bytes, 1 << 20)? || to[k % n].send(b).is_err() {
+                if !blocks.next(&mut *reader, &mut b.bytes, BLOCK)? || to[k % n].send(b).is_err() {
                     break;
                 }
             }
