@@ -476,18 +476,31 @@ impl Policy {
         self.verdict(ip, jail)
     }
 
+    /// `admit` in two steps, for a line several jails match: the key `ip` is counted under
+    /// (`None`: ignored), once; then, per jail, whether a ban already holds it (`banned_in`).
+    pub fn admit_key(&mut self, ip: IpAddr, now: i64) -> Option<IpNet> {
+        self.expire(now);
+        self.counted_as(ip)
+    }
+
+    /// The key `ip` is counted under; `None` when it is ignored.
+    fn counted_as(&self, ip: IpAddr) -> Option<IpNet> {
+        let ip = ip.to_canonical();
+        (!self.is_ignored(ip)).then(|| self.key(ip).0)
+    }
+
+    /// Whether a ban already drops `jail`'s ports for `key`.
+    pub fn banned_in(&self, key: IpNet, jail: u16) -> bool {
+        self.banned_for(key, &self.jails[jail as usize].ports)
+    }
+
     /// `admit` without expiring anything (for `explain`). An address is already banned for a
     /// jail when a ban on its ports, or on every port, holds it.
     pub fn verdict(&self, ip: IpAddr, jail: u16) -> Admit {
-        let ip = ip.to_canonical();
-        if self.is_ignored(ip) {
-            return Admit::Ignored;
-        }
-        let key = self.key(ip).0;
-        if self.banned_for(key, &self.jails[jail as usize].ports) {
-            Admit::Banned
-        } else {
-            Admit::Count(key)
+        match self.counted_as(ip) {
+            None => Admit::Ignored,
+            Some(key) if self.banned_in(key, jail) => Admit::Banned,
+            Some(key) => Admit::Count(key),
         }
     }
 

@@ -128,6 +128,8 @@ pub struct Pipeline {
     login: Option<(std::net::IpAddr, IpNet, Option<i64>)>,
     /// The last account name hashed on this line: (address, length) of its slice, and hash.
     hashed: Option<((usize, usize), u64)>,
+    /// The line's failing address and its key (`None`: ignored).
+    admitted: Option<(std::net::IpAddr, Option<IpNet>)>,
     /// The accounts failures were most often on (bounded).
     targeted: Targeted,
 }
@@ -337,6 +339,7 @@ impl Pipeline {
             trusted_new: Vec::new(),
             login: None,
             hashed: None,
+            admitted: None,
             targeted: Targeted::default(),
         })
     }
@@ -680,7 +683,7 @@ impl Pipeline {
             self.targeted.add(u);
         }
         let mut matched = false;
-        (self.login, self.hashed) = (None, None);
+        (self.login, self.hashed, self.admitted) = (None, None, None);
         for m in matches.iter() {
             matched |= self.account(*m, placed.time, placed.now, text, msg);
             on(Event::Match { m: *m, time: placed.time });
@@ -727,9 +730,9 @@ impl Pipeline {
             Found::Failure { ip, user, .. } => (ip, user.filter(|u| !u.is_empty())),
         };
         js.rules[m.rule] += 1;
-        match self.policy.admit(ip, m.jail, now) {
-            Admit::Ignored => js.ignored_ip += 1,
-            Admit::Banned => js.already_banned += 1,
+        match self.admit(ip, m.jail, now) {
+            Admit::Ignored => self.stats.jails[m.jail as usize].ignored_ip += 1,
+            Admit::Banned => self.stats.jails[m.jail as usize].already_banned += 1,
             Admit::Count(key) => {
                 if let Some((ev, _)) = &mut self.evidence {
                     ev.record(m.jail, key, line);
@@ -776,6 +779,25 @@ impl Pipeline {
             }
         }
         true
+    }
+
+    /// `Policy::admit`, with the address's ignore check and key taken once per line: a failure
+    /// line matches several jails (three in mail.ron). Bans are checked per jail: an earlier
+    /// jail's ban on this line may cover this one's ports.
+    fn admit(&mut self, ip: std::net::IpAddr, jail: JailId, now: i64) -> Admit {
+        let key = match self.admitted {
+            Some((i, key)) if i == ip => key,
+            _ => {
+                let key = self.policy.admit_key(ip, now);
+                self.admitted = Some((ip, key));
+                key
+            }
+        };
+        match key {
+            None => Admit::Ignored,
+            Some(key) if self.policy.banned_in(key, jail) => Admit::Banned,
+            Some(key) => Admit::Count(key),
+        }
     }
 
     /// A successful login from `ip` (match `m` of message `msg`): its failures on that account
