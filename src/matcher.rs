@@ -571,7 +571,6 @@ struct Compiled {
     user_finder: Option<UserFinder>,
     has_user: bool,
     has_forwarded: bool,
-    pattern: String,
 }
 
 /// Checks and compiles one rule text (prefix included); the reason when it is wrong.
@@ -609,14 +608,12 @@ fn compile(full: &str, kind: Kind) -> Result<Compiled, String> {
         user_finder: if ignore { None } else { UserFinder::new(full) },
         has_user: full.contains("<USER>"),
         has_forwarded: full.contains("<FORWARDED>"),
-        pattern: expand_for_dfa(full),
     })
 }
 
 impl Matcher {
     /// Compiles all jails' rules; errors point at the offending rule in its file.
     pub fn new(jails: &[Jail], origins: &[Origin], cfg: &MatcherConfig) -> Result<Matcher, MatcherError> {
-        let mut patterns = Vec::new();
         let mut rules = Vec::new();
         let mut literals: Vec<Option<Vec<Vec<u8>>>> = Vec::new();
         let mut programs = Vec::new();
@@ -662,20 +659,27 @@ impl Matcher {
                 fulls.push((kind, full, j));
             }
         }
-        // Each text compiled once, on every core: most of start-up.
+        // Each text compiled once, on every core, beside the automaton of all rules: most of
+        // start-up. Texts are dealt out in turn: neighbours (one service's rules) cost alike.
+        let patterns: Vec<String> = fulls.iter().map(|(_, full, _)| expand_for_dfa(full)).collect();
         let unique: Vec<usize> = (0..fulls.len()).filter(|&i| pending[i].4 == i).collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-        let compiled: Vec<Result<Compiled, String>> = std::thread::scope(|scope| {
-            let parts: Vec<_> = unique
-                .chunks(unique.len().div_ceil(threads).max(1))
-                .map(|part| scope.spawn(|| part.iter().map(|&i| compile(&fulls[i].1, fulls[i].0)).collect::<Vec<_>>()))
+        let (dfa, compiled) = std::thread::scope(|scope| {
+            let dfa = scope.spawn(|| build_dfa(&patterns, cfg.engine));
+            let parts: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (unique, fulls) = (&unique, &fulls);
+                    scope.spawn(move || {
+                        let mine = unique.iter().skip(t).step_by(threads);
+                        mine.map(|&i| (i, compile(&fulls[i].1, fulls[i].0))).collect::<Vec<_>>()
+                    })
+                })
                 .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().expect("a rule compiles or fails, never panics"))
-                .collect()
+            let mut compiled: Vec<_> = parts.into_iter().flat_map(|h| h.join().expect("compiling never panics")).collect();
+            compiled.sort_unstable_by_key(|(i, _)| *i);
+            (dfa.join().expect("compiling never panics"), compiled)
         });
-        let mut compiled = compiled.into_iter();
+        let mut compiled = compiled.into_iter().map(|(_, c)| c);
         for (i, &(jid, index, kind, text, same_as)) in pending.iter().enumerate() {
             if same_as < i {
                 let r: &Rule = &rules[same_as];
@@ -690,7 +694,6 @@ impl Matcher {
                     same_as,
                     ..*r
                 };
-                patterns.push(twin.pattern.clone());
                 rules.push(twin);
                 literals.push(literals[same_as].clone());
                 continue;
@@ -719,11 +722,10 @@ impl Matcher {
                 finder: c.finder,
                 user_finder: c.user_finder,
                 has_literal: c.lits.is_some(),
-                pattern: c.pattern.clone(),
+                pattern: patterns[i].clone(),
                 same_as,
             });
             literals.push(c.lits);
-            patterns.push(c.pattern);
         }
         // An ignore rule only matters where one of its jail's failure rules can match, so one
         // without a literal of its own takes theirs.
@@ -740,7 +742,7 @@ impl Matcher {
                 literals[i] = theirs;
             }
         }
-        let dfa = build_dfa(&patterns, cfg.engine).map_err(|e| {
+        let dfa = dfa.map_err(|e| {
             origins.first().map_or_else(
                 || ConfigError {
                     file: "<none>".into(),
