@@ -275,3 +275,74 @@ pub fn has_address(line: &[u8]) -> bool {
                     && tok.iter().rposition(|&b| b == b':').is_some_and(|c| is_ip(&tok[..c]))))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Mode;
+    use crate::config::Config;
+    use crate::input::LineSplitter;
+
+    fn front(missed: bool) -> Front {
+        let stages = Config::builtin_named("all.ron").unwrap().stages().unwrap();
+        let mut f = crate::pipeline::Pipeline::new(&stages, Mode::Replay).unwrap().front();
+        f.set_missed(missed);
+        f
+    }
+
+    /// What a block made, line by line, with its texts resolved: comparable across blocks.
+    fn seen(s: &Scanned) -> Vec<String> {
+        s.lines
+            .iter()
+            .map(|l| {
+                let ms = s.matches[l.matches.start as usize..l.matches.end as usize].iter();
+                let ms: Vec<Match<&str>> = ms.map(|m| m.map(|sp| s.text(sp))).collect();
+                let (text, msg) = (s.text(l.text), s.text(l.msg));
+                format!(
+                    "{} {} {:?} {} {text:?} {msg:?} {ms:?} {}",
+                    l.index, l.parsed, l.stamp, l.invalid_utf8, l.missed
+                )
+            })
+            .collect()
+    }
+
+    /// A block at once gives what its lines one by one give, whatever is in it: CRLF, lines cut
+    /// at `max_line` with a literal beyond the cut, a journal entry whose escape hides a literal,
+    /// bytes that are not UTF-8, an empty line, a last line without LF; with `missed` too.
+    #[test]
+    fn a_block_at_once_is_its_lines_one_by_one() {
+        let sasl = "Jun 17 00:00:01 mx1 postfix/smtpd[1]: warning: unknown[192.0.2.7]: SASL LOGIN authentication failed: x";
+        let long = format!(
+            "Jun 17 00:00:02 mx1 postfix/smtpd[1]: warning: {}[192.0.2.8]: SASL LOGIN authentication failed: x",
+            "y".repeat(300)
+        );
+        let json = r#"{"__REALTIME_TIMESTAMP":"1781654401000000","_HOSTNAME":"mx1","SYSLOG_IDENTIFIER":"postfix/smtpd","_PID":"1","MESSAGE":"warning: unknown[192.0.2.9]: SASL LOGIN authentic\u0061tion failed: x"}"#;
+        let mut block = Vec::new();
+        for l in [
+            sasl,
+            "",
+            &long,
+            json,
+            "Jun 17 00:00:03 mx1 postfix/qmgr[2]: connect to 198.51.100.4 refused",
+        ] {
+            block.extend_from_slice(l.as_bytes());
+            block.extend_from_slice(b"\r\n");
+        }
+        block.extend_from_slice(b"Jun 17 00:00:04 mx1 dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<\xff>, method=PLAIN, rip=203.0.113.5, lip=192.0.2.10");
+        for missed in [false, true] {
+            for max_line in [16384, 200] {
+                let mut f = front(missed);
+                let mut at_once = Scanned::default();
+                f.block(&block, max_line, &mut at_once);
+                let mut one_by_one = Scanned::default();
+                let mut splitter = LineSplitter::new(max_line);
+                splitter.feed(&block, |l| f.line(l, None, &mut one_by_one));
+                splitter.finish(|l| f.line(l, None, &mut one_by_one));
+                assert_eq!(seen(&at_once), seen(&one_by_one), "missed {missed}, max_line {max_line}");
+                assert_eq!((at_once.lines_read, at_once.truncated), (6, u64::from(max_line == 200)));
+                let matched = at_once.lines.iter().filter(|l| !l.matches.is_empty()).count();
+                assert_eq!(matched, if max_line == 200 { 3 } else { 4 }, "missed {missed}, max_line {max_line}");
+            }
+        }
+    }
+}
