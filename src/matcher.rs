@@ -611,80 +611,154 @@ fn compile(full: &str, kind: Kind) -> Result<Compiled, String> {
     })
 }
 
+/// A rule as its jail has it, before compiling.
+struct Written<'j> {
+    jail: usize,
+    /// Its index among the jail's rules of its kind.
+    index: usize,
+    kind: Kind,
+    /// As written (for error positions).
+    text: &'j str,
+    /// With the jail's prefix.
+    full: String,
+    /// The first rule of the same kind and full text (itself when none is earlier): jails of
+    /// one service in several modes share many.
+    same_as: usize,
+}
+
+impl Written<'_> {
+    /// The reason this rule does not compile, at its place in its file.
+    fn error(&self, jails: &[Jail], origins: &[Origin], reason: &str) -> MatcherError {
+        let jail = &jails[self.jail];
+        let what = match self.kind {
+            Kind::Failure => "rule",
+            Kind::Ignore => "ignore rule",
+            Kind::Success => "success rule",
+        };
+        let needles = regex_needles(self.text);
+        origins[self.jail].error_at(
+            &[&needles[0], &needles[1], &jail_needles(jail)],
+            format!("jail {:?} {what} {}: {reason}", jail.name, self.index),
+        )
+    }
+}
+
+/// An ignore rule only matters where one of its jail's failure rules can match, so one without
+/// a literal of its own takes theirs.
+fn inherit_literals(rules: &[Rule], literals: &mut [Option<Vec<Vec<u8>>>]) {
+    for i in 0..rules.len() {
+        if rules[i].kind == Kind::Ignore && literals[i].is_none() {
+            let jail = rules[i].jail;
+            let theirs: Option<Vec<Vec<u8>>> = rules
+                .iter()
+                .zip(literals.iter())
+                .filter(|(r, _)| r.jail == jail && r.kind == Kind::Failure)
+                .map(|(_, l)| l.clone())
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.concat());
+            literals[i] = theirs;
+        }
+    }
+}
+
+/// Checks a jail and compiles its program filter (`None`: every program).
+fn program_filter(jail: &Jail, origin: &Origin) -> Result<Option<meta::Regex>, MatcherError> {
+    let err = |reason: String| origin.error_at(&[&jail_needles(jail)], reason);
+    if jail.rules.is_empty() {
+        return Err(err(format!("jail {:?} has no rules", jail.name)));
+    }
+    if jail.maxretry == 0 {
+        return Err(err(format!("jail {:?}: maxretry must be at least 1", jail.name)));
+    }
+    if jail.programs.is_empty() {
+        return Ok(None);
+    }
+    let re = meta::Regex::builder().syntax(syntax_config()).build(&glob_regex(&jail.programs));
+    re.map(Some)
+        .map_err(|e| err(format!("jail {:?}: bad program glob: {e}", jail.name)))
+}
+
+/// Every jail's rules (failure, ignore, success), in pattern order.
+fn written_rules<'j>(jails: &'j [Jail], origins: &[Origin]) -> Result<Vec<Written<'j>>, MatcherError> {
+    let mut written: Vec<Written<'j>> = Vec::new();
+    for (j, (jail, origin)) in jails.iter().zip(origins).enumerate() {
+        JailId::try_from(j).map_err(|_| origin.error_at(&[], "too many jails"))?;
+        let all = (jail.rules.iter().map(|r| (r.text.as_str(), Kind::Failure)))
+            .chain(jail.ignore.iter().map(|r| (r.as_str(), Kind::Ignore)))
+            .chain(jail.success.iter().map(|r| (r.as_str(), Kind::Success)));
+        let mut counts = [0usize; 3];
+        for (text, kind) in all {
+            let index = counts[kind as usize];
+            counts[kind as usize] += 1;
+            // The prefix is the failures' (fail2ban's prefregex); a success line is another.
+            let prefix = if kind == Kind::Success {
+                ""
+            } else {
+                jail.prefix.as_deref().unwrap_or("")
+            };
+            let full = format!("{prefix}{text}");
+            let same_as = written
+                .iter()
+                .position(|w| w.kind == kind && w.full == full)
+                .unwrap_or(written.len());
+            written.push(Written {
+                jail: j,
+                index,
+                kind,
+                text,
+                full,
+                same_as,
+            });
+        }
+    }
+    Ok(written)
+}
+
+/// Compiles each first text (`Written::same_as` itself) on every core, beside the automaton of
+/// all `patterns`: most of start-up. Texts are dealt out in turn, as neighbours (one service's
+/// rules) cost alike. The results are in the texts' order.
+fn compile_all(written: &[Written<'_>], patterns: &[String], engine: Engine) -> (Result<Dfa, String>, Vec<Result<Compiled, String>>) {
+    let firsts: Vec<usize> = (0..written.len()).filter(|&i| written[i].same_as == i).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    std::thread::scope(|scope| {
+        let dfa = scope.spawn(|| build_dfa(patterns, engine));
+        let parts: Vec<_> = (0..threads)
+            .map(|t| {
+                let firsts = &firsts;
+                scope.spawn(move || {
+                    let mine = firsts.iter().skip(t).step_by(threads);
+                    mine.map(|&i| (i, compile(&written[i].full, written[i].kind))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut compiled: Vec<_> = parts.into_iter().flat_map(|h| h.join().expect("compiling never panics")).collect();
+        compiled.sort_unstable_by_key(|(i, _)| *i);
+        let dfa = dfa.join().expect("compiling never panics");
+        (dfa, compiled.into_iter().map(|(_, c)| c).collect())
+    })
+}
+
 impl Matcher {
     /// Compiles all jails' rules; errors point at the offending rule in its file.
     pub fn new(jails: &[Jail], origins: &[Origin], cfg: &MatcherConfig) -> Result<Matcher, MatcherError> {
-        let mut rules = Vec::new();
+        let programs = jails
+            .iter()
+            .zip(origins)
+            .map(|(j, o)| program_filter(j, o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let written = written_rules(jails, origins)?;
+        let patterns: Vec<String> = written.iter().map(|w| expand_for_dfa(&w.full)).collect();
+        let (dfa, compiled) = compile_all(&written, &patterns, cfg.engine);
+        let mut compiled = compiled.into_iter();
+        let mut rules: Vec<Rule> = Vec::new();
         let mut literals: Vec<Option<Vec<Vec<u8>>>> = Vec::new();
-        let mut programs = Vec::new();
-        // Each rule's kind, text with prefix (jails of one service share many) and jail; and
-        // (jail id, index, kind, text as written, the first rule with that text).
-        let mut fulls: Vec<(Kind, String, usize)> = Vec::new();
-        let mut pending = Vec::new();
-        for (j, (jail, origin)) in jails.iter().zip(origins).enumerate() {
-            let jid = JailId::try_from(j).map_err(|_| origin.error_at(&[], "too many jails"))?;
-            if jail.rules.is_empty() {
-                return Err(origin.error_at(&[&jail_needles(jail)], format!("jail {:?} has no rules", jail.name)));
-            }
-            if jail.maxretry == 0 {
-                return Err(origin.error_at(&[&jail_needles(jail)], format!("jail {:?}: maxretry must be at least 1", jail.name)));
-            }
-            programs.push(if jail.programs.is_empty() {
-                None
-            } else {
-                Some(
-                    meta::Regex::builder()
-                        .syntax(syntax_config())
-                        .build(&glob_regex(&jail.programs))
-                        .map_err(|e| origin.error_at(&[&jail_needles(jail)], format!("jail {:?}: bad program glob: {e}", jail.name)))?,
-                )
-            });
-            let all = (jail.rules.iter().map(|r| (&r.text, Kind::Failure)))
-                .chain(jail.ignore.iter().map(|r| (r, Kind::Ignore)))
-                .chain(jail.success.iter().map(|r| (r, Kind::Success)));
-            let mut counts = [0usize; 3];
-            for (text, kind) in all {
-                let index = counts[kind as usize];
-                counts[kind as usize] += 1;
-                // The prefix is the failures' (fail2ban's prefregex); a success line is another.
-                let prefix = if kind == Kind::Success {
-                    ""
-                } else {
-                    jail.prefix.as_deref().unwrap_or("")
-                };
-                let full = format!("{prefix}{text}");
-                // A text an earlier jail has: checked and compiled there, matched through it.
-                let same_as = fulls.iter().position(|(k, f, _)| *k == kind && *f == full).unwrap_or(fulls.len());
-                pending.push((jid, index, kind, text, same_as));
-                fulls.push((kind, full, j));
-            }
-        }
-        // Each text compiled once, on every core, beside the automaton of all rules: most of
-        // start-up. Texts are dealt out in turn: neighbours (one service's rules) cost alike.
-        let patterns: Vec<String> = fulls.iter().map(|(_, full, _)| expand_for_dfa(full)).collect();
-        let unique: Vec<usize> = (0..fulls.len()).filter(|&i| pending[i].4 == i).collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-        let (dfa, compiled) = std::thread::scope(|scope| {
-            let dfa = scope.spawn(|| build_dfa(&patterns, cfg.engine));
-            let parts: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (unique, fulls) = (&unique, &fulls);
-                    scope.spawn(move || {
-                        let mine = unique.iter().skip(t).step_by(threads);
-                        mine.map(|&i| (i, compile(&fulls[i].1, fulls[i].0))).collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            let mut compiled: Vec<_> = parts.into_iter().flat_map(|h| h.join().expect("compiling never panics")).collect();
-            compiled.sort_unstable_by_key(|(i, _)| *i);
-            (dfa.join().expect("compiling never panics"), compiled)
-        });
-        let mut compiled = compiled.into_iter().map(|(_, c)| c);
-        for (i, &(jid, index, kind, text, same_as)) in pending.iter().enumerate() {
+        for (i, w) in written.iter().enumerate() {
+            let (jail, index, kind, same_as) = (w.jail as JailId, w.index, w.kind, w.same_as);
             if same_as < i {
+                // Checked and compiled as its first: matched through it.
                 let r: &Rule = &rules[same_as];
                 let twin = Rule {
-                    jail: jid,
+                    jail,
                     index,
                     caps: r.re.create_captures(),
                     re: r.re.clone(),
@@ -698,21 +772,12 @@ impl Matcher {
                 literals.push(literals[same_as].clone());
                 continue;
             }
-            let c = compiled.next().expect("one result per unique text").map_err(|reason| {
-                let (jail, origin) = (&jails[fulls[i].2], &origins[fulls[i].2]);
-                let what = match kind {
-                    Kind::Failure => "rule",
-                    Kind::Ignore => "ignore rule",
-                    Kind::Success => "success rule",
-                };
-                let needles = regex_needles(text);
-                origin.error_at(
-                    &[&needles[0], &needles[1], &jail_needles(jail)],
-                    format!("jail {:?} {what} {index}: {reason}", jail.name),
-                )
-            })?;
+            let c = compiled
+                .next()
+                .expect("one result per first text")
+                .map_err(|reason| w.error(jails, origins, &reason))?;
             rules.push(Rule {
-                jail: jid,
+                jail,
                 index,
                 kind,
                 caps: c.re.create_captures(),
@@ -727,21 +792,7 @@ impl Matcher {
             });
             literals.push(c.lits);
         }
-        // An ignore rule only matters where one of its jail's failure rules can match, so one
-        // without a literal of its own takes theirs.
-        for i in 0..rules.len() {
-            if rules[i].kind == Kind::Ignore && literals[i].is_none() {
-                let jail = rules[i].jail;
-                let theirs: Option<Vec<Vec<u8>>> = rules
-                    .iter()
-                    .zip(&literals)
-                    .filter(|(r, _)| r.jail == jail && r.kind == Kind::Failure)
-                    .map(|(_, l)| l.clone())
-                    .collect::<Option<Vec<_>>>()
-                    .map(|v| v.concat());
-                literals[i] = theirs;
-            }
-        }
+        inherit_literals(&rules, &mut literals);
         let dfa = dfa.map_err(|e| {
             origins.first().map_or_else(
                 || ConfigError {
