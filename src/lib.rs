@@ -5,7 +5,11 @@
 //! ```text
 //! &[u8] line ─► prefilter ─► parse ─► matcher ─► policy.admit ─► window ─► policy.decide ─► sink
 //!               (literals)   Record   Match      ignore/IPv6 net  maxretry   Decision
+//!  └──────── pipeline::Front ────────┘  └──────── Pipeline::count, in order ────────┘
 //! ```
+//!
+//! The front keeps nothing from one line to the next, so `test` runs a copy of it per core on
+//! blocks of lines; the counting half sees every line in order on one thread.
 //!
 //! # Layout
 //!
@@ -29,7 +33,8 @@
 //! - [`logging`]: log lines through `tracing`, with journald priorities under systemd.
 //! - [`top`]: `mailpipe top`, a live terminal view over the control socket.
 //! - [`state`]: bans and ban history that survive restarts (redb).
-//! - [`pipeline`]: wires the stages; [`config`] reads pipeline files.
+//! - [`pipeline`]: wires the stages (the front, and the counting half); [`config`] reads
+//!   pipeline files.
 //! - [`import`]: a fail2ban configuration as a pipeline (`mailpipe import fail2ban`).
 //! - [`queue`]: what the daemon's edges hand the pipeline thread, bounded in bytes.
 //! - [`replay`]: the `test` command (fail2ban-regex's job) and its report.
