@@ -16,7 +16,7 @@
 //!   filter's `[Definition]`; fail2ban's `<tag>` substitution (`<mdre-<mode>>`,
 //!   `<lt_<logtype>/__prefix_line>`) is done as its `substituteRecursiveTags` does; the jail's own
 //!   `failregex`/`ignoreregex`/`prefregex` replace the filter's.
-//! - **Jails** whose filter and mode is one mailpipe ships (the table [`SHIPPED`]: postfix's
+//! - **Jails** whose filter and mode is one mailpipe ships (the table `jail::SHIPPED`: postfix's
 //!   modes, dovecot, sshd's modes, exim, sendmail, courier, roundcube, qmail, the IMAP servers,
 //!   the webmails, ...) become an `include` of the shipped jail with the user's `maxretry`,
 //!   `findtime`, `bantime` and `port`s in `set`. Only the stock filter maps: a filter with a
