@@ -60,8 +60,9 @@ enum Command {
         /// Reference time for year-less dates, RFC 3339 (default: now).
         #[arg(long, value_parser = parse_time)]
         now: Option<i64>,
-        /// Longest line in bytes; longer lines are cut and counted (default: the pipeline's).
-        #[arg(long)]
+        /// Longest line in bytes, up to 16 MiB; longer lines are cut and counted (default: the
+        /// pipeline's).
+        #[arg(long, value_parser = max_line)]
         max_line: Option<usize>,
         /// Log files; `-` is standard input.
         #[arg(required = true)]
@@ -177,6 +178,15 @@ enum Command {
         /// The log line.
         line: String,
     },
+}
+
+/// `--max-line`: 1 to `MAX_LINE_LIMIT` bytes.
+fn max_line(s: &str) -> Result<usize, String> {
+    let limit = mailpipe::parse::MAX_LINE_LIMIT;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=limit).contains(&n) => Ok(n),
+        _ => Err(format!("a number of bytes from 1 to {limit}")),
+    }
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {

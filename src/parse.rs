@@ -27,6 +27,10 @@ pub struct ParseConfig {
     pub backlog: crate::primitives::Dur,
 }
 
+/// The longest `max_line` allowed: a line's text and its matches' places are held in 32-bit
+/// offsets of a block, and no syslog transport carries more than 64 KiB.
+pub const MAX_LINE_LIMIT: usize = 16 << 20;
+
 impl Default for ParseConfig {
     fn default() -> Self {
         ParseConfig {

@@ -53,6 +53,12 @@ fn check_reports_file_line_column_and_exits_2() {
             "bad duration",
         ),
         ("Pipeline(\n  include: [(file: \"missing.ron\")],\n)", 2, "cannot read include"),
+        // Lines are held in 32-bit offsets: a limit beyond 16 MiB is refused, not wrapped.
+        (
+            "Pipeline(\n  parse: (max_line: 99999999999),\n)",
+            2,
+            "parse.max_line must be between 1 and",
+        ),
     ];
     for (text, line, reason) in cases {
         let f = write_pipeline(text);
@@ -84,6 +90,16 @@ fn unknown_jail_in_include_is_located() {
         err.contains("main.ron:3:") && err.contains("unknown jail \"postfix-nope\""),
         "{err}"
     );
+}
+
+#[test]
+fn max_line_beyond_the_limit_is_a_usage_error() {
+    let out = mailpipe()
+        .args(["test", "--max-line", "99999999999", "contrib/sample/maillog"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a number of bytes from 1 to 16777216"));
 }
 
 #[test]

@@ -272,6 +272,14 @@ impl Pipeline {
     /// `Replay` for `test`).
     pub fn new(cfg: &Stages, mode: Mode) -> Result<Pipeline, BuildError> {
         let zone = Zone::resolve(cfg.parse.timezone.as_deref()).map_err(|e| error_in(&cfg.files, &["timezone"], e.to_string()))?;
+        if !(1..=crate::parse::MAX_LINE_LIMIT).contains(&cfg.parse.max_line) {
+            let limit = crate::parse::MAX_LINE_LIMIT;
+            return Err(error_in(
+                &cfg.files,
+                &["max_line"],
+                format!("parse.max_line must be between 1 and {limit} bytes"),
+            ));
+        }
         let matcher = Matcher::new(&cfg.jails, &cfg.origins, &cfg.matcher)?;
         let prefilter = Prefilter::new(matcher.literal_sets());
         let thresholds: Vec<Threshold> = cfg
