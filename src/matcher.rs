@@ -125,10 +125,10 @@ impl<S> Match<S> {
 }
 
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // one per pipeline; the lazy DFA, the default, stays inline
+#[allow(clippy::large_enum_variant)] // one per core; the lazy DFA (the default) inline with its cache, a dense one shared
 enum Dfa {
     Hybrid(hybrid::dfa::DFA, hybrid::dfa::Cache),
-    Dense(Box<dfa::dense::DFA<Vec<u32>>>),
+    Dense(std::sync::Arc<dfa::dense::DFA<Vec<u32>>>),
 }
 
 /// What a rule of a jail is for.
@@ -741,11 +741,10 @@ fn compile_all(written: &[Written<'_>], patterns: &[String], engine: Engine) -> 
 impl Matcher {
     /// Compiles all jails' rules; errors point at the offending rule in its file.
     pub fn new(jails: &[Jail], origins: &[Origin], cfg: &MatcherConfig) -> Result<Matcher, MatcherError> {
-        let programs = jails
-            .iter()
-            .zip(origins)
-            .map(|(j, o)| program_filter(j, o))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Errors are reported in file order: a jail's own before its rules', both before the
+        // next jail's.
+        let mut checks = jails.iter().zip(origins).map(|(j, o)| program_filter(j, o));
+        let mut programs = Vec::with_capacity(jails.len());
         let written = written_rules(jails, origins)?;
         let patterns: Vec<String> = written.iter().map(|w| expand_for_dfa(&w.full)).collect();
         let (dfa, compiled) = compile_all(&written, &patterns, cfg.engine);
@@ -753,6 +752,9 @@ impl Matcher {
         let mut rules: Vec<Rule> = Vec::new();
         let mut literals: Vec<Option<Vec<Vec<u8>>>> = Vec::new();
         for (i, w) in written.iter().enumerate() {
+            while programs.len() <= w.jail {
+                programs.push(checks.next().expect("a check per jail")?);
+            }
             let (jail, index, kind, same_as) = (w.jail as JailId, w.index, w.kind, w.same_as);
             if same_as < i {
                 // Checked and compiled as its first: matched through it.
@@ -791,6 +793,9 @@ impl Matcher {
                 same_as,
             });
             literals.push(c.lits);
+        }
+        for check in checks {
+            programs.push(check?);
         }
         inherit_literals(&rules, &mut literals);
         let dfa = dfa.map_err(|e| {
@@ -1139,7 +1144,7 @@ fn build_dfa(patterns: &[String], engine: Engine) -> Result<Dfa, String> {
                 )
                 .build_many(patterns)
                 .map_err(|e| format!("cannot build the dense rule DFA within {size_limit} bytes: {e} (use engine: Hybrid)"))?;
-            Ok(Dfa::Dense(Box::new(dfa)))
+            Ok(Dfa::Dense(std::sync::Arc::new(dfa)))
         }
     }
 }

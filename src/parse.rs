@@ -239,7 +239,8 @@ impl Parser {
     }
 
     /// Unix seconds of `stamp`. A year-less date gets the year that puts it nearest `reference`
-    /// (Unix seconds) when `follow`, else the latest that puts it at most a day after `reference`.
+    /// (Unix seconds) when `follow`, else the latest that puts it at most a day after `reference`;
+    /// Feb 29 of a year without one is Mar 1, however the line was read.
     pub fn unix(&self, stamp: Stamp, reference: i64, follow: bool) -> i64 {
         let date = match stamp {
             Stamp::Unix(t) => return t,
@@ -1050,6 +1051,19 @@ mod tests {
             p.parse_at("Jun 17 03:14:07 h a: m", before, false).time,
             Some(at("2025-06-17T03:14:07"))
         );
+    }
+
+    #[test]
+    fn feb_29_of_a_common_year_is_mar_1_in_every_shape() {
+        let p = Parser::new(utc());
+        let now = at("2027-01-15T00:00:00");
+        for line in [
+            "Feb 29 00:10:57 mx1 dovecot: auth: x",
+            "Feb 29 00:10:57 auth(u@x,192.0.2.9,sasl:login)<Cv>: Info: sql: Password mismatch",
+            "<13>Feb 29 00:10:57 mx1 dovecot: auth: x",
+        ] {
+            assert_eq!(p.parse_at(line, now, true).time, Some(at("2027-03-01T00:10:57")), "{line}");
+        }
     }
 
     #[test]

@@ -196,7 +196,8 @@ pub fn run(
                 b.inc(bytes as u64);
             }
         };
-        scan_blocks(reader, &front, opts.max_line, &mut each_block).map_err(|e| std::io::Error::new(e.kind(), format!("{name}: {e}")))?;
+        scan_blocks(reader, &front, opts.max_line.max(1), &mut each_block)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{name}: {e}")))?;
         if let Some(b) = &bar {
             b.finish_and_clear();
         }

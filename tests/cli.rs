@@ -53,6 +53,12 @@ fn check_reports_file_line_column_and_exits_2() {
             "bad duration",
         ),
         ("Pipeline(\n  include: [(file: \"missing.ron\")],\n)", 2, "cannot read include"),
+        // Two errors: the first in the file is reported (a rule's, before a later jail's own).
+        (
+            "Pipeline(jails: [\n  Jail(name: \"a\", rules: [\n    r\"warning (<HOST>\",\n  ], maxretry: 1, findtime: \"1m\"),\n  Jail(name: \"b\", rules: [r\"x <HOST>\"], maxretry: 0, findtime: \"1m\"),\n])",
+            3,
+            "bad regex",
+        ),
         // Lines are held in 32-bit offsets: a limit beyond 16 MiB is refused, not wrapped.
         (
             "Pipeline(\n  parse: (max_line: 99999999999),\n)",
@@ -90,6 +96,45 @@ fn unknown_jail_in_include_is_located() {
         err.contains("main.ron:3:") && err.contains("unknown jail \"postfix-nope\""),
         "{err}"
     );
+}
+
+/// A failure a trusted proxy reports without a usable client is no failure of anyone's: with
+/// `--missed`, its line is listed as missed, as any unmatched line with an address.
+#[test]
+fn a_proxy_failure_without_a_client_is_listed_as_missed() {
+    let f = write_pipeline(&format!(
+        "Pipeline(include: [(file: \"{}/pipelines/roundcube.ron\")], policy: (trusted_proxies: [\"10.0.0.0/8\"]))",
+        env!("CARGO_MANIFEST_DIR")
+    ));
+    let mut log = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        log,
+        "Jun 17 00:00:01 mx1 roundcube: FAILED login for alice from 10.0.0.5 (X-Forwarded-For: 10.0.0.7) in session abc (error: 49)"
+    )
+    .unwrap();
+    writeln!(
+        log,
+        "Jun 17 00:00:02 mx1 roundcube: FAILED login for alice from 10.0.0.5 (X-Forwarded-For: 192.0.2.7) in session abc (error: 49)"
+    )
+    .unwrap();
+    let out = mailpipe()
+        .args(["test", "--json", "--matches", "--missed", "--now", "2026-06-20T00:00:00Z", "-c"])
+        .arg(f.path())
+        .arg(log.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8(out.stdout).unwrap();
+    let kinds: Vec<(String, u64)> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] != "summary")
+        .map(|v| (v["kind"].as_str().unwrap().to_string(), v["line"].as_u64().unwrap()))
+        .collect();
+    assert!(
+        kinds.contains(&("missed".into(), 1)) && kinds.contains(&("match".into(), 2)),
+        "{out}"
+    );
+    assert!(out.contains("\"missed_with_address\":1"), "{out}");
 }
 
 #[test]

@@ -202,6 +202,8 @@ pub struct Blocks {
     tail: Vec<u8>,
     /// Inside an over-long line whose head was already handed out: skip to its LF.
     skipping: bool,
+    /// The stream has ended.
+    eof: bool,
 }
 
 impl Blocks {
@@ -211,54 +213,83 @@ impl Blocks {
             max_line: max_line.max(1),
             tail: Vec::new(),
             skipping: false,
+            eof: false,
         }
     }
 
-    /// Fills `block` with the next whole lines, reading `read` bytes at a time; false at the
-    /// end of the stream.
+    /// Fills `block` with the next whole lines, reading up to `read` bytes at a time; false at
+    /// the end of the stream (reached once: a terminal is not asked for a second end).
     pub fn next(&mut self, reader: &mut dyn std::io::Read, block: &mut Vec<u8>, read: usize) -> std::io::Result<bool> {
         block.clear();
+        if self.eof {
+            return Ok(false);
+        }
         block.append(&mut self.tail);
+        // `block[..filled]` is read; at the top of the loop it holds no LF (one line so far).
+        let mut filled = block.len();
         loop {
-            let old = block.len();
-            block.resize(old + read, 0);
+            if block.len() < filled + read {
+                block.resize(filled + read, 0);
+            }
             let n = loop {
-                match reader.read(&mut block[old..]) {
+                match reader.read(&mut block[filled..]) {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    r => break r,
+                    r => break r?,
                 }
             };
-            block.truncate(old + n.as_ref().map_or(0, |n| *n));
-            if n? == 0 {
+            if n == 0 {
+                self.eof = true;
+                block.truncate(filled);
                 return Ok(!block.is_empty());
             }
+            let new = filled;
+            filled += n;
             if self.skipping {
-                match memchr::memchr(b'\n', &block[old..]) {
+                match memchr::memchr(b'\n', &block[new..filled]) {
                     Some(i) => {
-                        block.drain(old..=old + i);
+                        block.copy_within(new + i + 1..filled, new);
+                        filled -= i + 1;
                         self.skipping = false;
                     }
                     None => {
-                        block.truncate(old);
+                        filled = new;
                         continue;
                     }
                 }
             }
-            let end = memchr::memrchr(b'\n', block).map_or(0, |i| i + 1);
-            self.tail.extend_from_slice(&block[end..]);
-            block.truncate(end);
-            if self.tail.len() > self.max_line + 1 {
-                // Two bytes beyond max_line, as `LineSplitter` keeps: told from "max_line + CR".
-                block.extend_from_slice(&self.tail[..self.max_line + 2]);
-                block.push(b'\n');
-                self.tail.clear();
-                self.skipping = true;
+            // Only what was just read is searched: a long line is not scanned again each read.
+            match memchr::memrchr(b'\n', &block[new..filled]) {
+                Some(i) => {
+                    let end = new + i + 1;
+                    self.tail.extend_from_slice(&block[end..filled]);
+                    block.truncate(end);
+                    if self.tail.len() > self.max_line + 1 {
+                        self.cut(block, true);
+                    }
+                    return Ok(true);
+                }
+                None if filled > self.max_line + 1 => {
+                    block.truncate(filled);
+                    self.tail = std::mem::take(block);
+                    self.cut(block, false);
+                    return Ok(true);
+                }
+                None => {}
             }
-            if !block.is_empty() {
-                return Ok(true);
-            }
-            block.append(&mut self.tail);
         }
+    }
+
+    /// Hands out the head of the over-long line in `tail` as a line of its own (after `block`'s
+    /// lines when `after`), and skips the rest of it up to its LF.
+    fn cut(&mut self, block: &mut Vec<u8>, after: bool) {
+        if !after {
+            block.clear();
+        }
+        // Two bytes beyond max_line, as `LineSplitter` keeps: told from "max_line + CR".
+        block.extend_from_slice(&self.tail[..self.max_line + 2]);
+        block.push(b'\n');
+        self.tail.clear();
+        self.skipping = true;
     }
 }
 
@@ -323,6 +354,29 @@ mod tests {
             }
             assert_eq!((got, truncated), want, "{:?} max {max}", String::from_utf8_lossy(&stream));
         }
+    }
+
+    /// A terminal's Ctrl-D ends the stream once: a last line without LF is not followed by a
+    /// second read that would wait for another.
+    #[test]
+    fn the_end_of_a_stream_is_read_once() {
+        struct Terminal(&'static [u8], u32);
+        impl std::io::Read for Terminal {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                self.1 += u32::from(n == 0);
+                assert!(self.1 <= 1, "read again after the end");
+                Ok(n)
+            }
+        }
+        let (mut t, mut blocks, mut block) = (Terminal(b"first\nlast", 0), Blocks::new(100), Vec::new());
+        assert!(blocks.next(&mut t, &mut block, 4).unwrap());
+        assert_eq!(block, b"first\n");
+        assert!(blocks.next(&mut t, &mut block, 4).unwrap());
+        assert_eq!(block, b"last");
+        assert!(!blocks.next(&mut t, &mut block, 4).unwrap());
     }
 
     /// A reader that hands out at most the next size at a time.

@@ -6,32 +6,35 @@
 //! What it hands on is owned and flat: the texts a match refers to are copied into the block's
 //! `text` and referred to by spans, and only for lines that matched.
 
-use crate::matcher::{Found, Match, Matcher};
+use crate::matcher::{Match, Matcher};
 use crate::parse::{JournalScratch, Parser, Stamp};
 use crate::prefilter::Prefilter;
 
 /// Where a text is in a block's `text`: (start, end).
 pub type Span = (u32, u32);
 
-/// A line that passed the prefilter, or one the caller asked about (`missed`).
+/// A line that passed the prefilter, or one that holds an address when those are asked for
+/// (`Front::set_missed`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
     /// Its index in the block (0-based), for line numbers.
     pub index: u32,
-    /// It passed the prefilter and was parsed and matched (else it is only `missed`).
+    /// It passed the prefilter and was parsed and matched (else it is there for its address).
     pub parsed: bool,
     /// Its time as written.
     pub stamp: Option<Stamp>,
     /// It was not UTF-8: its text is the lossy copy.
     pub invalid_utf8: bool,
-    /// The line and its message, when it matched or is `missed`.
+    /// The line and its message, when it matched or holds an address.
     pub text: Span,
     /// The message part (a journal entry's is not inside its line).
     pub msg: Span,
     /// Its matches, a range of the block's `matches`.
     pub matches: std::ops::Range<u32>,
-    /// No failure rule matched, the line holds an address, and the front was asked to say so.
-    pub missed: bool,
+    /// The line holds an address (looked for only when asked, `Front::set_missed`): whether it
+    /// is missed is the counting half's to say, once a trusted proxy's failure may have come to
+    /// nothing.
+    pub has_address: bool,
 }
 
 /// What the front made of a block of lines (reused from block to block).
@@ -161,7 +164,7 @@ impl Front {
                     text,
                     msg: text,
                     matches: at..at,
-                    missed: true,
+                    has_address: true,
                 });
             }
             self.candidates = scratch;
@@ -187,10 +190,10 @@ impl Front {
         // The scratch vector outlives the line; reuse its allocation under the line's lifetime.
         let mut found: Vec<Match<&str>> = std::mem::take(&mut self.found).into_iter().map(|_| unreachable!()).collect();
         self.matcher.find(&rec, candidates, &mut found);
-        let missed = self.missed && !found.iter().any(|m| matches!(m.found, Found::Failure { .. })) && has_address(line);
+        let addressed = self.missed && has_address(line);
         let at = out.matches.len() as u32;
         let (mut text_span, mut msg_span) = ((0, 0), (0, 0));
-        if !found.is_empty() || missed {
+        if !found.is_empty() || addressed {
             text_span = out.keep(text);
             msg_span = within(text, text_span, rec.msg).unwrap_or_else(|| out.keep(rec.msg));
             for m in found.drain(..) {
@@ -210,7 +213,7 @@ impl Front {
             text: text_span,
             msg: msg_span,
             matches: at..out.matches.len() as u32,
-            missed,
+            has_address: addressed,
         });
         self.found = found.into_iter().map(|_| unreachable!()).collect();
         self.candidates = scratch;
@@ -300,7 +303,7 @@ mod tests {
                 let (text, msg) = (s.text(l.text), s.text(l.msg));
                 format!(
                     "{} {} {:?} {} {text:?} {msg:?} {ms:?} {}",
-                    l.index, l.parsed, l.stamp, l.invalid_utf8, l.missed
+                    l.index, l.parsed, l.stamp, l.invalid_utf8, l.has_address
                 )
             })
             .collect()

@@ -669,7 +669,7 @@ impl Pipeline {
             let mut matches: Vec<Match<&str>> = std::mem::take(&mut self.matches).into_iter().map(|_| unreachable!()).collect();
             matches.extend(block.matches[at].iter().map(|m| m.map(|s| block.text(s))));
             let matched = self.count_line(&mut matches, placed, text, block.text(line.msg), &mut |e| on(line.index, e));
-            if !matched && line.missed {
+            if !matched && line.has_address {
                 on(line.index, Event::Missed(text));
             }
             matches.clear();
