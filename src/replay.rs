@@ -86,25 +86,24 @@ struct Block {
     scanned: Scanned,
 }
 
-/// Reads `reader` in blocks of whole lines, runs them through copies of `front` on as many
-/// threads as there are cores, and hands `count` the results in order, on this thread, with
-/// the block's size. Block k goes to worker k mod n and comes back from it: the order needs no
+/// Reads `reader` in blocks of whole lines, runs them through `fronts` (one per core, each on
+/// a thread of its own), and hands `count` the results in order, on this thread, with the
+/// block's size. Block k goes to worker k mod n and comes back from it: the order needs no
 /// sorting.
 fn scan_blocks(
     mut reader: Box<dyn Read + Send + '_>,
-    front: &Front,
+    fronts: &mut [Front],
     max_line: usize,
     mut count: impl FnMut(&Scanned, usize),
 ) -> std::io::Result<()> {
     use std::sync::mpsc::{channel, sync_channel};
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let n = fronts.len();
     std::thread::scope(|scope| {
         let (free_tx, free_rx) = channel::<Block>();
         let (mut to, mut from) = (Vec::new(), Vec::new());
-        for _ in 0..n {
+        for front in fronts.iter_mut() {
             let (in_tx, in_rx) = sync_channel::<Block>(1);
             let (out_tx, out_rx) = sync_channel::<Block>(1);
-            let mut front = front.clone();
             scope.spawn(move || {
                 for mut b in in_rx {
                     front.block(&b.bytes, max_line, &mut b.scanned);
@@ -152,8 +151,16 @@ pub fn run(
         ..Report::default()
     };
     let mut err = Ok(());
-    let mut front = pipeline.front();
-    front.set_missed(opts.missed);
+    // One copy of the front per core, made once for all the files: a copy costs about a
+    // millisecond (200 small files took 0.57 s with copies per file, 0.1 s so).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let mut fronts: Vec<Front> = (0..cores)
+        .map(|_| {
+            let mut front = pipeline.front();
+            front.set_missed(opts.missed);
+            front
+        })
+        .collect();
     for Source { name, reader, len } in sources {
         // Lines before the current block.
         let mut lines = 0u64;
@@ -196,7 +203,7 @@ pub fn run(
                 b.inc(bytes as u64);
             }
         };
-        scan_blocks(reader, &front, opts.max_line.max(1), &mut each_block)
+        scan_blocks(reader, &mut fronts, opts.max_line.max(1), &mut each_block)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{name}: {e}")))?;
         if let Some(b) = &bar {
             b.finish_and_clear();

@@ -4,7 +4,8 @@
 //! (`Pipeline::count`).
 //!
 //! What it hands on is owned and flat: the texts a match refers to are copied into the block's
-//! `text` and referred to by spans, and only for lines that matched.
+//! `text` and referred to by spans, and only for lines that matched (or hold an address, when
+//! those are asked for).
 
 use crate::matcher::{Match, Matcher};
 use crate::parse::{JournalScratch, Parser, Stamp};
@@ -82,7 +83,7 @@ pub struct Front {
     pub(super) prefilter: Prefilter,
     pub(super) parser: Parser,
     pub(super) matcher: Matcher,
-    /// Also report lines with an address that no failure rule matched.
+    /// Look for an address in each line (`Line::has_address`), for `test --missed`.
     missed: bool,
     journal: JournalScratch,
     lossy: String,
@@ -109,8 +110,9 @@ impl Front {
         }
     }
 
-    /// Also report lines that hold an address but matched no failure rule (`Line::missed`).
-    /// Looking for an address costs more than the rest of the front on an ordinary line.
+    /// Look for an address in each line, so that the counting half can report the lines no
+    /// failure rule took (`Event::Missed`). It costs more than the rest of the front on an
+    /// ordinary line.
     pub fn set_missed(&mut self, on: bool) {
         self.missed = on;
     }
