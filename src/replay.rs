@@ -167,33 +167,10 @@ pub fn run(
         let bar = progress(&name, len);
         let mut each_block = |block: &Scanned, bytes: usize| {
             pipeline.count(block, reference, |index, e| {
-                let (file, line) = (&name, lines + u64::from(index) + 1);
-                let v = match e {
-                    Event::Match { m, time } if opts.matches => match m.found {
-                        Found::Failure { ip, user, .. } => {
-                            let mut v = json!({"kind": "match", "file": file, "line": line, "jail": names[m.jail as usize], "rule": m.rule, "host": ip.to_string(), "time": rfc3339(time)});
-                            if let Some(u) = user {
-                                v["user"] = u.into();
-                            }
-                            v
-                        }
-                        Found::Ignored => json!({"kind": "ignored", "file": file, "line": line, "jail": names[m.jail as usize], "ignore_rule": m.rule}),
-                        Found::Success { ip, user } => json!({"kind": "success", "file": file, "line": line, "jail": names[m.jail as usize], "success_rule": m.rule, "host": ip.to_string(), "user": user}),
-                        Found::BadHost(h) => json!({"kind": "bad_host", "file": file, "line": line, "jail": names[m.jail as usize], "rule": m.rule, "host": h}),
-                    },
-                    Event::Decision(d) if opts.decisions => {
-                        let mut v = decision_json(d);
-                        v["file"] = file.clone().into();
-                        v["line"] = line.into();
-                        v
-                    }
-                    Event::Missed(text) => {
-                        report.missed_with_address += 1;
-                        json!({"kind": "missed", "file": file, "line": line, "text": text})
-                    }
-                    _ => return,
-                };
-                if err.is_ok() {
+                report.missed_with_address += u64::from(matches!(e, Event::Missed(_)));
+                if let Some(v) = event_json(&e, &name, lines + u64::from(index) + 1, &names, opts)
+                    && err.is_ok()
+                {
                     err = writeln!(out, "{v}");
                 }
             });
@@ -219,6 +196,37 @@ pub fn run(
         out.write_all(summary_text(&report, &names, pipeline).as_bytes())?;
     }
     Ok(report)
+}
+
+/// The object `test` prints for an event of line `line` of `file`, if `opts` ask for it.
+fn event_json(e: &Event<'_>, file: &str, line: u64, names: &[String], opts: Options) -> Option<serde_json::Value> {
+    Some(match *e {
+        Event::Match { m, time } if opts.matches => {
+            let jail = &names[m.jail as usize];
+            match m.found {
+                Found::Failure { ip, user, .. } => {
+                    let mut v = json!({"kind": "match", "file": file, "line": line, "jail": jail, "rule": m.rule, "host": ip.to_string(), "time": rfc3339(time)});
+                    if let Some(u) = user {
+                        v["user"] = u.into();
+                    }
+                    v
+                }
+                Found::Ignored => json!({"kind": "ignored", "file": file, "line": line, "jail": jail, "ignore_rule": m.rule}),
+                Found::Success { ip, user } => {
+                    json!({"kind": "success", "file": file, "line": line, "jail": jail, "success_rule": m.rule, "host": ip.to_string(), "user": user})
+                }
+                Found::BadHost(h) => json!({"kind": "bad_host", "file": file, "line": line, "jail": jail, "rule": m.rule, "host": h}),
+            }
+        }
+        Event::Decision(d) if opts.decisions => {
+            let mut v = decision_json(d);
+            v["file"] = file.into();
+            v["line"] = line.into();
+            v
+        }
+        Event::Missed(text) => json!({"kind": "missed", "file": file, "line": line, "text": text}),
+        _ => return None,
+    })
 }
 
 /// A rule for a one-line listing.
