@@ -150,7 +150,10 @@ impl Front {
     }
 
     /// Runs one line through; `known` is the literals a scan ahead found in it. Appends to `out`.
+    /// A line beyond `MAX_LINE_LIMIT` (a frame of a network input whose `max_frame` was set
+    /// higher) is read up to it: its texts are held in 32-bit offsets.
     pub fn line(&mut self, line: &[u8], known: Option<&[u32]>, out: &mut Scanned) {
+        let line = &line[..line.len().min(crate::parse::MAX_LINE_LIMIT)];
         let index = out.lines_read as u32;
         out.lines_read += 1;
         let mut scratch = std::mem::take(&mut self.candidates);
@@ -293,6 +296,18 @@ mod tests {
         let mut f = crate::pipeline::Pipeline::new(&stages, Mode::Replay).unwrap().front();
         f.set_missed(missed);
         f
+    }
+
+    /// A frame longer than any line allowed (a network input's `max_frame` set beyond
+    /// `MAX_LINE_LIMIT`) is read up to the limit, not wrapped in the 32-bit offsets.
+    #[test]
+    fn a_frame_beyond_the_limit_is_read_up_to_it() {
+        let mut line = b"Jun 17 00:00:01 mx1 postfix/smtpd[1]: warning: unknown[192.0.2.7]: SASL LOGIN authentication failed: ".to_vec();
+        line.resize(crate::parse::MAX_LINE_LIMIT + 10, b'a');
+        let (mut f, mut out) = (front(false), Scanned::default());
+        f.line(&line, None, &mut out);
+        assert_eq!(out.lines.len(), 1);
+        assert_eq!(out.text(out.lines[0].text).len(), crate::parse::MAX_LINE_LIMIT);
     }
 
     /// What a block made, line by line, with its texts resolved: comparable across blocks.
