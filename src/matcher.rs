@@ -254,11 +254,10 @@ fn half_dfa(pattern: &str) -> Option<(hybrid::dfa::DFA, hybrid::dfa::Cache)> {
 impl HostFinder {
     /// `None` when the halves do not compile alone (`<HOST>` inside a group): captures are used.
     fn new(before: &str, after: &str, family: Family) -> Option<HostFinder> {
-        let dfa = half_dfa;
-        let pre = if before.is_empty() { None } else { Some(dfa(before)?) };
+        let pre = if before.is_empty() { None } else { Some(half_dfa(before)?) };
         Some(HostFinder {
             pre,
-            post: dfa(after)?,
+            post: half_dfa(after)?,
             family,
         })
     }
@@ -443,6 +442,8 @@ pub struct Matcher {
     want_user: bool,
     /// Each jail's ignore rules (pattern ids): tried only once a failure rule of the jail matched.
     ignores: Vec<Vec<u32>>,
+    /// Each jail's success rules (pattern ids), for `success_user`.
+    successes: Vec<Vec<u32>>,
     /// Jails that count by user or act on successes: their matches always carry `<USER>`.
     user_jails: Vec<bool>,
     /// Which jails each program may feed, by program name; bounded, rebuilt when full.
@@ -809,10 +810,12 @@ impl Matcher {
                 |o| o.error_at(&["engine"], e.clone()),
             )
         })?;
-        let mut ignores = vec![Vec::new(); jails.len()];
+        let (mut ignores, mut successes) = (vec![Vec::new(); jails.len()], vec![Vec::new(); jails.len()]);
         for (pid, r) in rules.iter().enumerate() {
-            if r.kind == Kind::Ignore {
-                ignores[r.jail as usize].push(pid as u32);
+            match r.kind {
+                Kind::Ignore => ignores[r.jail as usize].push(pid as u32),
+                Kind::Success => successes[r.jail as usize].push(pid as u32),
+                Kind::Failure => {}
             }
         }
         let user_jails = jails
@@ -826,6 +829,7 @@ impl Matcher {
             jail_names: jails.iter().map(|j| j.name.clone()).collect(),
             literals,
             ignores,
+            successes,
             user_jails,
             program_cache: HashMap::new(),
             jail_state: vec![JailState::Done; jails.len()],
@@ -982,11 +986,8 @@ impl Matcher {
 
     /// The user of `jail`'s success rule `rule` in `msg` (a line it matched).
     pub fn success_user<'a>(&mut self, msg: &'a str, jail: JailId, rule: usize) -> Option<&'a str> {
-        let pid = self
-            .rules
-            .iter()
-            .position(|r| r.jail == jail && r.index == rule && r.kind == Kind::Success)?;
-        let first = self.rules[pid].same_as;
+        let pid = *self.successes.get(jail as usize)?.get(rule)?;
+        let first = self.rules[pid as usize].same_as;
         let r = &mut self.rules[first];
         if let Some(u) = r
             .user_finder

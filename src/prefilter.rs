@@ -55,8 +55,9 @@ impl Prefilter {
                     .expect("literals are bounded in number and length")
             })
         };
+        let per_searcher = per_searcher(literals.len());
         let packed: Option<Vec<_>> = literals
-            .chunks(per_searcher(literals.len()))
+            .chunks(per_searcher)
             .map(|chunk| {
                 aho_corasick::packed::Config::new()
                     .heuristic_pattern_limits(false)
@@ -84,7 +85,7 @@ impl Prefilter {
             .collect();
         Prefilter {
             any,
-            per_searcher: per_searcher(literals.len()),
+            per_searcher,
             packed,
             each,
             rules_of,

@@ -139,7 +139,7 @@ impl Front {
                 out.truncated += 1;
                 line = &line[..max_line];
             }
-            if every || line.first() == Some(&b'{') || ahead.hits.get(ahead.next).is_some_and(|h| (h.0 as usize) < end) {
+            if every || line.first() == Some(&b'{') || ahead.found_before(end) {
                 let seen = scanned && ahead.literals_of(block, line, &mut known);
                 self.line(line, seen.then_some(&known[..]), out);
             } else {
@@ -242,6 +242,11 @@ struct Ahead<'h> {
 }
 
 impl Ahead<'_> {
+    /// Whether a literal not yet handed out starts before `end` (the end of the next line).
+    fn found_before(&self, end: usize) -> bool {
+        self.hits.get(self.next).is_some_and(|h| (h.0 as usize) < end)
+    }
+
     /// The literals found inside `line` (a slice of `block`, lines in order) into `out`; false
     /// when the line is not a slice of the block.
     fn literals_of(&mut self, block: &[u8], line: &[u8], out: &mut Vec<u32>) -> bool {
